@@ -1,0 +1,296 @@
+"""Appending validated events to their streams: the one write path of the ledger.
+
+``Appender.stage`` classifies each event against its stream (a new event at the
+next seq, a duplicate of a stored or staged one, a conflict, or a gap), folds
+memory, chains the record and queues it; ``flush`` writes everything staged, with
+catalog heads and any findings, in one transaction. Ingest and ``TraceWriter`` both
+use it, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from eventsourcing.persistence import StoredEvent
+
+from ledger import chain
+from ledger.backends.base import StreamHead
+from ledger.errors import ConcurrencyError
+from ledger.events import TraceEvent
+from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.store import Store
+
+Status = Literal["accepted", "duplicate", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one submitted event."""
+
+    status: Status
+    reason: str | None = None
+    kind: str | None = None  # for rejections: "gap" or "conflict"
+    memory_hash: str | None = None  # for accepted events: the ledger's memory hash
+    record_hash: str | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    """What the appender knows of one stream: its head and memory per scope."""
+
+    head: StreamHead
+    memory: dict[str, MemoryState] | None = None  # None until folded from the store
+    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> wire record
+    owned: set[str] = field(default_factory=set)  # scopes copied for this batch
+
+    def scope(self, name: str) -> MemoryState:
+        assert self.memory is not None
+        state = self.memory.get(name)
+        if state is None:
+            state = self.memory[name] = MemoryState()
+        return state
+
+
+class Appender:
+    """Stages events against stream heads and writes them in batches."""
+
+    def __init__(self, store: Store, *, cache_size: int = 4096) -> None:
+        self.backend = store.backend
+        self.cache_size = cache_size
+        self._cache: OrderedDict[UUID, _Stream] = OrderedDict()
+        self._dirty: dict[UUID, _Stream] = {}
+        self._staged: list[StoredEvent] = []
+        self._findings: list[dict[str, Any]] = []
+
+    @property
+    def staged(self) -> int:
+        """How many events are staged and not yet flushed."""
+        return len(self._staged)
+
+    @property
+    def pending_findings(self) -> int:
+        """How many findings are queued for the next flush."""
+        return len(self._findings)
+
+    def stage(
+        self, events: Sequence[TraceEvent], *, fill_memory_hash: bool = False
+    ) -> list[Outcome]:
+        """Classify and queue events; nothing is written until :meth:`flush`."""
+        ids = [chain.trace_stream_id(e.tenant, e.trace_id) for e in events]
+        views = self._load(ids, events)
+        outcomes: list[Outcome | None] = []
+        to_compare: list[tuple[int, UUID]] = []
+        for i, (sid, event) in enumerate(zip(ids, events, strict=True)):
+            stream = self._dirty.get(sid) or views[sid]
+            last = stream.head.last_seq
+            if event.seq == last + 1:
+                if sid not in self._dirty:
+                    stream = self._open_for_write(sid, stream)
+                outcomes.append(self._accept(stream, event, fill_memory_hash))
+            elif event.seq > last + 1:
+                outcomes.append(Outcome("rejected", _gap_reason(event, last), "gap"))
+            elif event.seq in stream.pending:
+                outcomes.append(self._compare(event, stream.pending[event.seq]))
+            else:
+                outcomes.append(None)
+                to_compare.append((i, sid))
+        for i, record in self._stored_records(to_compare, events).items():
+            outcomes[i] = self._compare(events[i], chain.wire_part(record))
+        return [o for o in outcomes if o is not None]
+
+    def flush(self) -> int:
+        """Write everything staged in one transaction; return how many events were written.
+
+        On :class:`ConcurrencyError` nothing is written and the staged work is dropped
+        (the streams involved are reloaded on next use).
+        """
+        if not self._staged and not self._findings:
+            return 0
+        events = list(self._staged)
+        heads = [s.head for s in self._dirty.values()]
+        events += self._finding_events(heads)
+        try:
+            self.backend.append(events, heads)
+        except ConcurrencyError:
+            self.discard()
+            raise
+        except BaseException:
+            self.discard()
+            raise
+        for sid, stream in self._dirty.items():
+            stream.pending.clear()
+            stream.owned.clear()
+            self._remember(sid, stream)
+        written = len(self._staged)
+        self._dirty.clear()
+        self._staged.clear()
+        return written
+
+    def discard(self) -> None:
+        """Drop staged work and forget the streams it touched."""
+        for sid in self._dirty:
+            self._cache.pop(sid, None)
+        self._dirty.clear()
+        self._staged.clear()
+        self._findings.clear()
+
+    def record_finding(
+        self, tenant: str, kind: str, *, trace_id: str | None, seq: int | None, detail: str,
+        evidence: Any = None,
+    ) -> None:
+        """Queue an integrity finding; it is written with the next flush."""
+        self._findings.append({
+            "tenant": tenant, "finding": kind, "trace_id": trace_id, "seq": seq,
+            "detail": detail, "recorded_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "evidence": evidence,
+        })
+
+    # -- internals ---------------------------------------------------------------
+
+    def _load(self, ids: Iterable[UUID], events: Sequence[TraceEvent]) -> dict[UUID, _Stream]:
+        """The streams of a batch, from the cache or the catalog (new ones created)."""
+        views: dict[UUID, _Stream] = {}
+        missing: list[UUID] = []
+        for sid in dict.fromkeys(ids):
+            cached = self._cache.get(sid)
+            if cached is None:
+                missing.append(sid)
+            else:
+                self._cache.move_to_end(sid)
+                views[sid] = cached
+        if missing:
+            found = self.backend.load_heads(missing)
+            firsts = {chain.trace_stream_id(e.tenant, e.trace_id): e for e in reversed(events)}
+            for sid in missing:
+                head = found.get(sid)
+                if head is None:
+                    e = firsts[sid]
+                    head = StreamHead(sid, chain.TRACE_KIND, e.tenant, e.trace_id, 0,
+                                      chain.GENESIS_HASH, agent_owner=e.agent_owner)
+                views[sid] = _Stream(head, memory={} if head.last_seq == 0 else None)
+                self._remember(sid, views[sid])
+        return views
+
+    def _remember(self, sid: UUID, stream: _Stream) -> None:
+        self._cache[sid] = stream
+        self._cache.move_to_end(sid)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _open_for_write(self, sid: UUID, base: _Stream) -> _Stream:
+        """Copy-on-write: staged changes go to a copy until the flush succeeds."""
+        if base.memory is None:
+            base.memory = self._fold_memory(sid)
+        stream = _Stream(base.head, memory=dict(base.memory or {}))
+        self._dirty[sid] = stream
+        return stream
+
+    def _fold_memory(self, sid: UUID) -> dict[str, MemoryState]:
+        memory: dict[str, MemoryState] = {}
+        for stored in self.backend.read_stream(sid):
+            record = chain.decode(stored.state)
+            if record.get("event") == "CALLBACK_MEMORY_WRITE":
+                scope = memory.setdefault(record["write_scope"], MemoryState())
+                apply_write(scope, record["payload"])
+        return memory
+
+    def _accept(self, stream: _Stream, event: TraceEvent, fill_memory_hash: bool) -> Outcome:
+        assert stream.memory is not None
+        scope_name = event.write_scope
+        state = stream.memory.get(scope_name)
+        if event.event == "CALLBACK_MEMORY_WRITE":
+            if scope_name not in stream.owned:
+                state = state.copy() if state is not None else MemoryState()
+                stream.memory[scope_name] = state
+                stream.owned.add(scope_name)
+            assert state is not None
+            apply_write(state, event.payload)
+        ledger_hash = state.hash() if state is not None else EMPTY_MEMORY_HASH
+        wire = event.record()
+        if fill_memory_hash and wire["memory_hash"] is None:
+            wire["memory_hash"] = ledger_hash
+        elif wire["memory_hash"] is not None and wire["memory_hash"] != ledger_hash:
+            self.record_finding(
+                event.tenant, "memory_hash_mismatch", trace_id=event.trace_id, seq=event.seq,
+                detail=f"runtime claimed {wire['memory_hash']} for {scope_name} but its logged "
+                       f"writes imply {ledger_hash}",
+            )
+        record = chain.event_record(wire, ledger_memory_hash=ledger_hash,
+                                    prev_hash=stream.head.head_hash)
+        state_bytes = chain.encode(record)
+        digest = chain.record_hash(state_bytes)
+        ts = event.ts_utc
+        head = stream.head
+        stream.head = head.advanced(
+            last_seq=event.seq, head_hash=digest,
+            status="terminated" if event.event == "EXEC_TERMINATED" else head.status,
+            agent_owner=head.agent_owner or event.agent_owner,
+            first_ts=min(head.first_ts or ts, ts), last_ts=max(head.last_ts or ts, ts),
+        )
+        stream.pending[event.seq] = wire
+        self._staged.append(StoredEvent(head.stream_id, event.seq, chain.EVENT_TOPIC, state_bytes))
+        return Outcome("accepted", memory_hash=ledger_hash, record_hash=digest)
+
+    def _compare(self, event: TraceEvent, stored_wire: dict[str, Any]) -> Outcome:
+        submitted = event.record()
+        if stored_wire == submitted or (
+            submitted["memory_hash"] is None
+            and stored_wire == {**submitted, "memory_hash": stored_wire.get("memory_hash")}
+        ):
+            return Outcome("duplicate")
+        changed = sorted(k for k in set(submitted) | set(stored_wire)
+                         if submitted.get(k) != stored_wire.get(k))
+        reason = (f"conflict: seq {event.seq} of trace {event.trace_id!r} (tenant "
+                  f"{event.tenant!r}) is already stored with different content "
+                  f"(fields differ: {', '.join(changed)})")
+        self.record_finding(event.tenant, "conflict", trace_id=event.trace_id, seq=event.seq,
+                            detail=reason, evidence=submitted)
+        return Outcome("rejected", reason, "conflict")
+
+    def _stored_records(
+        self, wanted: list[tuple[int, UUID]], events: Sequence[TraceEvent]
+    ) -> dict[int, dict[str, Any]]:
+        by_stream: dict[UUID, list[int]] = {}
+        for i, sid in wanted:
+            by_stream.setdefault(sid, []).append(i)
+        found: dict[int, dict[str, Any]] = {}
+        for sid, indexes in by_stream.items():
+            seqs = [events[i].seq for i in indexes]
+            stored = {s.originator_version: s.state
+                      for s in self.backend.read_stream(sid, gt=min(seqs) - 1, lte=max(seqs))}
+            for i in indexes:
+                state = stored.get(events[i].seq)
+                found[i] = chain.decode(state) if state is not None else {}
+        return found
+
+    def _finding_events(self, heads: list[StreamHead]) -> list[StoredEvent]:
+        if not self._findings:
+            return []
+        tenants = list(dict.fromkeys(f["tenant"] for f in self._findings))
+        ids = {t: chain.findings_stream_id(t) for t in tenants}
+        known = self.backend.load_heads(list(ids.values()))
+        out: list[StoredEvent] = []
+        for tenant in tenants:
+            sid = ids[tenant]
+            head = known.get(sid) or StreamHead(sid, chain.FINDINGS_KIND, tenant,
+                                                chain.FINDINGS_STREAM_NAME, 0, chain.GENESIS_HASH)
+            for finding in (f for f in self._findings if f["tenant"] == tenant):
+                state = chain.encode({"v": chain.RECORD_VERSION, **finding,
+                                      "prev_hash": head.head_hash})
+                ts = finding["recorded_at"]
+                head = head.advanced(last_seq=head.last_seq + 1, head_hash=chain.record_hash(state),
+                                     first_ts=head.first_ts or ts, last_ts=ts)
+                out.append(StoredEvent(sid, head.last_seq, chain.FINDING_TOPIC, state))
+            heads.append(head)
+        self._findings.clear()
+        return out
+
+
+def _gap_reason(event: TraceEvent, last: int) -> str:
+    return (f"out of order: seq {event.seq} would leave a gap in trace {event.trace_id!r} "
+            f"(tenant {event.tenant!r}), which has {last} event(s); expected seq {last + 1}")

@@ -1,0 +1,113 @@
+"""The narrow interface every storage backend implements.
+
+A backend owns one eventsourcing application recorder (events table and
+notification log) plus the ledger's stream catalog, and writes both in one
+transaction. SQLite and PostgreSQL implement it; the conformance suite in
+``tests/conformance`` runs against both.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """Catalog row of one stream: identity, length, last hash, status, time span."""
+
+    stream_id: UUID
+    kind: str
+    tenant: str
+    name: str
+    last_seq: int
+    head_hash: str
+    status: str = "active"
+    agent_owner: str | None = None
+    first_ts: str | None = None
+    last_ts: str | None = None
+
+    def advanced(self, **changes: Any) -> StreamHead:
+        """A copy with the given fields changed."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRow:
+    """One row of the events table, as verify reads it."""
+
+    stream_id: UUID
+    version: int
+    notification_id: int
+    topic: str
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamQuery:
+    """Filters for listing streams (all optional but the tenant)."""
+
+    tenant: str
+    kind: str = "trace"
+    status: str | None = None
+    since: str | None = None
+    until: str | None = None
+    limit: int | None = None
+
+
+class Backend(ABC):
+    """A place to keep streams: events table, notification log and stream catalog."""
+
+    url: str
+    recorder: ApplicationRecorder
+
+    @abstractmethod
+    def migrate(self) -> list[int]:
+        """Apply pending schema migrations in order; return the versions applied."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The highest migration applied (0 for an empty store)."""
+
+    @abstractmethod
+    def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
+        """Catalog rows of the given streams that exist."""
+
+    @abstractmethod
+    def append(
+        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
+    ) -> Sequence[int]:
+        """Insert events and upsert catalog rows in one transaction.
+
+        Raises ``ConcurrencyError`` (nothing written) when any (stream, version)
+        already exists. Returns the notification ids given to the events.
+        """
+
+    @abstractmethod
+    def list_streams(self, query: StreamQuery) -> list[StreamHead]:
+        """Catalog rows matching the query, ordered by first_ts then name."""
+
+    @abstractmethod
+    def iter_rows(self, stream_ids: Sequence[UUID] | None = None) -> Iterator[StoredRow]:
+        """Every stored row (or those of the given streams), by stream then version."""
+
+    @abstractmethod
+    def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
+        """Every catalog row (of one tenant), by stream id."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+    def read_stream(
+        self, stream_id: UUID, *, gt: int | None = None, lte: int | None = None
+    ) -> Sequence[StoredEvent]:
+        """A stream's stored events in version order (the library's ``select_events``)."""
+        return self.recorder.select_events(stream_id, gt=gt, lte=lte)

@@ -1,0 +1,255 @@
+"""SQLite backend: the embedded default.
+
+``LedgerSQLiteRecorder`` is eventsourcing's ``SQLiteApplicationRecorder`` with a
+stricter table: the notification id is an explicit ``INTEGER PRIMARY KEY
+AUTOINCREMENT`` column instead of the implicit rowid, so positions are never
+reused after a delete and never renumbered by ``VACUUM`` (projections track them).
+It passes the library's own recorder test suites (``tests/test_library_suites.py``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    IntegrityError,
+    Notification,
+    PersistenceError,
+    StoredEvent,
+)
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteCursor,
+    SQLiteDatastore,
+)
+
+from ledger.backends import catalog
+from ledger.backends.base import (
+    SCHEMA_VERSION,
+    Backend,
+    StoredRow,
+    StreamHead,
+    StreamQuery,
+)
+from ledger.errors import ConcurrencyError, SchemaVersionError, StoreError
+
+_CHUNK = 500
+
+
+class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
+    """Application recorder with a stable notification id and catalog upserts."""
+
+    def __init__(
+        self, datastore: SQLiteDatastore, events_table_name: str = catalog.EVENTS_TABLE
+    ) -> None:
+        super().__init__(datastore, events_table_name)
+        table = self.events_table_name
+        self.insert_events_statement = (
+            "INSERT INTO " + table
+            + " (originator_id, originator_version, topic, state) VALUES (?,?,?,?)"
+        )
+        self.select_events_statement = (
+            "SELECT originator_id, originator_version, topic, state FROM " + table
+            + " WHERE originator_id=? "
+        )
+        self._select_notifications = (
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM "
+            + table
+        )
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            "CREATE TABLE IF NOT EXISTS " + self.events_table_name + " ("
+            "notification_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "originator_id TEXT NOT NULL, originator_version INTEGER NOT NULL, "
+            "topic TEXT NOT NULL, state BLOB NOT NULL, "
+            "UNIQUE (originator_id, originator_version))"
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        params = [
+            (_key(s.originator_id), s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+        c.executemany(self.insert_events_statement, params)
+        heads: Sequence[StreamHead] = kwargs.get("heads", ())
+        if heads:
+            rows = [catalog.head_params(h, h.stream_id.hex) for h in heads]
+            c.executemany(_sql(catalog.UPSERT_STREAM), rows)
+        if not params:
+            return []
+        c.execute("SELECT last_insert_rowid()")
+        last = int(c.fetchone()[0])
+        return list(range(last - len(params) + 1, last + 1))
+
+    def select_notifications(
+        self,
+        start: int | None,
+        limit: int,
+        stop: int | None = None,
+        topics: Sequence[str] = (),
+        *,
+        inclusive_of_start: bool = True,
+    ) -> Sequence[Notification]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if start is not None:
+            clauses.append("notification_id >= ?" if inclusive_of_start else "notification_id > ?")
+            params.append(start)
+        if stop is not None:
+            clauses.append("notification_id <= ?")
+            params.append(stop)
+        if topics:
+            clauses.append("topic IN (" + ",".join("?" * len(topics)) + ")")
+            params.extend(topics)
+        sql = self._select_notifications
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY notification_id LIMIT ?"
+        params.append(limit)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, params)
+            return [
+                Notification(
+                    id=row[0],
+                    originator_id=self.convert_originator_id(row[1]),
+                    originator_version=row[2],
+                    topic=row[3],
+                    state=row[4],
+                )
+                for row in c.fetchall()
+            ]
+
+
+def _as_bytes(value: Any) -> bytes:
+    """Stored state as bytes (a row edited by hand may have become TEXT)."""
+    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
+
+
+def _sql(template: str) -> str:
+    return catalog.render_sqlite(template)
+
+
+def _key(originator_id: UUID | str) -> str:
+    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
+
+
+class SQLiteBackend(Backend):
+    """Ledger store in one SQLite file (WAL mode)."""
+
+    recorder: LedgerSQLiteRecorder
+
+    def __init__(self, path: str, *, url: str | None = None) -> None:
+        self.url = url or f"sqlite:///{path}"
+        self.datastore = SQLiteDatastore(db_name=path, originator_id_type="uuid")
+        self.recorder = LedgerSQLiteRecorder(self.datastore)
+
+    @contextmanager
+    def _txn(self, *, commit: bool) -> Iterator[SQLiteCursor]:
+        try:
+            with self.datastore.transaction(commit=commit) as c:
+                yield c
+        except PersistenceError as exc:
+            raise StoreError(f"SQLite store {self.url}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.url}: {exc}") from exc
+
+    def schema_version(self) -> int:
+        with self._txn(commit=False) as c:
+            c.execute("SELECT name FROM sqlite_master WHERE name = ?", (catalog.SCHEMA_TABLE,))
+            if c.fetchone() is None:
+                return 0
+            c.execute(_sql(catalog.SELECT_SCHEMA_VERSION))
+            return int(c.fetchone()[0] or 0)
+
+    def migrate(self) -> list[int]:
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"store {self.url} has schema version {current}; this AgentLedger "
+                f"understands up to {SCHEMA_VERSION}: upgrade agentledger"
+            )
+        if current == SCHEMA_VERSION:
+            return []
+        with self._txn(commit=True) as c:
+            c.execute(_sql(catalog.CREATE_SCHEMA_TABLE))
+            for statement in self.recorder.create_table_statements:
+                c.execute(statement)
+            for statement in catalog.CATALOG_DDL_V1:
+                c.execute(_sql(statement))
+            c.execute(
+                _sql(catalog.INSERT_SCHEMA_VERSION),
+                (1, "events, stream catalog", datetime.now(UTC).isoformat()),
+            )
+        return [1]
+
+    def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
+        heads: dict[UUID, StreamHead] = {}
+        with self._txn(commit=False) as c:
+            for i in range(0, len(stream_ids), _CHUNK):
+                chunk = [s.hex for s in stream_ids[i : i + _CHUNK]]
+                c.execute(
+                    _sql(catalog.SELECT_STREAMS) + " WHERE stream_id IN ("
+                    + ",".join("?" * len(chunk)) + ")",
+                    chunk,
+                )
+                for row in c.fetchall():
+                    sid = UUID(row[0])
+                    heads[sid] = catalog.head_from_row(row, sid)
+        return heads
+
+    def append(
+        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
+    ) -> Sequence[int]:
+        try:
+            ids = self.recorder.insert_events(events, heads=heads)
+        except IntegrityError as exc:
+            raise ConcurrencyError(f"another writer appended first: {exc}") from exc
+        except PersistenceError as exc:
+            raise StoreError(f"SQLite store {self.url}: {exc}") from exc
+        return ids or []
+
+    def list_streams(self, query: StreamQuery) -> list[StreamHead]:
+        sql, params = catalog.list_streams_sql(query)
+        with self._txn(commit=False) as c:
+            c.execute(_sql(sql), params)
+            return [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
+
+    def iter_rows(self, stream_ids: Sequence[UUID] | None = None) -> Iterator[StoredRow]:
+        sql = (
+            "SELECT originator_id, originator_version, notification_id, topic, state FROM "
+            + catalog.EVENTS_TABLE
+        )
+        batches: list[list[str] | None] = [None]
+        if stream_ids is not None:
+            keys = sorted(s.hex for s in stream_ids)
+            batches = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+        for batch in batches:
+            where = ""
+            if batch is not None:
+                where = " WHERE originator_id IN (" + ",".join("?" * len(batch)) + ")"
+            with self._txn(commit=False) as c:
+                c.execute(sql + where + " ORDER BY originator_id, originator_version", batch or [])
+                while rows := c.sqlite_cursor.fetchmany(5000):
+                    for r in rows:
+                        yield StoredRow(UUID(r[0]), r[1], r[2], r[3], _as_bytes(r[4]))
+
+    def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
+        sql, params = _sql(catalog.SELECT_STREAMS), []
+        if tenant is not None:
+            sql, params = sql + " WHERE tenant = ?", [tenant]
+        with self._txn(commit=False) as c:
+            c.execute(sql + " ORDER BY stream_id", params)
+            rows = c.fetchall()
+        for r in rows:
+            yield catalog.head_from_row(r, UUID(r[0]))
+
+    def close(self) -> None:
+        self.datastore.close()

@@ -1,0 +1,84 @@
+"""Stored records, stream identity and the per-stream hash chain.
+
+Every stored event's ``state`` is the UTF-8 JSON of a *record*: the event as
+submitted plus two ledger fields, ``ledger_memory_hash`` (what the logged memory
+writes imply) and ``prev_hash`` (the hash of the previous record of the same
+stream, ``GENESIS_HASH`` for the first). A record's own hash is
+``"sha256:" + sha256(state bytes)``, so each record commits to the whole history
+before it. The algorithm is written out for auditors in ``docs/VERIFY.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any, Final
+
+import orjson
+
+RECORD_VERSION: Final = 1
+GENESIS_HASH: Final = "sha256:" + "0" * 64
+EVENT_TOPIC: Final = "agentledger.trace_event.v1"
+FINDING_TOPIC: Final = "agentledger.finding.v1"
+TOPICS: Final = (EVENT_TOPIC, FINDING_TOPIC)
+
+STREAM_NAMESPACE: Final = uuid.UUID("5b0c4a1e-6f7d-4c43-9a57-0a9e3c1d2b10")
+TRACE_KIND: Final = "trace"
+FINDINGS_KIND: Final = "findings"
+FINDINGS_STREAM_NAME: Final = "$findings"
+
+
+def stream_id(kind: str, tenant: str, name: str) -> uuid.UUID:
+    """The stream's originator id: UUIDv5 of the JSON array ``[kind, tenant, name]``."""
+    return uuid.uuid5(STREAM_NAMESPACE, json.dumps([kind, tenant, name], ensure_ascii=False))
+
+
+def trace_stream_id(tenant: str, trace_id: str) -> uuid.UUID:
+    """The originator id of the trace stream for (tenant, trace_id)."""
+    return stream_id(TRACE_KIND, tenant, trace_id)
+
+
+def findings_stream_id(tenant: str) -> uuid.UUID:
+    """The originator id of a tenant's findings stream."""
+    return stream_id(FINDINGS_KIND, tenant, FINDINGS_STREAM_NAME)
+
+
+def record_hash(state: bytes) -> str:
+    """The hash of one stored record: sha256 over its stored bytes."""
+    return "sha256:" + hashlib.sha256(state).hexdigest()
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """Serialise a record to the bytes that are stored (and hashed)."""
+    try:
+        return orjson.dumps(record)
+    except TypeError:  # integers beyond 64 bits: orjson refuses them, json keeps them
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode(state: bytes) -> dict[str, Any]:
+    """Parse stored bytes back into a record (raises ValueError if they are not one)."""
+    try:
+        value = orjson.loads(state)
+    except orjson.JSONDecodeError:
+        value = json.loads(state)
+    if not isinstance(value, dict):
+        raise ValueError("stored state is not a JSON object")
+    return value
+
+
+def event_record(
+    wire: dict[str, Any], *, ledger_memory_hash: str, prev_hash: str
+) -> dict[str, Any]:
+    """The record stored for one trace event (``wire`` is ``TraceEvent.record()``)."""
+    return {"v": RECORD_VERSION, **wire, "ledger_memory_hash": ledger_memory_hash,
+            "prev_hash": prev_hash}
+
+
+def wire_part(record: dict[str, Any]) -> dict[str, Any]:
+    """The submitted event inside a stored record (ledger fields removed)."""
+    return {k: v for k, v in record.items() if k not in _LEDGER_FIELDS}
+
+
+_LEDGER_FIELDS = frozenset({"v", "ledger_memory_hash", "prev_hash"})

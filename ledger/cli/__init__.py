@@ -1,0 +1,1 @@
+"""The agentledger command line (the one place that composes ledger, projections and replay)."""

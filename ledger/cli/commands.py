@@ -1,0 +1,192 @@
+"""The ledger's commands: init, ingest, verify, trace show|list.
+
+Library modules are imported inside the commands so ``agentledger --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from ledger.cli.common import (
+    EXIT_PROBLEMS,
+    EXIT_REJECTED,
+    emit_json,
+    handle_errors,
+    is_terminal,
+    json_option,
+    open_store,
+    table,
+    tenant_option,
+)
+
+
+@click.command()
+@json_option
+@click.pass_context
+@handle_errors
+def init(ctx: click.Context, as_json: bool) -> None:
+    """Create or upgrade the store's schema (also done on first use)."""
+    from ledger.store import open_backend, resolve_url
+
+    backend = open_backend(resolve_url(ctx.obj.get("store")))
+    try:
+        applied = backend.migrate()
+        version = backend.schema_version()
+    finally:
+        backend.close()
+    if as_json:
+        emit_json({"store": backend.url, "schema_version": version, "applied": applied})
+    elif applied:
+        click.echo(f"Initialized {backend.url} (schema version {version}).")
+    else:
+        click.echo(f"{backend.url} is up to date (schema version {version}).")
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True)
+@click.option("--reject-file", type=click.Path(dir_okay=False),
+              help="Where rejected lines go (JSONL). Default: rejected-<time>.jsonl here.")
+@click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True,
+              help="Events per transaction.")
+@click.option("--reorder", is_flag=True,
+              help="Hold and reorder events by seq within each batch instead of rejecting gaps.")
+@json_option
+@click.pass_context
+@handle_errors
+def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
+           batch_size: int, reorder: bool, as_json: bool) -> None:
+    """Append JSONL trace events from FILES (- for stdin) to the ledger.
+
+    Exit 0 when every line was stored or was a duplicate, 3 when some lines were
+    rejected (the rest stored; the rejected ones saved to the reject file).
+    """
+    from ledger.ingest import check_sources
+    from ledger.ingest import ingest as run_ingest
+
+    check_sources(files)
+    total = sum(os.path.getsize(f) for f in files if f != "-")
+    with open_store(ctx) as store:
+        if is_terminal() and total > 1_000_000:
+            with click.progressbar(length=total, label="Ingesting", file=sys.stderr,
+                                   show_pos=False, show_percent=True, show_eta=True) as bar:
+                summary = run_ingest(store, files, reject_file=reject_file,
+                                     batch_size=batch_size, reorder=reorder, progress=bar.update)
+        else:
+            summary = run_ingest(store, files, reject_file=reject_file, batch_size=batch_size,
+                                 reorder=reorder)
+    if as_json:
+        emit_json(summary.as_json())
+    else:
+        line = (f"accepted {summary.accepted:,}  duplicates {summary.duplicates:,}  "
+                f"rejected {summary.rejected:,}")
+        if summary.findings:
+            line += f"  findings {summary.findings:,}"
+        click.echo(line)
+        if summary.reject_file:
+            click.echo(f"Rejected lines saved to {summary.reject_file}")
+    if summary.rejected:
+        sys.exit(EXIT_REJECTED)
+
+
+@click.command()
+@tenant_option(required=False)
+@click.option("--trace", "trace_id",
+              help="Verify only this trace (of --tenant, default 'default').")
+@json_option
+@click.pass_context
+@handle_errors
+def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, as_json: bool) -> None:
+    """Re-derive every hash chain and memory hash; report anything altered.
+
+    Exit 0 when every record is intact, 4 when any problem is found.
+    """
+    from ledger.verify import verify as run_verify
+
+    with open_store(ctx) as store:
+        if is_terminal() and not as_json:
+            bar: Any
+            with click.progressbar(length=None, label="Verifying", file=sys.stderr) as bar:
+                report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update)
+        else:
+            report = run_verify(store, tenant=tenant, trace_id=trace_id)
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        _print_verify(report)
+    if not report.ok:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _print_verify(report: Any) -> None:
+    if report.ok:
+        click.echo(f"OK: {report.streams:,} streams, {report.events:,} events; every chain "
+                   "and memory hash checks out.")
+    else:
+        click.echo(click.style(f"ALTERED: {len(report.problems)} problem(s) in "
+                               f"{report.streams:,} streams, {report.events:,} events", fg="red"))
+        rows = [[p.tenant or "", p.trace_id or "", "" if p.seq is None else str(p.seq), p.kind,
+                 p.detail] for p in report.problems]
+        click.echo(table(rows, ["tenant", "trace_id", "seq", "kind", "detail"]))
+    if report.findings:
+        click.echo(f"\n{len(report.findings)} finding(s): runtime-claimed memory hashes that "
+                   "the logged writes do not explain (records intact):")
+        rows = [[p.tenant or "", p.trace_id or "", str(p.seq), p.detail] for p in report.findings]
+        click.echo(table(rows, ["tenant", "trace_id", "seq", "detail"]))
+
+
+@click.group()
+def trace() -> None:
+    """Read traces back."""
+
+
+@trace.command("show")
+@click.argument("trace_id")
+@tenant_option(required=False)
+@json_option
+@click.pass_context
+@handle_errors
+def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, as_json: bool) -> None:
+    """Show one trace's events in order (tenant defaults to 'default')."""
+    from ledger.cli.timeline import render_timeline
+    from ledger.events import DEFAULT_TENANT
+    from ledger.reader import get_trace
+
+    with open_store(ctx) as store:
+        view = get_trace(store, tenant or DEFAULT_TENANT, trace_id)
+    if as_json:
+        emit_json(view.as_json())
+    else:
+        click.echo(render_timeline(view, color=sys.stdout.isatty()))
+
+
+@trace.command("list")
+@tenant_option(required=False)
+@click.option("--status", type=click.Choice(["active", "terminated"]))
+@click.option("--since", help="Only traces active at or after this time (RFC 3339 or date).")
+@click.option("--until", help="Only traces started at or before this time.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many traces.")
+@json_option
+@click.pass_context
+@handle_errors
+def trace_list(ctx: click.Context, tenant: str | None, status: str | None, since: str | None,
+               until: str | None, limit: int | None, as_json: bool) -> None:
+    """List a tenant's traces, oldest first (tenant defaults to 'default')."""
+    from ledger.events import DEFAULT_TENANT
+    from ledger.reader import list_traces
+
+    with open_store(ctx) as store:
+        rows = list_traces(store, tenant or DEFAULT_TENANT, status=status, since=since,
+                           until=until, limit=limit)
+    if as_json:
+        emit_json([r.as_json() for r in rows])
+        return
+    if not rows:
+        click.echo("No traces.")
+        return
+    click.echo(table([[r.trace_id, r.status, str(r.events), r.agent_owner or "",
+                       (r.first_ts or "")[:19], (r.last_ts or "")[:19]] for r in rows],
+                     ["trace_id", "status", "events", "agent_owner", "first_ts", "last_ts"]))

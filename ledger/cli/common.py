@@ -1,0 +1,107 @@
+"""What every command shares: options, opening the store, errors, output.
+
+Each command parses options, opens the store with :func:`open_store`, makes one
+library call and renders. Library errors (``LedgerError``) become one
+``Error: ...`` line on stderr and the error's documented exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from ledger.store import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_PROBLEMS = 4
+EXIT_NOT_FOUND = 5
+
+
+def json_option(f: Callable[P, R]) -> Callable[P, R]:
+    """``--json``: machine-readable output with the documented field names."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+
+
+def tenant_option(required: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``--tenant T``: the isolation boundary every read is confined to."""
+    return click.option(
+        "--tenant", required=required,
+        help="Tenant to read (every read is confined to one tenant).",
+    )
+
+
+def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
+    """Turn LedgerError into ``Error: ...`` and its exit code; never a traceback."""
+
+    @functools.wraps(f)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        from ledger.errors import LedgerError
+
+        try:
+            return f(*args, **kwargs)
+        except LedgerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: committed batches are kept; re-run to resume.", err=True)
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as exc:
+            if os.environ.get("AGENTLEDGER_DEBUG"):
+                raise
+            click.echo(f"Internal error: {type(exc).__name__}: {exc} "
+                       "(set AGENTLEDGER_DEBUG=1 for a traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+@contextmanager
+def open_store(ctx: click.Context) -> Iterator[Store]:
+    """Open (and migrate) the store named by ``--store`` / ``$AGENTLEDGER_STORE``."""
+    from ledger.store import Store
+
+    store = Store.open(ctx.obj.get("store"))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def emit_json(value: Any) -> None:
+    """Print a JSON document (UTF-8, indented) to stdout."""
+    import orjson
+
+    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def is_terminal() -> bool:
+    """Whether stderr is a terminal (progress bars and colour only then)."""
+    return sys.stderr.isatty()
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    """A plain left-aligned text table."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""The ``agentledger`` command: a thin CLI over the ledger, projections and replay.
+
+This package is the one place that composes ``ledger``, ``projections`` and
+``replay``. Exit codes (stable, see docs/CLI.md): 0 ok, 1 internal error,
+2 usage or unreadable input, 3 some input rejected, 4 verification found
+problems, 5 not found.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ledger.cli.commands import ingest, init, trace, verify
+from ledger.cli.demo import demo
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--store", envvar="AGENTLEDGER_STORE", metavar="URL",
+              help="sqlite:///path.db (default sqlite:///agentledger.db) or postgresql://... "
+                   "[env: AGENTLEDGER_STORE]")
+@click.version_option(package_name="agentledger")
+@click.pass_context
+def main(ctx: click.Context, store: str | None) -> None:
+    """AgentLedger: a tamper-evident audit ledger for AI-agent execution traces."""
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = store
+
+
+for command in (init, ingest, verify, trace, demo):
+    main.add_command(command)

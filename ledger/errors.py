@@ -1,0 +1,75 @@
+"""One exception hierarchy for the whole project.
+
+Everything the library raises on purpose derives from :class:`LedgerError`; the CLI
+catches that class only and maps each subclass to a documented exit code
+(``docs/CLI.md``). Driver errors are translated once, in the backend modules.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base class of every expected AgentLedger error."""
+
+    exit_code = 1
+
+
+class UsageError(LedgerError):
+    """The caller asked for something malformed (bad URL, bad option value)."""
+
+    exit_code = 2
+
+
+class InputError(LedgerError):
+    """An input could not be read at all (missing file, unreadable stream)."""
+
+    exit_code = 2
+
+
+class StoreError(LedgerError):
+    """The store failed or is unreachable; wraps the driver's error."""
+
+    exit_code = 1
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this version of AgentLedger understands."""
+
+
+class NotFoundError(LedgerError):
+    """A named trace, stream or object does not exist (in this tenant)."""
+
+    exit_code = 5
+
+
+class ValidationError(LedgerError):
+    """An event does not conform to the trace-event contract.
+
+    ``field`` is a dotted path (``payload.action.tool``) or ``None`` when the
+    problem is with the line as a whole.
+    """
+
+    exit_code = 3
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+class NotIJSONError(ValidationError):
+    """A memory value falls outside I-JSON (RFC 7493), so JCS cannot hash it."""
+
+
+class SequenceError(ValidationError):
+    """An event's seq would leave a gap in its trace (out of order)."""
+
+
+class ConflictError(LedgerError):
+    """An event for an existing (tenant, trace_id, seq) differs from the stored one."""
+
+    exit_code = 3
+
+
+class ConcurrencyError(StoreError):
+    """Another writer appended to the same stream first (optimistic concurrency)."""

@@ -1,0 +1,206 @@
+"""The trace-event envelope: validation of one wire event into a :class:`TraceEvent`.
+
+``parse_line`` (bytes of one JSONL line) and ``parse_event`` (an already decoded
+object, the Python API's input) apply the whole contract of
+``docs/EVENT-CONTRACT.md``: envelope fields, the payload model for the event type,
+defaults (``tenant``, ``write_scope``) and the I-JSON rule for memory values. Any
+violation raises :class:`ledger.errors.ValidationError` naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ledger.canonical import canonicalize
+from ledger.errors import ValidationError
+from ledger.payloads import payload_model
+
+DEFAULT_TENANT = "default"
+_TS = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+TraceId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")]
+Tenant = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+WriteScope = Annotated[str, StringConstraints(pattern=r"^memory/.+$")]
+MemoryHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
+EventType = Annotated[str, StringConstraints(min_length=1)]
+Timestamp = Annotated[str, StringConstraints(pattern=r"^" + _TS.pattern + r"$")]
+
+
+class EventEnvelope(BaseModel):
+    """The fields every event carries (section 1 of the contract)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    trace_id: TraceId
+    seq: int = Field(ge=1)
+    event: EventType
+    ts: Timestamp
+    tenant: Tenant = DEFAULT_TENANT
+    agent_owner: str
+    executed_by: str
+    write_scope: WriteScope | None = None
+    memory_hash: MemoryHash | None = None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One validated event, defaults filled in; ``payload`` is kept verbatim."""
+
+    tenant: str
+    trace_id: str
+    seq: int
+    event: str
+    ts: str
+    agent_owner: str
+    executed_by: str
+    write_scope: str
+    memory_hash: str | None
+    payload: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """The event as a plain dict in wire shape, the unit of duplicate detection."""
+        return {
+            "tenant": self.tenant,
+            "trace_id": self.trace_id,
+            "seq": self.seq,
+            "event": self.event,
+            "ts": self.ts,
+            "agent_owner": self.agent_owner,
+            "executed_by": self.executed_by,
+            "write_scope": self.write_scope,
+            "memory_hash": self.memory_hash,
+            "payload": self.payload,
+        }
+
+    @property
+    def ts_utc(self) -> str:
+        """``ts`` normalised to UTC with microseconds, so strings compare as instants."""
+        return normalize_ts(self.ts)
+
+
+RECORD_FIELDS = tuple(TraceEvent.__slots__)
+
+
+def normalize_ts(ts: str) -> str:
+    """An RFC 3339 timestamp as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
+    if _TS.fullmatch(ts) is None:
+        raise ValueError("not of the form 2026-11-20T10:00:00.123Z")
+    parsed = datetime.fromisoformat(ts.upper())
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_line(raw: bytes) -> TraceEvent:
+    """Decode and validate one JSONL line (without its newline)."""
+    return parse_event(decode_json(raw))
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON decoding: UTF-8, no NaN/Infinity; big integers are kept exactly."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        fast_error = str(exc)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"not valid UTF-8 at byte {exc.start}") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("string contains a lone surrogate (not valid Unicode)") from None
+    except (ValueError, RecursionError):
+        raise ValidationError(f"malformed JSON: {fast_error}") from None
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_event(obj: Any) -> TraceEvent:
+    """Validate a decoded wire object against the contract."""
+    if not isinstance(obj, dict):
+        raise ValidationError(f"expected a JSON object, got {_json_type(obj)}")
+    try:
+        env = EventEnvelope.model_validate(obj)
+    except pydantic.ValidationError as exc:
+        raise _translate(exc, prefix="") from None
+    model = payload_model(env.event)
+    if model is None:
+        raise ValidationError(f"unknown event type {env.event!r}", field="event")
+    try:
+        model.model_validate(env.payload)
+    except pydantic.ValidationError as exc:
+        raise _translate(exc, prefix="payload") from None
+    _check_timestamp(env.ts)
+    write_scope = env.write_scope
+    if env.event == "CALLBACK_MEMORY_WRITE":
+        if write_scope is None:
+            raise ValidationError("required for CALLBACK_MEMORY_WRITE", field="write_scope")
+        if "value" in env.payload:
+            canonicalize(env.payload["value"], path="payload.value")
+    return TraceEvent(
+        tenant=env.tenant,
+        trace_id=env.trace_id,
+        seq=env.seq,
+        event=env.event,
+        ts=env.ts,
+        agent_owner=env.agent_owner,
+        executed_by=env.executed_by,
+        write_scope=write_scope or f"memory/{env.agent_owner}",
+        memory_hash=env.memory_hash,
+        payload=obj["payload"],
+    )
+
+
+def _check_timestamp(ts: str) -> None:
+    try:
+        normalize_ts(ts)
+    except ValueError as exc:
+        raise ValidationError(f"not a valid RFC 3339 timestamp ({exc})", field="ts") from None
+
+
+def _translate(exc: pydantic.ValidationError, *, prefix: str) -> ValidationError:
+    """The first pydantic error as a ValidationError with a dotted field path."""
+    err = exc.errors(include_url=False)[0]
+    parts = [prefix] if prefix else []
+    for loc in err["loc"]:
+        if isinstance(loc, int):
+            parts[-1:] = [f"{parts[-1]}[{loc}]" if parts else f"[{loc}]"]
+        else:
+            parts.append(str(loc))
+    field = ".".join(parts) or None
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        msg = "unknown envelope field (event-specific data belongs in payload)"
+    elif kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    elif kind == "string_pattern_mismatch":
+        msg = _PATTERN_HINTS.get(field or "", msg)
+    return ValidationError(msg, field=field)
+
+
+_PATTERN_HINTS = {
+    "trace_id": "must be 1-200 characters with no whitespace or control characters",
+    "ts": "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-20T10:00:00.123Z",
+    "write_scope": "must look like memory/<agent>",
+    "memory_hash": "must be sha256: followed by 64 lowercase hex digits",
+}
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    for typ, name in names.items():
+        if isinstance(value, typ):
+            return name
+    return "a number"

@@ -1,0 +1,1 @@
+"""Memory state per write scope and its hash. (Being written: see the helper task.)"""

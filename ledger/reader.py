@@ -1,0 +1,101 @@
+"""Reading traces back: one trace's events in order, and lists of traces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import chain
+from ledger.backends.base import StreamHead, StreamQuery
+from ledger.errors import NotFoundError, UsageError
+from ledger.events import normalize_ts
+from ledger.payloads import is_failure_point
+from ledger.store import Store
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSummary:
+    """One row of ``agentledger trace list``."""
+
+    tenant: str
+    trace_id: str
+    status: str
+    events: int
+    agent_owner: str | None
+    first_ts: str | None
+    last_ts: str | None
+
+    @classmethod
+    def from_head(cls, head: StreamHead) -> TraceSummary:
+        return cls(head.tenant, head.name, head.status, head.last_seq, head.agent_owner,
+                   head.first_ts, head.last_ts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"tenant": self.tenant, "trace_id": self.trace_id, "status": self.status,
+                "events": self.events, "agent_owner": self.agent_owner,
+                "first_ts": self.first_ts, "last_ts": self.last_ts}
+
+
+@dataclass(frozen=True, slots=True)
+class TraceView:
+    """A whole trace: its summary and its stored records in seq order."""
+
+    summary: TraceSummary
+    records: list[dict[str, Any]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.summary.as_json(), "events": [event_json(r) for r in self.records]}
+
+
+def event_json(record: dict[str, Any]) -> dict[str, Any]:
+    """The ``--json`` shape of one stored event."""
+    return {
+        "seq": record["seq"], "event": record["event"], "ts": record["ts"],
+        "agent_owner": record["agent_owner"], "executed_by": record["executed_by"],
+        "write_scope": record["write_scope"], "memory_hash": record["memory_hash"],
+        "ledger_memory_hash": record["ledger_memory_hash"],
+        "failure": is_failure_point(record["event"], record["payload"]),
+        "payload": record["payload"],
+    }
+
+
+def get_trace(store: Store, tenant: str, trace_id: str) -> TraceView:
+    """A trace of a tenant, or NotFoundError."""
+    sid = chain.trace_stream_id(tenant, trace_id)
+    head = store.backend.load_heads([sid]).get(sid)
+    if head is None:
+        raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
+    records = [chain.decode(e.state) for e in store.backend.read_stream(sid)]
+    return TraceView(TraceSummary.from_head(head), records)
+
+
+def list_traces(
+    store: Store, tenant: str, *, status: str | None = None, since: str | None = None,
+    until: str | None = None, limit: int | None = None,
+) -> list[TraceSummary]:
+    """Traces of a tenant, oldest first; ``since``/``until`` bound their activity."""
+    query = StreamQuery(tenant=tenant, status=status, since=parse_bound(since, "since"),
+                        until=parse_bound(until, "until"), limit=limit)
+    return [TraceSummary.from_head(h) for h in store.backend.list_streams(query)]
+
+
+def parse_bound(value: str | None, name: str) -> str | None:
+    """A ``--since``/``--until`` value (RFC 3339 or YYYY-MM-DD) as a normalised UTC string."""
+    if value is None:
+        return None
+    text = value.strip()
+    if len(text) == 10:
+        text += "T00:00:00Z" if name == "since" else "T23:59:59.999999Z"
+    try:
+        return normalize_ts(text)
+    except ValueError:
+        raise UsageError(
+            f"--{name} {value!r} is not a date (YYYY-MM-DD) or RFC 3339 timestamp"
+        ) from None
+
+
+def list_findings(store: Store, tenant: str) -> list[dict[str, Any]]:
+    """The integrity findings the ledger recorded for a tenant, oldest first."""
+    stored = store.backend.read_stream(chain.findings_stream_id(tenant))
+    keys = ("tenant", "trace_id", "seq", "finding", "detail", "recorded_at")
+    return [{k: r.get(k) for k in keys} for r in (chain.decode(e.state) for e in stored)]

@@ -1,0 +1,61 @@
+"""Shared fixtures: every store test runs on SQLite and on a throwaway PostgreSQL.
+
+The PostgreSQL cluster is started once per session (initdb into a temp dir, as
+the ``postgres`` user when running as root) and stopped at the end; each test gets
+a fresh schema. Without PostgreSQL binaries the postgres cases skip, except with
+``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pgcluster import PgCluster, pg_required_or_skip
+
+from ledger.store import Store
+
+BACKENDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    bin_dir = pg_required_or_skip()
+    cluster = PgCluster(bin_dir).start()
+    try:
+        cluster.create_database("agentledger_test")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _postgres_url(request: pytest.FixtureRequest) -> str:
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    return cluster.url_for("agentledger_test") + f"?schema={schema}"
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of an empty store, once per backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return _postgres_url(request)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A URL of an empty SQLite store (for behaviour specific to the embedded file)."""
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """An open, migrated store, once per backend."""
+    s = Store.open(store_url)
+    try:
+        yield s
+    finally:
+        s.close()
