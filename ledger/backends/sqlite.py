@@ -79,15 +79,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             for s in stored_events
         ]
         c.executemany(self.insert_events_statement, params)
+        ids: list[int] = []
+        if params:  # read before the catalog upsert, which moves last_insert_rowid()
+            c.execute("SELECT last_insert_rowid()")
+            last = int(c.fetchone()[0])
+            ids = list(range(last - len(params) + 1, last + 1))
         heads: Sequence[StreamHead] = kwargs.get("heads", ())
         if heads:
             rows = [catalog.head_params(h, h.stream_id.hex) for h in heads]
             c.executemany(_sql(catalog.UPSERT_STREAM), rows)
-        if not params:
-            return []
-        c.execute("SELECT last_insert_rowid()")
-        last = int(c.fetchone()[0])
-        return list(range(last - len(params) + 1, last + 1))
+        return ids
 
     def select_notifications(
         self,

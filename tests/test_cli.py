@@ -1,0 +1,211 @@
+"""The CLI through click's CliRunner: exit codes, error lines, --json fields, help."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from ledger.cli.main import main
+from ledger.workload import demo_bad_lines, demo_events
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(url: str, *args: str, input: bytes | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--store", url, *args], input=input)
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def demo_file(tmp_path: Path) -> Path:
+    path = tmp_path / "demo.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
+    return path
+
+
+def test_init_reports_the_schema_version(store_url: str) -> None:
+    """init creates the schema once and says so; a second init is a no-op."""
+    code, out, _ = run(store_url, "init", "--json")
+    assert code == 0 and json.loads(out)["applied"] == [1]
+    code, out, _ = run(store_url, "init", "--json")
+    assert json.loads(out) == {"store": store_url, "schema_version": 1, "applied": []}
+
+
+def test_ingest_json_summary_and_exit_zero(store_url: str, demo_file: Path,
+                                           tmp_path: Path) -> None:
+    """A clean file exits 0 with the documented summary fields."""
+    code, out, _ = run(store_url, "ingest", str(demo_file), "--json",
+                       "--reject-file", str(tmp_path / "r.jsonl"))
+    summary = json.loads(out)
+    assert code == 0
+    assert {"accepted", "duplicates", "rejected", "reject_file"} <= summary.keys()
+    assert summary["accepted"] == len(demo_events()) and summary["rejected"] == 0
+
+
+def test_ingest_twice_counts_duplicates(store_url: str, demo_file: Path, tmp_path: Path) -> None:
+    """Re-ingesting the same file stores nothing and counts every line as a duplicate."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "ingest", str(demo_file), "--json",
+                       "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0 and json.loads(out)["duplicates"] == len(demo_events())
+
+
+def test_ingest_with_rejects_exits_3_and_saves_them(store_url: str, demo_file: Path,
+                                                     tmp_path: Path) -> None:
+    """Bad lines give exit 3, the good ones are stored, the bad ones saved."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(demo_file.read_bytes() + b"\n".join(demo_bad_lines()) + b"\n")
+    rejects = tmp_path / "rejects.jsonl"
+    code, out, _ = run(store_url, "ingest", str(bad), "--json", "--reject-file", str(rejects))
+    summary = json.loads(out)
+    assert code == 3
+    assert summary["rejected"] == len(demo_bad_lines())
+    assert summary["reject_file"] == str(rejects)
+    assert len(rejects.read_bytes().splitlines()) == len(demo_bad_lines())
+
+
+def test_ingest_reads_stdin(store_url: str, demo_file: Path, tmp_path: Path) -> None:
+    """'-' reads events from standard input."""
+    code, out, _ = run(store_url, "ingest", "-", "--json", "--reject-file",
+                       str(tmp_path / "r.jsonl"), input=demo_file.read_bytes())
+    assert code == 0 and json.loads(out)["accepted"] == len(demo_events())
+
+
+def test_ingest_missing_file_exits_2_with_one_error_line(store_url: str) -> None:
+    """An unreadable input is exit 2 and one 'Error:' line naming the file."""
+    code, _, err = run(store_url, "ingest", "/no/such/file.jsonl")
+    assert code == 2
+    assert err.strip() == "Error: /no/such/file.jsonl: no such file"
+
+
+def test_bad_store_url_exits_2(tmp_path: Path) -> None:
+    """An unsupported --store URL is a usage error."""
+    code, _, err = run("mysql://nope", "trace", "list")
+    assert code == 2 and err.startswith("Error: unsupported store URL")
+
+
+def test_trace_show_json_fields(store_url: str, demo_file: Path, tmp_path: Path) -> None:
+    """trace show --json gives the trace's status and its events in seq order."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "trace", "show", "crm-export", "--tenant", "acme", "--json")
+    view = json.loads(out)
+    assert code == 0 and view["status"] == "terminated"
+    assert [e["seq"] for e in view["events"]] == list(range(1, view["events"][-1]["seq"] + 1))
+    assert {"seq", "event", "ts", "agent_owner", "executed_by", "write_scope", "memory_hash",
+            "ledger_memory_hash", "failure", "payload"} == view["events"][0].keys()
+
+
+def test_trace_show_human_timeline_marks_failures(store_url: str, demo_file: Path,
+                                                  tmp_path: Path) -> None:
+    """The human timeline shows the header and marks failure points with '!'."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "trace", "show", "crm-export", "--tenant", "acme")
+    assert code == 0 and "TERMINATED" in out.splitlines()[0]
+    assert re.search(r"!\s+EXEC_TERMINATED", out)
+
+
+def test_trace_show_unknown_exits_5(store_url: str) -> None:
+    """Asking for a trace that does not exist (in that tenant) is exit 5."""
+    code, _, err = run(store_url, "trace", "show", "nope", "--tenant", "acme")
+    assert code == 5 and "no trace 'nope' in tenant 'acme'" in err
+
+
+def test_trace_list_is_confined_to_the_tenant(store_url: str, demo_file: Path,
+                                              tmp_path: Path) -> None:
+    """trace list only returns the asked tenant's traces, with the documented fields."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "trace", "list", "--tenant", "globex", "--json")
+    rows = json.loads(out)
+    expected = {e["trace_id"] for e in demo_events() if e["tenant"] == "globex"}
+    assert code == 0 and {r["trace_id"] for r in rows} == expected
+    assert all(r["tenant"] == "globex" for r in rows)
+    assert set(rows[0]) == {"tenant", "trace_id", "status", "events", "agent_owner",
+                            "first_ts", "last_ts"}
+
+
+def test_trace_list_status_and_bad_since(store_url: str, demo_file: Path, tmp_path: Path) -> None:
+    """--status filters; an unparseable --since is a usage error naming the option."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "trace", "list", "--tenant", "acme", "--status",
+                       "terminated", "--json")
+    assert code == 0 and all(r["status"] == "terminated" for r in json.loads(out))
+    code, _, err = run(store_url, "trace", "list", "--since", "yesterday")
+    assert code == 2 and "--since 'yesterday'" in err
+
+
+def test_verify_ok_then_exit_4_after_an_edit(sqlite_url: str, demo_file: Path,
+                                             tmp_path: Path) -> None:
+    """verify exits 0 on an intact ledger and 4, naming the problem, after a byte is edited."""
+    run(sqlite_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(sqlite_url, "verify", "--json")
+    assert code == 0 and json.loads(out)["ok"] is True
+    db = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+    db.execute("UPDATE agentledger_events SET state = CAST(REPLACE(CAST(state AS TEXT), "
+               "'429', '428') AS BLOB) WHERE notification_id = (SELECT MIN(notification_id) "
+               "FROM agentledger_events WHERE CAST(state AS TEXT) LIKE '%429%')")
+    db.commit()
+    db.close()
+    code, out, _ = run(sqlite_url, "verify", "--json")
+    report = json.loads(out)
+    assert code == 4 and report["ok"] is False
+    assert {"tenant", "trace_id", "seq", "kind", "detail"} == report["problems"][0].keys()
+
+
+def test_verify_reports_the_runtime_memory_hash_finding(store_url: str, demo_file: Path,
+                                                         tmp_path: Path) -> None:
+    """The demo's lying runtime shows up as a finding, not as tampering."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "verify", "--tenant", "acme", "--json")
+    report = json.loads(out)
+    assert code == 0
+    assert [(f["trace_id"], f["kind"]) for f in report["findings"]] == [
+        ("pricing-memo", "memory_hash_mismatch")]
+
+
+def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
+    """demo ingests, shows a failed chain, verifies, and exits 0."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    code, out, _ = run(url, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 0
+    assert "== 3. A chain that failed ==" in out and "OK:" not in out.split("== 4")[0]
+    assert "memory_hash_mismatch" in out and "conflict" in out
+
+
+def _all_commands() -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = []
+
+    def walk(prefix: str, cmd: click.Command) -> None:
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(f"{prefix} {name}".strip(), sub)
+        else:
+            found.append((prefix, cmd))
+
+    walk("", main)
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n, _ in _all_commands()])
+def test_every_command_has_help_and_is_documented(name: str) -> None:
+    """Each command has a help text and a section in docs/CLI.md."""
+    result = CliRunner().invoke(main, [*name.split(), "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    assert f"### `agentledger {name}`" in (ROOT / "docs" / "CLI.md").read_text()
+
+
+def test_help_does_not_import_the_storage_stack() -> None:
+    """`agentledger --help` stays fast: no eventsourcing, psycopg or pydantic import."""
+    code = ("import sys; from ledger.cli.main import main\n"
+            "heavy = [m for m in ('eventsourcing', 'psycopg', 'pydantic') if m in sys.modules]\n"
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

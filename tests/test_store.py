@@ -1,0 +1,101 @@
+"""Backend conformance: the Backend interface behaves the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from eventsourcing.persistence import StoredEvent
+
+from ledger import chain
+from ledger.backends.base import SCHEMA_VERSION, StreamHead, StreamQuery
+from ledger.errors import ConcurrencyError, SchemaVersionError, UsageError
+from ledger.store import Store, open_backend
+
+
+def _head(tenant: str, name: str, n: int, **kw: object) -> StreamHead:
+    return StreamHead(chain.trace_stream_id(tenant, name), "trace", tenant, name, n,
+                      "sha256:" + "1" * 64, **kw)  # type: ignore[arg-type]
+
+
+def _events(tenant: str, name: str, seqs: range) -> list[StoredEvent]:
+    sid = chain.trace_stream_id(tenant, name)
+    return [StoredEvent(sid, s, chain.EVENT_TOPIC, b'{"seq":%d}' % s) for s in seqs]
+
+
+def test_migrate_is_idempotent(store: Store) -> None:
+    """Opening a store twice applies no migration the second time."""
+    assert store.backend.schema_version() == SCHEMA_VERSION
+    assert store.backend.migrate() == []
+
+
+def test_append_returns_the_notification_ids_it_stored(store: Store) -> None:
+    """append() returns exactly the ids select_notifications reports for the new rows."""
+    store.backend.append(_events("t", "a", range(1, 4)), [_head("t", "a", 3)])
+    ids = store.backend.append(_events("t", "b", range(1, 4)), [_head("t", "b", 3)])
+    listed = store.backend.recorder.select_notifications(start=None, limit=100)
+    assert list(ids) == [n.id for n in listed][3:]
+
+
+def test_append_at_an_existing_version_raises_concurrency_error(store: Store) -> None:
+    """A second append at a stored (stream, version) fails and writes nothing."""
+    store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)])
+    with pytest.raises(ConcurrencyError):
+        store.backend.append(_events("t", "a", range(2, 4)), [_head("t", "a", 3)])
+    assert len(store.backend.read_stream(chain.trace_stream_id("t", "a"))) == 2
+    assert store.backend.load_heads([chain.trace_stream_id("t", "a")]).popitem()[1].last_seq == 2
+
+
+def test_catalog_head_is_upserted_with_the_events(store: Store) -> None:
+    """The catalog row reflects the last append."""
+    store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)])
+    store.backend.append(_events("t", "a", range(3, 4)),
+                         [_head("t", "a", 3, status="terminated")])
+    head = store.backend.load_heads([chain.trace_stream_id("t", "a")])[
+        chain.trace_stream_id("t", "a")]
+    assert (head.last_seq, head.status) == (3, "terminated")
+
+
+def test_list_streams_filters_by_tenant_status_and_time(store: Store) -> None:
+    """list_streams never crosses tenants and applies status/since/until."""
+    for tenant, name, status, first, last in [
+        ("acme", "a", "active", "2026-11-01T00:00:00.000000Z", "2026-11-02T00:00:00.000000Z"),
+        ("acme", "b", "terminated", "2026-11-05T00:00:00.000000Z", "2026-11-06T00:00:00.000000Z"),
+        ("globex", "a", "active", "2026-11-01T00:00:00.000000Z", "2026-11-02T00:00:00.000000Z"),
+    ]:
+        store.backend.append(_events(tenant, name, range(1, 2)),
+                             [_head(tenant, name, 1, status=status, first_ts=first, last_ts=last)])
+    names = lambda **kw: [h.name for h in store.backend.list_streams(StreamQuery(**kw))]  # noqa: E731
+    assert names(tenant="acme") == ["a", "b"]
+    assert names(tenant="acme", status="terminated") == ["b"]
+    assert names(tenant="acme", since="2026-11-03T00:00:00.000000Z") == ["b"]
+    assert names(tenant="acme", until="2026-11-03T00:00:00.000000Z") == ["a"]
+    assert names(tenant="globex") == ["a"]
+
+
+def test_a_store_newer_than_this_code_is_refused(store_url: str) -> None:
+    """Opening a store with a schema version we do not know raises SchemaVersionError."""
+    backend = open_backend(store_url)
+    try:
+        backend.migrate()
+        from ledger.backends import catalog
+
+        if store_url.startswith("sqlite"):
+            with backend.datastore.transaction(commit=True) as c:  # type: ignore[attr-defined]
+                c.execute(catalog.render_sqlite(catalog.INSERT_SCHEMA_VERSION),
+                          (99, "future", "2030-01-01"))
+        else:
+            from ledger.backends.postgres import pg_sql
+
+            with backend.datastore.transaction(commit=True) as c:  # type: ignore[attr-defined]
+                c.execute(pg_sql(catalog.INSERT_SCHEMA_VERSION, backend.schema),  # type: ignore[attr-defined]
+                          (99, "future", "2030-01-01"))
+    finally:
+        backend.close()
+    with pytest.raises(SchemaVersionError, match="schema version 99"):
+        Store.open(store_url)
+
+
+@pytest.mark.parametrize("url", ["mysql://x/y", "sqlite://", "nonsense"])
+def test_unsupported_store_url_is_a_usage_error(url: str) -> None:
+    """A URL that names no supported backend raises UsageError."""
+    with pytest.raises(UsageError):
+        open_backend(url)
