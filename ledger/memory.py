@@ -1,1 +1,134 @@
-"""Memory state per write scope and its hash. (Being written: see the helper task.)"""
+"""Memory state of one write scope and its hash (trace-event contract, section 3).
+
+The memory hash of a state is ``"sha256:"`` + the lowercase hex SHA-256 of the JCS
+(RFC 8785) bytes of the state object. :class:`MemoryState` keeps each entry's
+canonical ``"key":value`` bytes in JCS key order, so a write costs only the
+serialization of the new value, and the hash is one join and one digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import bisect_left
+from collections.abc import Mapping
+
+import orjson
+
+from ledger.canonical import canonicalize, field_path
+from ledger.errors import NotIJSONError, ValidationError
+
+
+def memory_hash(state: Mapping[str, object]) -> str:
+    """Return the memory hash of ``state`` (NotIJSONError if it is not I-JSON)."""
+    obj = state if isinstance(state, dict) else dict(state)
+    return "sha256:" + hashlib.sha256(canonicalize(obj, "state")).hexdigest()
+
+
+EMPTY_MEMORY_HASH: str = memory_hash({})
+"""The memory hash of the empty state, which every trace starts from."""
+
+
+class MemoryState:
+    """The ``{key: value}`` memory of one write scope, with its hash kept cheaply."""
+
+    __slots__ = ("_fragments", "_hash", "_sort_keys", "_values")
+
+    def __init__(self) -> None:
+        # Parallel lists in JCS order: UTF-16-BE key bytes, canonical b'"key":value'.
+        self._sort_keys: list[bytes] = []
+        self._fragments: list[bytes] = []
+        # key -> the value as written, serialized by orjson (types kept: 1.0 stays float).
+        self._values: dict[str, bytes] = {}
+        self._hash: str | None = EMPTY_MEMORY_HASH
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, object], *, path: str = "state") -> MemoryState:
+        """Build a state holding a copy of ``state`` (NotIJSONError if not I-JSON)."""
+        memory = cls()
+        for key, value in state.items():
+            memory.set(key, value, path=field_path(path, key), key_path=path)
+        return memory
+
+    def set(self, key: str, value: object, *, path: str = "value", key_path: str = "key") -> None:
+        """Set ``key`` to a copy of ``value``; errors name ``path`` / ``key_path``."""
+        if not isinstance(key, str):
+            raise NotIJSONError(f"key {key!r} is not a string", field=key_path)
+        fragment = canonicalize(key, key_path) + b":" + canonicalize(value, path)
+        try:  # default=float: float subclasses; canonicalize has vetted every other type
+            stored = orjson.dumps(value, default=float, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError as exc:  # orjson stops at 255 levels of nesting
+            raise NotIJSONError(f"cannot be stored: {exc}", field=path) from None
+        sort_key = key.encode("utf-16-be")
+        keys = self._sort_keys
+        i = bisect_left(keys, sort_key)
+        if i < len(keys) and keys[i] == sort_key:
+            if self._fragments[i] != fragment:
+                self._fragments[i] = fragment
+                self._hash = None
+        else:
+            keys.insert(i, sort_key)
+            self._fragments.insert(i, fragment)
+            self._hash = None
+        self._values[str.__str__(key)] = stored
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; return whether it was there (a missing key is no error)."""
+        if not isinstance(key, str) or self._values.pop(key, None) is None:
+            return False
+        i = bisect_left(self._sort_keys, key.encode("utf-16-be"))
+        del self._sort_keys[i]
+        del self._fragments[i]
+        self._hash = None
+        return True
+
+    def hash(self) -> str:
+        """Return the memory hash of the current state (cached until the next change)."""
+        if self._hash is None:
+            body = b"{" + b",".join(self._fragments) + b"}"
+            self._hash = "sha256:" + hashlib.sha256(body).hexdigest()
+        return self._hash
+
+    def as_dict(self) -> dict[str, object]:
+        """Return a fresh deep copy of the state, keys in JCS order."""
+        values = self._values
+        return {
+            key: orjson.loads(values[key])
+            for key in (sort_key.decode("utf-16-be") for sort_key in self._sort_keys)
+        }
+
+    def copy(self) -> MemoryState:
+        """Return an independent copy (entries are immutable bytes, so this is cheap)."""
+        clone = MemoryState()
+        clone._sort_keys = self._sort_keys.copy()
+        clone._fragments = self._fragments.copy()
+        clone._values = self._values.copy()
+        clone._hash = self._hash
+        return clone
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._values
+
+    def __repr__(self) -> str:
+        return f"<MemoryState {len(self)} keys {self.hash()}>"
+
+
+def apply_write(state: MemoryState, payload: Mapping[str, object]) -> None:
+    """Apply a CALLBACK_MEMORY_WRITE payload: ``{key, value}`` sets, ``{key, op: "delete"}``
+    removes. Raises ValidationError (NotIJSONError for a non-I-JSON value) naming the field.
+    """
+    key = payload.get("key")
+    if not isinstance(key, str):
+        raise ValidationError("key must be a string", field="payload.key")
+    if "op" in payload:
+        if payload["op"] != "delete":
+            raise ValidationError(f'op must be "delete", not {payload["op"]!r}', field="payload.op")
+        if "value" in payload:
+            raise ValidationError('give "value" or "op": "delete", not both', field="payload")
+        state.delete(key)
+    elif "value" in payload:
+        state.set(key, payload["value"], path="payload.value", key_path="payload.key")
+    else:
+        raise ValidationError('a memory write needs "value" or "op": "delete"', field="payload")

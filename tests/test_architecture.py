@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = sorted(p for pkg in ("ledger", "projections", "replay") for p in (ROOT / pkg).rglob("*.py"))
+PACKAGES = ("ledger", "projections", "replay")
+LIBRARY = sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
 
 
 def _imports(path: Path) -> set[str]:
