@@ -10,9 +10,10 @@ violation raises :class:`ledger.errors.ValidationError` naming the field.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -24,13 +25,18 @@ from ledger.errors import ValidationError
 from ledger.payloads import payload_model
 
 DEFAULT_TENANT = "default"
-_TS = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+_TS = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+)
+_BIG_INT = re.compile(rb"\d{19,}")  # may exceed 64 bits: orjson would turn it into a float
+MAX_SEQ = 2**63 - 1  # a bigint in both backends
 
 TraceId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")]
 Tenant = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 WriteScope = Annotated[str, StringConstraints(pattern=r"^memory/.+$")]
 MemoryHash = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 EventType = Annotated[str, StringConstraints(min_length=1)]
+AgentName = Annotated[str, StringConstraints(min_length=1)]
 Timestamp = Annotated[str, StringConstraints(pattern=r"^" + _TS.pattern + r"$")]
 
 
@@ -40,12 +46,12 @@ class EventEnvelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     trace_id: TraceId
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=MAX_SEQ)
     event: EventType
     ts: Timestamp
     tenant: Tenant = DEFAULT_TENANT
-    agent_owner: str
-    executed_by: str
+    agent_owner: AgentName
+    executed_by: AgentName
     write_scope: WriteScope | None = None
     memory_hash: MemoryHash | None = None
     payload: dict[str, Any]
@@ -91,24 +97,41 @@ RECORD_FIELDS = tuple(TraceEvent.__slots__)
 
 
 def normalize_ts(ts: str) -> str:
-    """An RFC 3339 timestamp as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
-    if _TS.fullmatch(ts) is None:
+    """An RFC 3339 timestamp as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC.
+
+    Fractions beyond microseconds are truncated; a leap second (``:60``) counts as
+    the next second; instants beyond year 1..9999 in UTC are clamped to that range.
+    """
+    m = _TS.fullmatch(ts)
+    if m is None:
         raise ValueError("not of the form 2026-11-20T10:00:00.123Z")
-    parsed = datetime.fromisoformat(ts.upper())
-    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    date, hh, mm, ss, frac, offset = m.groups()
+    leap = ss == "60"
+    text = f"{date}T{hh}:{mm}:{'59' if leap else ss}.{(frac or '0')[:6]:0<6}"
+    parsed = datetime.fromisoformat(text + ("+00:00" if offset in "Zz" else offset))
+    try:
+        utc = parsed.astimezone(UTC) + timedelta(seconds=1 if leap else 0)
+    except OverflowError:
+        return "0001-01-01T00:00:00.000000Z" if parsed.year < 5000 else _LATEST
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_LATEST = "9999-12-31T23:59:59.999999Z"
 
 
 def parse_line(raw: bytes) -> TraceEvent:
     """Decode and validate one JSONL line (without its newline)."""
-    return parse_event(decode_json(raw))
+    return validate_event(decode_json(raw))
 
 
 def decode_json(raw: bytes) -> Any:
     """Strict JSON decoding: UTF-8, no NaN/Infinity; big integers are kept exactly."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        fast_error = str(exc)
+    fast_error = "integer beyond 64 bits"
+    if _BIG_INT.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            fast_error = str(exc)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -128,7 +151,43 @@ def _reject_constant(name: str) -> Any:
 
 
 def parse_event(obj: Any) -> TraceEvent:
-    """Validate a decoded wire object against the contract."""
+    """Validate a Python object (the API's input) against the contract.
+
+    The object must be JSON (no NaN, infinities or non-JSON types); it is copied, so
+    later changes to the caller's dicts do not reach the event.
+    """
+    problem = _non_json(obj, "")
+    if problem is not None:
+        path, what = problem
+        raise ValidationError(f"{what} is not a JSON value", field=path or None)
+    return validate_event(json.loads(json.dumps(obj)))
+
+
+def _non_json(value: Any, path: str) -> tuple[str, str] | None:
+    """The path and description of the first non-JSON value inside ``value``."""
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, repr(value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path, f"key {key!r} (keys must be strings)"
+            found = _non_json(item, f"{path}.{key}" if path else key)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _non_json(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return path, f"a {type(value).__name__}"
+
+
+def validate_event(obj: Any) -> TraceEvent:
+    """Validate an object freshly decoded from JSON (no copy is made)."""
     if not isinstance(obj, dict):
         raise ValidationError(f"expected a JSON object, got {_json_type(obj)}")
     try:
@@ -147,6 +206,7 @@ def parse_event(obj: Any) -> TraceEvent:
     if env.event == "CALLBACK_MEMORY_WRITE":
         if write_scope is None:
             raise ValidationError("required for CALLBACK_MEMORY_WRITE", field="write_scope")
+        canonicalize(env.payload["key"], path="payload.key")
         if "value" in env.payload:
             canonicalize(env.payload["value"], path="payload.value")
     return TraceEvent(
@@ -175,6 +235,8 @@ def _translate(exc: pydantic.ValidationError, *, prefix: str) -> ValidationError
     err = exc.errors(include_url=False)[0]
     parts = [prefix] if prefix else []
     for loc in err["loc"]:
+        if loc in _UNION_TAGS:  # pydantic names the union member it tried: not a field
+            continue
         if isinstance(loc, int):
             parts[-1:] = [f"{parts[-1]}[{loc}]" if parts else f"[{loc}]"]
         else:
@@ -185,14 +247,18 @@ def _translate(exc: pydantic.ValidationError, *, prefix: str) -> ValidationError
         msg = "unknown envelope field (event-specific data belongs in payload)"
     elif kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-    elif kind == "string_pattern_mismatch":
+    elif kind in ("string_pattern_mismatch", "string_too_short"):
         msg = _PATTERN_HINTS.get(field or "", msg)
     return ValidationError(msg, field=field)
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict[str,any]", "list[any]"})
+
 _PATTERN_HINTS = {
     "trace_id": "must be 1-200 characters with no whitespace or control characters",
     "ts": "must be an RFC 3339 timestamp with an offset, e.g. 2026-11-20T10:00:00.123Z",
+    "agent_owner": "must not be empty",
+    "executed_by": "must not be empty",
     "write_scope": "must look like memory/<agent>",
     "memory_hash": "must be sha256: followed by 64 lowercase hex digits",
 }

@@ -22,7 +22,7 @@ import orjson
 
 from ledger.appender import Appender, Outcome
 from ledger.errors import ConcurrencyError, InputError, ValidationError
-from ledger.events import TraceEvent, decode_json, parse_event
+from ledger.events import TraceEvent, parse_line
 from ledger.store import Store
 
 STDIN = "-"
@@ -153,7 +153,7 @@ def _read(
             if not raw.strip():
                 continue
             try:
-                yield number, raw, parse_event(decode_json(raw))
+                yield number, raw, parse_line(raw)
             except ValidationError as exc:
                 yield number, raw, exc
     except OSError as exc:

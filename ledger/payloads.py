@@ -93,7 +93,7 @@ class CallbackMemoryWrite(Payload):
             deletes = data.get("op") == "delete"
             if has_value and deletes:
                 raise ValueError("give either 'value' or 'op: \"delete\"', not both")
-            if not has_value and "op" not in data:
+            if not has_value and data.get("op") is None:
                 raise ValueError("needs 'value' (to set the key) or 'op: \"delete\"'")
         return data
 
