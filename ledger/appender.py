@@ -9,6 +9,7 @@ use it, so the rules live in one place.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
@@ -238,13 +240,12 @@ class Appender:
 
     def _compare(self, event: TraceEvent, stored_wire: dict[str, Any]) -> Outcome:
         submitted = event.record()
-        if stored_wire == submitted or (
-            submitted["memory_hash"] is None
-            and stored_wire == {**submitted, "memory_hash": stored_wire.get("memory_hash")}
-        ):
+        if submitted["memory_hash"] is None:  # an omitted claim matches any stored one
+            submitted = {**submitted, "memory_hash": stored_wire.get("memory_hash")}
+        if _same(stored_wire, submitted):
             return Outcome("duplicate")
         changed = sorted(k for k in set(submitted) | set(stored_wire)
-                         if submitted.get(k) != stored_wire.get(k))
+                         if not _same(submitted.get(k), stored_wire.get(k)))
         reason = (f"conflict: seq {event.seq} of trace {event.trace_id!r} (tenant "
                   f"{event.tenant!r}) is already stored with different content "
                   f"(fields differ: {', '.join(changed)})")
@@ -289,6 +290,18 @@ class Appender:
             heads.append(head)
         self._findings.clear()
         return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON: unlike ``==``, ``1``, ``1.0`` and ``true`` all differ."""
+    return _canonical_text(a) == _canonical_text(b)
+
+
+def _canonical_text(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
 
 
 def _gap_reason(event: TraceEvent, last: int) -> str:

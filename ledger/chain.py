@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from typing import Any, Final
 
@@ -44,6 +45,9 @@ def findings_stream_id(tenant: str) -> uuid.UUID:
     return stream_id(FINDINGS_KIND, tenant, FINDINGS_STREAM_NAME)
 
 
+BIG_INT: Final = re.compile(rb"\d{19,}")
+
+
 def record_hash(state: bytes) -> str:
     """The hash of one stored record: sha256 over its stored bytes."""
     return "sha256:" + hashlib.sha256(state).hexdigest()
@@ -59,8 +63,8 @@ def encode(record: dict[str, Any]) -> bytes:
 
 def decode(state: bytes) -> dict[str, Any]:
     """Parse stored bytes back into a record (raises ValueError if they are not one)."""
-    try:
-        value = orjson.loads(state)
+    try:  # orjson would read an integer beyond 64 bits as a float: json keeps it exact
+        value = json.loads(state) if BIG_INT.search(state) else orjson.loads(state)
     except orjson.JSONDecodeError:
         value = json.loads(state)
     if not isinstance(value, dict):

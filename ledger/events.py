@@ -21,6 +21,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger.canonical import canonicalize
+from ledger.chain import BIG_INT
 from ledger.errors import ValidationError
 from ledger.payloads import payload_model
 
@@ -28,7 +29,6 @@ DEFAULT_TENANT = "default"
 _TS = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
 )
-_BIG_INT = re.compile(rb"\d{19,}")  # may exceed 64 bits: orjson would turn it into a float
 MAX_SEQ = 2**63 - 1  # a bigint in both backends
 
 TraceId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")]
@@ -127,7 +127,7 @@ def parse_line(raw: bytes) -> TraceEvent:
 def decode_json(raw: bytes) -> Any:
     """Strict JSON decoding: UTF-8, no NaN/Infinity; big integers are kept exactly."""
     fast_error = "integer beyond 64 bits"
-    if _BIG_INT.search(raw) is None:
+    if BIG_INT.search(raw) is None:  # orjson would turn a >64-bit integer into a float
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

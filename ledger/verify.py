@@ -110,6 +110,7 @@ class _StreamCheck:
         self.tenant: str | None = head.tenant if head else None
         self.name: str | None = head.name if head else None
         self.memory: dict[str, MemoryState] = {}
+        self.terminated = False
 
     def problem(self, seq: int | None, kind: str, detail: str) -> None:
         self.report.problems.append(Problem(self.tenant, self.name, seq, kind, detail))
@@ -156,6 +157,7 @@ class _StreamCheck:
         if record.get("seq") != row.version:
             self.problem(row.version, "seq_mismatch",
                          f"record says seq {record.get('seq')}, stored at position {row.version}")
+        self.terminated = self.terminated or record.get("event") == "EXEC_TERMINATED"
         tenant, trace = record.get("tenant"), record.get("trace_id")
         if not isinstance(tenant, str) or not isinstance(trace, str) or (
             chain.trace_stream_id(tenant, trace) != self.sid
@@ -186,6 +188,15 @@ class _StreamCheck:
         if self.head is None:
             self.problem(None, "orphan_stream", "stored events have no catalog entry")
             return
+        head = self.head
+        if chain.stream_id(head.kind, head.tenant, head.name) != self.sid:
+            self.problem(None, "catalog_mismatch",
+                         f"catalog names {head.kind} {head.name!r} of tenant {head.tenant!r}, "
+                         "which is not this stream")
+        if head.kind == chain.TRACE_KIND and (head.status == "terminated") != self.terminated:
+            self.problem(None, "catalog_mismatch",
+                         f"catalog status is {head.status!r} but the trace "
+                         f"{'has' if self.terminated else 'has no'} EXEC_TERMINATED")
         if self.head.last_seq != last:
             self.problem(last, "length_mismatch",
                          f"catalog says {self.head.last_seq} event(s), {last} stored")
