@@ -1,0 +1,354 @@
+"""Conformance tests for ``ingest``: counts, idempotence, rejects, tenants and stdin.
+
+Every test runs on SQLite and PostgreSQL (the ``store`` / ``store_url`` fixtures).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import rawdb
+
+from ledger import chain
+from ledger.backends.base import StreamQuery
+from ledger.errors import InputError
+from ledger.ingest import ingest
+from ledger.memory import memory_hash
+from ledger.store import Store
+from ledger.verify import verify
+
+Event = dict[str, Any]
+WRONG_HASH = "sha256:" + "0" * 64
+
+
+def ev(trace_id: str = "t1", seq: int = 1, event: str = "EXEC_START",
+       payload: dict[str, Any] | None = None, **fields: Any) -> Event:
+    """A valid wire event (override any field by keyword)."""
+    return {"trace_id": trace_id, "seq": seq, "event": event,
+            "ts": f"2026-11-20T10:00:{seq % 60:02d}.000Z", "agent_owner": "planner",
+            "executed_by": "planner", "payload": {} if payload is None else payload, **fields}
+
+
+def tool(trace_id: str = "t1", seq: int = 2, payload: dict[str, Any] | None = None,
+         **fields: Any) -> Event:
+    """A valid TOOL_EXEC event."""
+    default = {"tool": "search", "args": {"q": "x"}, "success": True}
+    return ev(trace_id, seq, "TOOL_EXEC", default if payload is None else payload, **fields)
+
+
+def write_lines(path: Path, items: list[Event | bytes]) -> str:
+    """Write JSONL: dicts are serialised, bytes written as they are; return the path."""
+    with path.open("wb") as fh:
+        for item in items:
+            fh.write((item if isinstance(item, bytes) else orjson.dumps(item)) + b"\n")
+    return str(path)
+
+
+def rejects(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+def stored(store: Store, tenant: str, trace_id: str) -> list[dict[str, Any]]:
+    """The decoded records of one trace stream, in seq order."""
+    sid = chain.trace_stream_id(tenant, trace_id)
+    return [chain.decode(s.state) for s in store.backend.read_stream(sid)]
+
+
+def findings(store: Store, tenant: str) -> list[dict[str, Any]]:
+    sid = chain.findings_stream_id(tenant)
+    return [chain.decode(s.state) for s in store.backend.read_stream(sid)]
+
+
+@pytest.fixture
+def reject_path(tmp_path: Path) -> Path:
+    return tmp_path / "rejected.jsonl"
+
+
+def run(store: Store, sources: list[str], reject_path: Path, **kwargs: Any) -> Any:
+    return ingest(store, sources, reject_file=str(reject_path), **kwargs)
+
+
+def test_counts_accepted_events(store: Store, tmp_path: Path, reject_path: Path) -> None:
+    """Every valid line is accepted and counted; nothing is rejected."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), tool(), ev("t2"), tool("t2")])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.duplicates, summary.rejected, summary.lines) == (4, 0, 0, 4)
+    assert summary.reject_file is None and not reject_path.exists()
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
+
+
+def test_reingest_is_all_duplicates_and_changes_nothing(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path
+) -> None:
+    """Ingesting the same file twice counts every line as a duplicate and writes nothing."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), tool(), ev("t2")])
+    run(store, [src], reject_path)
+    before = rawdb.dump(store_url)
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (0, 3, 0)
+    assert rawdb.dump(store_url) == before
+
+
+def test_conflicting_event_is_rejected_and_stored_event_untouched(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path
+) -> None:
+    """A different event at an existing (tenant, trace, seq) is rejected; the stored one stays."""
+    run(store, [write_lines(tmp_path / "a.jsonl", [ev(), tool()])], reject_path)
+    sid = chain.trace_stream_id("default", "t1")
+    before = rawdb.rows(store_url, sid)
+    changed = tool(payload={"tool": "search", "args": {"q": "other"}, "success": False})
+    summary = run(store, [write_lines(tmp_path / "b.jsonl", [changed])], reject_path)
+    assert (summary.accepted, summary.rejected) == (0, 1)
+    assert rawdb.rows(store_url, sid) == before
+    [entry] = rejects(reject_path)
+    assert "conflict" in entry["reason"] and (entry["trace_id"], entry["seq"]) == ("t1", 2)
+
+
+def test_conflict_is_recorded_as_finding(store: Store, tmp_path: Path, reject_path: Path) -> None:
+    """A conflict is written to the tenant's findings stream with the rejected event as evidence."""
+    run(store, [write_lines(tmp_path / "a.jsonl", [ev(), tool()])], reject_path)
+    changed = tool(payload={"tool": "search", "args": {"q": "other"}, "success": False})
+    summary = run(store, [write_lines(tmp_path / "b.jsonl", [changed])], reject_path)
+    assert summary.findings == 1
+    [finding] = findings(store, "default")
+    assert (finding["finding"], finding["trace_id"], finding["seq"]) == ("conflict", "t1", 2)
+    assert finding["evidence"]["payload"] == changed["payload"]
+
+
+def test_seq_gap_is_rejected(store: Store, tmp_path: Path, reject_path: Path) -> None:
+    """An event whose seq would leave a gap is rejected as out of order."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), tool(seq=3)])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (1, 1)
+    [entry] = rejects(reject_path)
+    assert (entry["line"], entry["seq"]) == (2, 3) and "out of order" in entry["reason"]
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1]
+
+
+def test_reorder_accepts_out_of_order_seqs_within_a_batch(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """With reorder=True, seqs that arrive out of order within one batch are all accepted."""
+    src = write_lines(tmp_path / "in.jsonl", [tool(seq=3), ev(), tool(seq=2)])
+    summary = run(store, [src], reject_path, reorder=True)
+    assert (summary.accepted, summary.rejected) == (3, 0)
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2, 3]
+    assert verify(store).ok
+
+
+def test_non_utf8_line_is_rejected_as_base64(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A line that is not UTF-8 goes to the reject file base64-encoded, byte for byte."""
+    bad = orjson.dumps(ev("t2")).replace(b'"t2"', b'"t\xff\xfe2"')
+    src = write_lines(tmp_path / "in.jsonl", [ev(), bad])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (1, 1)
+    [entry] = rejects(reject_path)
+    assert entry["raw_encoding"] == "base64" and entry["line"] == 2
+    assert base64.b64decode(entry["raw"]) == bad
+
+
+def test_malformed_json_is_rejected_and_neighbours_stored(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A malformed JSON line is rejected with its line number; the lines around it are stored."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), b'{"trace_id": "t1", "seq": ', tool()])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 1)
+    [entry] = rejects(reject_path)
+    assert entry["line"] == 2 and "JSON" in entry["reason"]
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
+
+
+def test_sql_looking_identifiers_are_stored_verbatim(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path
+) -> None:
+    """A trace id and tenant that look like SQL injection are stored and read back verbatim."""
+    trace = "x');DROP/**/TABLE/**/agentledger_events;--"
+    tenant = "acme'; DROP TABLE agentledger_streams;--"
+    src = write_lines(tmp_path / "in.jsonl", [ev(trace, tenant=tenant), tool(trace, tenant=tenant)])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 0)
+    records = stored(store, tenant, trace)
+    assert [(r["tenant"], r["trace_id"], r["seq"]) for r in records] == [
+        (tenant, trace, 1), (tenant, trace, 2)]
+    [head] = store.backend.list_streams(StreamQuery(tenant=tenant))
+    assert (head.tenant, head.name, head.last_seq) == (tenant, trace, 2)
+    assert rawdb.count(store_url) == 2
+
+
+def test_same_trace_id_in_two_tenants_is_two_streams(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """One trace_id under two tenants is two independent streams, each seen by its tenant only."""
+    src = write_lines(tmp_path / "in.jsonl", [
+        ev("shared", tenant="acme"), ev("shared", tenant="globex", executed_by="globex-bot"),
+        tool("shared", tenant="acme"),
+    ])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (3, 0)
+    assert [r["seq"] for r in stored(store, "acme", "shared")] == [1, 2]
+    [globex] = stored(store, "globex", "shared")
+    assert (globex["tenant"], globex["executed_by"]) == ("globex", "globex-bot")
+    assert chain.trace_stream_id("acme", "shared") != chain.trace_stream_id("globex", "shared")
+    for tenant, length in (("acme", 2), ("globex", 1)):
+        [head] = store.backend.list_streams(StreamQuery(tenant=tenant))
+        assert (head.tenant, head.name, head.last_seq) == (tenant, "shared", length)
+
+
+def test_blank_lines_are_ignored(store: Store, tmp_path: Path, reject_path: Path) -> None:
+    """Empty and whitespace-only lines are skipped, not counted and not rejected."""
+    src = write_lines(tmp_path / "in.jsonl", [b"", ev(), b"   ", b"\t", tool(), b""])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected, summary.lines) == (2, 0, 2)
+    assert not reject_path.exists()
+
+
+def test_reject_line_numbers_count_blank_lines(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A rejected line is reported at its physical line number, blank lines included."""
+    src = write_lines(tmp_path / "in.jsonl", [b"", ev(), b"", b"not json"])
+    run(store, [src], reject_path)
+    [entry] = rejects(reject_path)
+    assert entry["line"] == 4
+
+
+def test_stdin_dash_is_read(
+    store: Store, reject_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source ``-`` reads JSONL bytes from standard input."""
+    data = orjson.dumps(ev()) + b"\n" + orjson.dumps(tool()) + b"\n"
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(data)))
+    summary = run(store, ["-"], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 0)
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
+
+
+def test_missing_input_file_raises_before_anything_is_stored(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path
+) -> None:
+    """A missing source raises InputError and no line of any source is stored."""
+    good = write_lines(tmp_path / "good.jsonl", [ev(), tool()])
+    with pytest.raises(InputError, match="no such file"):
+        run(store, [good, str(tmp_path / "missing.jsonl")], reject_path)
+    assert rawdb.count(store_url) == 0
+    assert rawdb.catalog(store_url) == []
+
+
+def test_memory_hash_mismatch_is_stored_as_submitted_with_finding(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A runtime memory_hash that the logged writes do not explain is stored and flagged."""
+    write = ev("t1", 2, "CALLBACK_MEMORY_WRITE", {"key": "plan", "value": ["a", "b"]},
+               write_scope="memory/planner", memory_hash=WRONG_HASH)
+    summary = run(store, [write_lines(tmp_path / "in.jsonl", [ev(), write])], reject_path)
+    assert (summary.accepted, summary.rejected, summary.findings) == (2, 0, 1)
+    record = stored(store, "default", "t1")[1]
+    assert record["memory_hash"] == WRONG_HASH
+    assert record["ledger_memory_hash"] == memory_hash({"plan": ["a", "b"]})
+    [finding] = findings(store, "default")
+    assert (finding["finding"], finding["trace_id"], finding["seq"]) == (
+        "memory_hash_mismatch", "t1", 2)
+    report = verify(store)
+    assert report.ok
+    assert [(f.kind, f.trace_id, f.seq) for f in report.findings] == [
+        ("memory_hash_mismatch", "t1", 2)]
+
+
+def test_every_rejected_line_is_in_the_reject_file(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """Each rejected line is reported with source, line, reason and its raw bytes."""
+    run(store, [write_lines(tmp_path / "first.jsonl", [ev(), tool()])], reject_path)
+    bad: dict[int, bytes] = {
+        1: b"not json",
+        2: orjson.dumps(ev("t3", event="NOT_AN_EVENT")),
+        3: orjson.dumps(tool(payload={"tool": "search", "args": {}, "success": False})),
+        4: orjson.dumps(ev("t4", seq=2)),
+        5: b'{"trace_id": "t5\xff"}',
+        6: orjson.dumps(ev("t6 with space")),
+    }
+    src = write_lines(tmp_path / "second.jsonl", [*bad.values(), ev("ok")])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (1, len(bad))
+    entries = rejects(reject_path)
+    assert {e["line"] for e in entries} == set(bad)
+    for entry in entries:
+        assert entry["source"] == src and entry["reason"]
+        raw = entry["raw"].encode() if entry["raw_encoding"] == "utf-8" else base64.b64decode(
+            entry["raw"])
+        assert raw == bad[entry["line"]]
+
+
+def test_reingest_of_memory_hash_mismatch_adds_no_finding(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A duplicate of an event with a wrong memory_hash is not flagged a second time."""
+    write = ev("t1", 1, "CALLBACK_MEMORY_WRITE", {"key": "k", "value": 1},
+               write_scope="memory/planner", memory_hash=WRONG_HASH)
+    src = write_lines(tmp_path / "in.jsonl", [write])
+    run(store, [src], reject_path)
+    summary = run(store, [src], reject_path)
+    assert (summary.duplicates, summary.findings) == (1, 0)
+    assert len(findings(store, "default")) == 1
+
+
+def test_conflict_within_one_batch_is_rejected(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """Two different events for one (tenant, trace, seq) in one batch: the second is rejected."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), ev(payload={"context_id": "other"})])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected, summary.findings) == (1, 1, 1)
+    assert stored(store, "default", "t1")[0]["payload"] == {}
+    [entry] = rejects(reject_path)
+    assert entry["line"] == 2 and "conflict" in entry["reason"]
+
+
+@pytest.mark.parametrize(("first", "second"), [(b"1", b"true"), (b"0", b"false")])
+def test_conflict_distinguishes_booleans_from_numbers(
+    store: Store, tmp_path: Path, reject_path: Path, first: bytes, second: bytes
+) -> None:
+    """Re-sending an event with ``true`` where ``1`` was stored is a conflict, not a duplicate."""
+    line = orjson.dumps(ev(event="EXEC_NEXT", payload={"n": "VALUE"}))
+    run(store, [write_lines(tmp_path / "a.jsonl", [line.replace(b'"VALUE"', first)])],
+        reject_path)
+    summary = run(store, [write_lines(tmp_path / "b.jsonl", [line.replace(b'"VALUE"', second)])],
+                  reject_path)
+    assert (summary.duplicates, summary.rejected) == (0, 1)
+
+
+def test_integer_beyond_64_bits_is_stored_verbatim(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """A payload integer too large for 64 bits is kept exactly, not turned into a float."""
+    big = 2**70
+    line = orjson.dumps(ev(event="EXEC_NEXT", payload={"n": "BIG"})).replace(
+        b'"BIG"', str(big).encode())
+    summary = run(store, [write_lines(tmp_path / "in.jsonl", [line])], reject_path)
+    assert summary.accepted == 1
+    [record] = stored(store, "default", "t1")
+    assert type(record["payload"]["n"]) is int and record["payload"]["n"] == big
+
+
+@pytest.mark.parametrize("value", [2**53, 2**64, -(2**70)], ids=["2^53", "2^64", "-2^70"])
+def test_memory_write_outside_ijson_is_rejected(
+    store: Store, tmp_path: Path, reject_path: Path, value: int
+) -> None:
+    """A memory write of an integer outside +-(2^53 - 1) is rejected with that reason."""
+    line = orjson.dumps(ev("t1", 1, "CALLBACK_MEMORY_WRITE", {"key": "k", "value": "BIG"},
+                           write_scope="memory/planner")).replace(b'"BIG"', str(value).encode())
+    summary = run(store, [write_lines(tmp_path / "in.jsonl", [line])], reject_path)
+    assert (summary.accepted, summary.rejected) == (0, 1)
+    [entry] = rejects(reject_path)
+    assert entry["field"] == "payload.value" and "2**53" in entry["reason"]
+    assert entry["raw"].encode() == line

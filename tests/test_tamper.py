@@ -1,0 +1,187 @@
+"""Tamper evidence: ``verify`` reports every change made to the stored rows behind its back.
+
+A few traces are ingested, then one trace's rows or catalog entry are edited
+directly in the database (``rawdb``). Every test runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+import rawdb
+
+from ledger import chain
+from ledger.ingest import ingest
+from ledger.store import Store
+from ledger.verify import VerifyReport, verify
+from ledger.workload import synthetic_lines
+
+PER_TRACE, TRACES = 10, 4
+TENANT, TRACE = "tenant-001", "syn-1-000000003"  # the last synthetic trace; it writes memory
+OTHER_TENANT = "tenant-000"
+SID = chain.trace_stream_id(TENANT, TRACE)
+
+
+@pytest.fixture
+def ledger(store: Store, tmp_path: Path) -> Store:
+    """A store holding four synthetic traces of ten events in two tenants."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(synthetic_lines(TRACES * PER_TRACE, events_per_trace=PER_TRACE,
+                                             tenants=2)))
+    summary = ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
+    assert (summary.accepted, summary.rejected) == (TRACES * PER_TRACE, 0)
+    return store
+
+
+def problems(report: VerifyReport) -> set[tuple[str, int | None]]:
+    """(kind, seq) of each problem, after checking each names the tampered tenant and trace."""
+    assert not report.ok
+    for p in report.problems:
+        assert (p.tenant, p.trace_id) == (TENANT, TRACE), p
+        assert p.kind and p.detail
+    return {(p.kind, p.seq) for p in report.problems}
+
+
+def flip_byte(state: bytes, marker: bytes) -> bytes:
+    """The state with the first character after ``marker`` changed (JSON stays valid)."""
+    i = state.index(marker) + len(marker)
+    return state[:i] + bytes([state[i] ^ 0x01]) + state[i + 1:]
+
+
+def test_untouched_ledger_verifies_ok(ledger: Store) -> None:
+    """Rows written only by the ledger verify with no problems and no findings."""
+    report = verify(ledger)
+    assert report.ok and report.findings == []
+    assert (report.streams, report.events) == (TRACES, TRACES * PER_TRACE)
+
+
+def test_changed_byte_in_middle_record_breaks_chain(ledger: Store, store_url: str) -> None:
+    """One changed byte in a stored record is reported as a broken chain at that record."""
+    rawdb.set_state(store_url, SID, 5, flip_byte(rawdb.get_state(store_url, SID, 5), b'"ts":"'))
+    found = problems(verify(ledger))
+    assert {kind for kind, _ in found} == {"chain_broken"}
+    assert {seq for _, seq in found} <= {5, 6}
+
+
+def test_changed_byte_in_last_record_mismatches_head(ledger: Store, store_url: str) -> None:
+    """One changed byte in the last record no longer matches the catalog head."""
+    last = rawdb.get_state(store_url, SID, PER_TRACE)
+    rawdb.set_state(store_url, SID, PER_TRACE, flip_byte(last, b'"ts":"'))
+    assert problems(verify(ledger)) == {("head_mismatch", PER_TRACE)}
+
+
+def test_unparseable_record_is_reported(ledger: Store, store_url: str) -> None:
+    """A stored record whose bytes are no longer JSON is reported as unreadable at its seq."""
+    state = rawdb.get_state(store_url, SID, 5)
+    rawdb.set_state(store_url, SID, 5, b"X" + state[1:])
+    found = problems(verify(ledger))
+    assert ("unreadable_record", 5) in found
+
+
+def test_changed_memory_write_mismatches_ledger_memory_hash(
+    ledger: Store, store_url: str
+) -> None:
+    """A memory write whose value was altered no longer matches its ledger memory hash."""
+    rows = rawdb.rows(store_url, SID)
+    seq = next(r.version for r in rows if b'"CALLBACK_MEMORY_WRITE"' in r.state)
+    record = chain.decode(rawdb.get_state(store_url, SID, seq))
+    record["payload"]["value"] = "forged"
+    rawdb.set_state(store_url, SID, seq, chain.encode(record))
+    assert ("ledger_memory_hash_mismatch", seq) in problems(verify(ledger))
+
+
+def test_deleted_middle_row_is_missing_event(ledger: Store, store_url: str) -> None:
+    """Deleting a row inside a trace is reported as a missing event at that seq."""
+    rawdb.delete_event(store_url, SID, 5)
+    assert ("missing_event", 5) in problems(verify(ledger))
+
+
+def test_deleted_last_row_is_length_mismatch(ledger: Store, store_url: str) -> None:
+    """Deleting a trace's last row is reported as a length mismatch against the catalog."""
+    rawdb.delete_event(store_url, SID, PER_TRACE)
+    found = problems(verify(ledger))
+    assert {kind for kind, _ in found} == {"length_mismatch"}
+    assert all(seq in (PER_TRACE - 1, PER_TRACE) for _, seq in found)
+
+
+def test_deleted_whole_trace_is_missing_stream(ledger: Store, store_url: str) -> None:
+    """Deleting every row of a catalogued trace is reported as a missing stream."""
+    for seq in range(1, PER_TRACE + 1):
+        rawdb.delete_event(store_url, SID, seq)
+    assert {kind for kind, _ in problems(verify(ledger))} == {"missing_stream"}
+
+
+def test_swapped_states_are_seq_mismatch(ledger: Store, store_url: str) -> None:
+    """Exchanging two rows' stored records is reported at both positions."""
+    rawdb.swap_states(store_url, SID, 3, 4)
+    found = problems(verify(ledger))
+    assert {("seq_mismatch", 3), ("seq_mismatch", 4)} <= found
+    assert any(kind == "chain_broken" for kind, _ in found)
+
+
+def test_swapped_notification_ids_are_order_mismatch(ledger: Store, store_url: str) -> None:
+    """Exchanging two rows' log positions is reported as an order mismatch."""
+    rawdb.swap_notification_ids(store_url, SID, 3, 4)
+    assert problems(verify(ledger)) == {("order_mismatch", 4)}
+
+
+def test_edited_catalog_head_hash_is_head_mismatch(ledger: Store, store_url: str) -> None:
+    """A catalog head hash that is not the last record's hash is reported."""
+    rawdb.set_catalog(store_url, SID, "head_hash", "sha256:" + "f" * 64)
+    assert problems(verify(ledger)) == {("head_mismatch", PER_TRACE)}
+
+
+def test_edited_catalog_length_is_length_mismatch(ledger: Store, store_url: str) -> None:
+    """A catalog length that differs from the stored rows is reported."""
+    rawdb.set_catalog(store_url, SID, "last_seq", PER_TRACE + 1)
+    assert {kind for kind, _ in problems(verify(ledger))} == {"length_mismatch"}
+
+
+def test_deleted_catalog_row_is_orphan_stream(ledger: Store, store_url: str) -> None:
+    """Stored events whose stream has no catalog row are reported as an orphan stream."""
+    rawdb.execute(store_url, "DELETE FROM {streams} WHERE stream_id = ?",
+                  (rawdb.key(store_url, SID),))
+    assert problems(verify(ledger)) == {("orphan_stream", None)}
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("tenant", OTHER_TENANT), ("name", "renamed"), ("status", "terminated")])
+def test_edited_catalog_identity_is_reported(
+    ledger: Store, store_url: str, column: str, value: str
+) -> None:
+    """A catalog row moved to another tenant or name, or given a false status, is reported."""
+    rawdb.set_catalog(store_url, SID, column, value)
+    report = verify(ledger)
+    assert not report.ok
+    assert all(p.kind and p.tenant and p.trace_id for p in report.problems)
+
+
+def test_deleted_finding_is_reported(ledger: Store, store_url: str, tmp_path: Path) -> None:
+    """Deleting a recorded finding breaks the tenant's findings stream and is reported."""
+    record = chain.wire_part(chain.decode(rawdb.get_state(store_url, SID, 2)))
+    changed = {k: v for k, v in record.items() if v is not None}
+    changed["payload"] = {**record["payload"], "forged": True}
+    src = tmp_path / "conflict.jsonl"
+    src.write_bytes(orjson.dumps(changed) + b"\n")
+    summary = ingest(ledger, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
+    assert (summary.rejected, summary.findings) == (1, 1)
+    assert verify(ledger).ok
+    rawdb.delete_event(store_url, chain.findings_stream_id(TENANT), 1)
+    report = verify(ledger)
+    assert not report.ok
+    assert {(p.tenant, p.trace_id) for p in report.problems} == {
+        (TENANT, chain.FINDINGS_STREAM_NAME)}
+
+
+def test_tampering_is_reported_when_verifying_one_trace(ledger: Store, store_url: str) -> None:
+    """Verifying only the tampered trace reports the same problem."""
+    rawdb.delete_event(store_url, SID, 5)
+    assert ("missing_event", 5) in problems(verify(ledger, tenant=TENANT, trace_id=TRACE))
+
+
+def test_tampering_does_not_implicate_other_tenants(ledger: Store, store_url: str) -> None:
+    """Another tenant's traces still verify when one tenant's trace was altered."""
+    rawdb.delete_event(store_url, SID, 5)
+    assert verify(ledger, tenant=OTHER_TENANT).ok
