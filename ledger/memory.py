@@ -122,9 +122,10 @@ def apply_write(state: MemoryState, payload: Mapping[str, object]) -> None:
     key = payload.get("key")
     if not isinstance(key, str):
         raise ValidationError("key must be a string", field="payload.key")
-    if "op" in payload:
-        if payload["op"] != "delete":
-            raise ValidationError(f'op must be "delete", not {payload["op"]!r}', field="payload.op")
+    op = payload.get("op")  # null is the same as absent
+    if op is not None and op != "delete":
+        raise ValidationError(f'op must be "delete", not {op!r}', field="payload.op")
+    if op == "delete":
         if "value" in payload:
             raise ValidationError('give "value" or "op": "delete", not both', field="payload")
         state.delete(key)
