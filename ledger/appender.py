@@ -22,7 +22,6 @@ from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
 from ledger.backends.base import StreamHead
-from ledger.errors import ConcurrencyError
 from ledger.events import TraceEvent
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
 from ledger.store import Store
@@ -118,10 +117,7 @@ class Appender:
         events += self._finding_events(heads)
         try:
             self.backend.append(events, heads)
-        except ConcurrencyError:
-            self.discard()
-            raise
-        except BaseException:
+        except BaseException:  # ConcurrencyError included: the caller re-stages
             self.discard()
             raise
         for sid, stream in self._dirty.items():

@@ -26,6 +26,7 @@ from ledger.events import TraceEvent, parse_line
 from ledger.store import Store
 
 STDIN = "-"
+STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
 _RETRIES = 5
 
 
@@ -119,13 +120,14 @@ def ingest(
     try:
         batch: list[_Line] = []
         for src in sources:
+            label = STDIN_LABEL if src == STDIN else src
             for number, raw, event_or_error in _read(src, progress):
                 summary.lines += 1
                 if isinstance(event_or_error, ValidationError):
-                    _reject(sink, summary, src, number, str(event_or_error), raw,
+                    _reject(sink, summary, label, number, str(event_or_error), raw,
                             _context(raw, event_or_error))
                     continue
-                batch.append(_Line(src, number, raw, event_or_error))
+                batch.append(_Line(label, number, raw, event_or_error))
                 if len(batch) >= batch_size:
                     _commit(app, batch, sink, summary, reorder)
                     batch = []
