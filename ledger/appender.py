@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -42,19 +42,30 @@ class Outcome:
 
 @dataclass(slots=True)
 class _Stream:
-    """What the appender knows of one stream: its head and memory per scope."""
+    """What the appender knows of one stream: its head (mutable here) and memory."""
 
-    head: StreamHead
+    stream_id: UUID
+    tenant: str
+    name: str
+    last_seq: int
+    head_hash: str
+    status: str
+    agent_owner: str | None
+    first_ts: str | None
+    last_ts: str | None
     memory: dict[str, MemoryState] | None = None  # None until folded from the store
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> wire record
     owned: set[str] = field(default_factory=set)  # scopes copied for this batch
 
-    def scope(self, name: str) -> MemoryState:
-        assert self.memory is not None
-        state = self.memory.get(name)
-        if state is None:
-            state = self.memory[name] = MemoryState()
-        return state
+    @classmethod
+    def from_head(cls, head: StreamHead, memory: dict[str, MemoryState] | None) -> _Stream:
+        return cls(head.stream_id, head.tenant, head.name, head.last_seq, head.head_hash,
+                   head.status, head.agent_owner, head.first_ts, head.last_ts, memory)
+
+    def head(self) -> StreamHead:
+        return StreamHead(self.stream_id, chain.TRACE_KIND, self.tenant, self.name,
+                          self.last_seq, self.head_hash, self.status, self.agent_owner,
+                          self.first_ts, self.last_ts)
 
 
 class Appender:
@@ -88,7 +99,7 @@ class Appender:
         to_compare: list[tuple[int, UUID]] = []
         for i, (sid, event) in enumerate(zip(ids, events, strict=True)):
             stream = self._dirty.get(sid) or views[sid]
-            last = stream.head.last_seq
+            last = stream.last_seq
             if event.seq == last + 1:
                 if sid not in self._dirty:
                     stream = self._open_for_write(sid, stream)
@@ -113,7 +124,7 @@ class Appender:
         if not self._staged and not self._findings:
             return 0
         events = list(self._staged)
-        heads = [s.head for s in self._dirty.values()]
+        heads = [s.head() for s in self._dirty.values()]
         events += self._finding_events(heads)
         try:
             self.backend.append(events, heads)
@@ -150,7 +161,7 @@ class Appender:
 
     # -- internals ---------------------------------------------------------------
 
-    def _load(self, ids: Iterable[UUID], events: Sequence[TraceEvent]) -> dict[UUID, _Stream]:
+    def _load(self, ids: Sequence[UUID], events: Sequence[TraceEvent]) -> dict[UUID, _Stream]:
         """The streams of a batch, from the cache or the catalog (new ones created)."""
         views: dict[UUID, _Stream] = {}
         missing: list[UUID] = []
@@ -163,14 +174,15 @@ class Appender:
                 views[sid] = cached
         if missing:
             found = self.backend.load_heads(missing)
-            firsts = {chain.trace_stream_id(e.tenant, e.trace_id): e for e in reversed(events)}
+            wanted = set(missing)
+            firsts = {sid: e for sid, e in zip(ids, events, strict=True) if sid in wanted}
             for sid in missing:
                 head = found.get(sid)
                 if head is None:
                     e = firsts[sid]
                     head = StreamHead(sid, chain.TRACE_KIND, e.tenant, e.trace_id, 0,
                                       chain.GENESIS_HASH, agent_owner=e.agent_owner)
-                views[sid] = _Stream(head, memory={} if head.last_seq == 0 else None)
+                views[sid] = _Stream.from_head(head, {} if head.last_seq == 0 else None)
                 self._remember(sid, views[sid])
         return views
 
@@ -184,7 +196,7 @@ class Appender:
         """Copy-on-write: staged changes go to a copy until the flush succeeds."""
         if base.memory is None:
             base.memory = self._fold_memory(sid)
-        stream = _Stream(base.head, memory=dict(base.memory or {}))
+        stream = replace(base, memory=dict(base.memory or {}), pending={}, owned=set())
         self._dirty[sid] = stream
         return stream
 
@@ -219,19 +231,19 @@ class Appender:
                        f"writes imply {ledger_hash}",
             )
         record = chain.event_record(wire, ledger_memory_hash=ledger_hash,
-                                    prev_hash=stream.head.head_hash)
+                                    prev_hash=stream.head_hash)
         state_bytes = chain.encode(record)
         digest = chain.record_hash(state_bytes)
         ts = event.ts_utc
-        head = stream.head
-        stream.head = head.advanced(
-            last_seq=event.seq, head_hash=digest,
-            status="terminated" if event.event == "EXEC_TERMINATED" else head.status,
-            agent_owner=head.agent_owner or event.agent_owner,
-            first_ts=min(head.first_ts or ts, ts), last_ts=max(head.last_ts or ts, ts),
-        )
+        stream.last_seq, stream.head_hash = event.seq, digest
+        if event.event == "EXEC_TERMINATED":
+            stream.status = "terminated"
+        stream.agent_owner = stream.agent_owner or event.agent_owner
+        stream.first_ts = ts if stream.first_ts is None else min(stream.first_ts, ts)
+        stream.last_ts = ts if stream.last_ts is None else max(stream.last_ts, ts)
         stream.pending[event.seq] = wire
-        self._staged.append(StoredEvent(head.stream_id, event.seq, chain.EVENT_TOPIC, state_bytes))
+        self._staged.append(StoredEvent(stream.stream_id, event.seq, chain.EVENT_TOPIC,
+                                        state_bytes))
         return Outcome("accepted", memory_hash=ledger_hash, record_hash=digest)
 
     def _compare(self, event: TraceEvent, stored_wire: dict[str, Any]) -> Outcome:

@@ -9,6 +9,7 @@ violation raises :class:`ledger.errors.ValidationError` naming the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -21,13 +22,14 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger.canonical import canonicalize
-from ledger.chain import BIG_INT
+from ledger.chain import may_hold_big_int
 from ledger.errors import ValidationError
 from ledger.payloads import payload_model
 
 DEFAULT_TENANT = "default"
 _TS = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 MAX_SEQ = 2**63 - 1  # a bigint in both backends
 
@@ -71,6 +73,7 @@ class TraceEvent:
     write_scope: str
     memory_hash: str | None
     payload: dict[str, Any]
+    ts_utc: str  # ``ts`` normalised to UTC (``...ffffffZ``), so strings compare as instants
 
     def record(self) -> dict[str, Any]:
         """The event as a plain dict in wire shape, the unit of duplicate detection."""
@@ -87,13 +90,6 @@ class TraceEvent:
             "payload": self.payload,
         }
 
-    @property
-    def ts_utc(self) -> str:
-        """``ts`` normalised to UTC with microseconds, so strings compare as instants."""
-        return normalize_ts(self.ts)
-
-
-RECORD_FIELDS = tuple(TraceEvent.__slots__)
 
 
 def normalize_ts(ts: str) -> str:
@@ -106,6 +102,8 @@ def normalize_ts(ts: str) -> str:
     if m is None:
         raise ValueError("not of the form 2026-11-20T10:00:00.123Z")
     date, hh, mm, ss, frac, offset = m.groups()
+    if offset in "Zz" and ss < "60" and hh < "24" and mm < "60" and _valid_date(date):
+        return f"{date}T{hh}:{mm}:{ss}.{(frac or '0')[:6]:0<6}Z"  # fast path: already UTC
     leap = ss == "60"
     text = f"{date}T{hh}:{mm}:{'59' if leap else ss}.{(frac or '0')[:6]:0<6}"
     parsed = datetime.fromisoformat(text + ("+00:00" if offset in "Zz" else offset))
@@ -119,6 +117,15 @@ def normalize_ts(ts: str) -> str:
 _LATEST = "9999-12-31T23:59:59.999999Z"
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_date(date: str) -> bool:
+    try:
+        datetime.strptime(date, "%Y-%m-%d")
+    except ValueError:
+        return False
+    return True
+
+
 def parse_line(raw: bytes) -> TraceEvent:
     """Decode and validate one JSONL line (without its newline)."""
     return validate_event(decode_json(raw))
@@ -127,7 +134,7 @@ def parse_line(raw: bytes) -> TraceEvent:
 def decode_json(raw: bytes) -> Any:
     """Strict JSON decoding: UTF-8, no NaN/Infinity; big integers are kept exactly."""
     fast_error = "integer beyond 64 bits"
-    if BIG_INT.search(raw) is None:  # orjson would turn a >64-bit integer into a float
+    if not may_hold_big_int(raw):  # orjson would turn a >64-bit integer into a float
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -201,7 +208,7 @@ def validate_event(obj: Any) -> TraceEvent:
         model.model_validate(env.payload)
     except pydantic.ValidationError as exc:
         raise _translate(exc, prefix="payload") from None
-    _check_timestamp(env.ts)
+    ts_utc = _checked_timestamp(env.ts)
     write_scope = env.write_scope
     if env.event == "CALLBACK_MEMORY_WRITE":
         if write_scope is None:
@@ -220,12 +227,13 @@ def validate_event(obj: Any) -> TraceEvent:
         write_scope=write_scope or f"memory/{env.agent_owner}",
         memory_hash=env.memory_hash,
         payload=obj["payload"],
+        ts_utc=ts_utc,
     )
 
 
-def _check_timestamp(ts: str) -> None:
+def _checked_timestamp(ts: str) -> str:
     try:
-        normalize_ts(ts)
+        return normalize_ts(ts)
     except ValueError as exc:
         raise ValidationError(f"not a valid RFC 3339 timestamp ({exc})", field="ts") from None
 
