@@ -238,9 +238,12 @@ class SQLiteBackend(Backend):
                 where = " WHERE originator_id IN (" + ",".join("?" * len(batch)) + ")"
             with self._txn(commit=False) as c:
                 c.execute(sql + where + " ORDER BY originator_id, originator_version", batch or [])
+                key, sid = "", UUID(int=0)
                 while rows := c.sqlite_cursor.fetchmany(5000):
                     for r in rows:
-                        yield StoredRow(UUID(r[0]), r[1], r[2], r[3], _as_bytes(r[4]))
+                        if r[0] != key:  # rows come by stream: parse each id once
+                            key, sid = r[0], UUID(r[0])
+                        yield StoredRow(sid, r[1], r[2], r[3], _as_bytes(r[4]))
 
     def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
         sql, params = _sql(catalog.SELECT_STREAMS), []
