@@ -48,6 +48,7 @@ def findings_stream_id(tenant: str) -> uuid.UUID:
 
 _DIGIT_MAP: Final = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
 _LONG_DIGIT_RUN: Final = b"0" * 19
+_GENESIS_BYTES: Final = GENESIS_HASH.encode()  # inside a string: never a number
 
 
 def may_hold_big_int(raw: bytes) -> bool:
@@ -56,7 +57,7 @@ def may_hold_big_int(raw: bytes) -> bool:
     orjson reads such integers as floats without error, so these texts take the
     exact (slower) stdlib path. ``bytes.translate`` keeps this check near free.
     """
-    return _LONG_DIGIT_RUN in raw.translate(_DIGIT_MAP)
+    return _LONG_DIGIT_RUN in raw.replace(_GENESIS_BYTES, b"").translate(_DIGIT_MAP)
 
 
 def record_hash(state: bytes) -> str:
