@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,14 +39,29 @@ _DATABASE = "agentledger_test"  # created by the session fixture ``pg_cluster``
 _PG_POOL_SIZE = 12
 
 
+def _join_threads_started_since(before: set[threading.Thread]) -> None:
+    """Wait for threads a library test left running (its readers are stopped, not joined).
+
+    Closing a datastore while such a thread is still inside a query can crash the
+    interpreter (seen as a segfault in sqlite3), so tearDown waits for them first.
+    """
+    for thread in set(threading.enumerate()) - before:
+        # The suites' readers are plain threads; daemon ones (psycopg's pool workers)
+        # live until their pool is closed, so they are not waited for.
+        if not thread.daemon and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+
 class _SQLiteRecorderFactory:
     """A ``LedgerSQLiteRecorder`` on a fresh database file for each test."""
 
     def setUp(self) -> None:
+        self._threads = set(threading.enumerate())
         self._tmp_dir = Path(tempfile.mkdtemp(prefix="agentledger-es-suite-"))
         self._datastores: list[SQLiteDatastore] = []
 
     def tearDown(self) -> None:
+        _join_threads_started_since(self._threads)
         for datastore in self._datastores:
             datastore.close()
         shutil.rmtree(self._tmp_dir, ignore_errors=True)
@@ -70,6 +86,7 @@ class _PostgresRecorderFactory:
         self._cluster = pg_cluster
 
     def setUp(self) -> None:
+        self._threads = set(threading.enumerate())
         self._url = self._cluster.url_for(_DATABASE)
         self._schema = "es_suite_" + uuid.uuid4().hex[:12]
         self._datastores: list[PostgresDatastore] = []
@@ -77,6 +94,7 @@ class _PostgresRecorderFactory:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self._schema)))
 
     def tearDown(self) -> None:
+        _join_threads_started_since(self._threads)
         for datastore in self._datastores:
             datastore.close()
         with psycopg.connect(self._url, autocommit=True) as conn:
