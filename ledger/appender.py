@@ -175,7 +175,10 @@ class Appender:
         if missing:
             found = self.backend.load_heads(missing)
             wanted = set(missing)
-            firsts = {sid: e for sid, e in zip(ids, events, strict=True) if sid in wanted}
+            firsts: dict[UUID, TraceEvent] = {}  # a new stream's owner is its first event's
+            for sid, e in zip(ids, events, strict=True):
+                if sid in wanted:
+                    firsts.setdefault(sid, e)
             for sid in missing:
                 head = found.get(sid)
                 if head is None:

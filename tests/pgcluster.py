@@ -72,7 +72,7 @@ def pg_required_or_skip() -> Path:
         msg = "PostgreSQL binaries not found (install PostgreSQL or set AGENTLEDGER_PG_BIN)"
         if os.environ.get("CI") == "true":
             pytest.fail(f"{msg}; they are required when CI=true", pytrace=False)
-        pytest.skip(msg, allow_module_level=True)
+        pytest.skip(msg, allow_module_level=True)  # only when CI is not true
     return bin_dir
 
 

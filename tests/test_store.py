@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from eventsourcing.persistence import StoredEvent
 
@@ -99,3 +101,20 @@ def test_unsupported_store_url_is_a_usage_error(url: str) -> None:
     """A URL that names no supported backend raises UsageError."""
     with pytest.raises(UsageError):
         open_backend(url)
+
+
+def test_a_new_trace_is_owned_by_its_first_events_owner(store: Store, tmp_path: Path) -> None:
+    """The catalog's agent_owner of a trace comes from its first event, not a later one."""
+    import orjson
+
+    from ledger.ingest import ingest
+    from ledger.reader import list_traces
+
+    lines = [orjson.dumps({"trace_id": "t", "seq": n, "event": "EXEC_NEXT",
+                           "ts": "2026-11-20T10:00:00Z", "agent_owner": owner,
+                           "executed_by": owner, "payload": {}})
+             for n, owner in ((1, "planner"), (2, "writer"))]
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    ingest(store, [str(source)], reject_file=str(tmp_path / "r.jsonl"))
+    assert [t.agent_owner for t in list_traces(store, "default")] == ["planner"]
