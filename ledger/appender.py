@@ -9,7 +9,6 @@ use it, so the rules live in one place.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-import orjson
 from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
@@ -88,6 +86,15 @@ class Appender:
     def pending_findings(self) -> int:
         """How many findings are queued for the next flush."""
         return len(self._findings)
+
+    def next_seq(self, tenant: str, trace_id: str) -> int:
+        """The seq the trace's next event must have (counting staged events)."""
+        sid = chain.trace_stream_id(tenant, trace_id)
+        stream = self._dirty.get(sid) or self._cache.get(sid)
+        if stream is not None:
+            return stream.last_seq + 1
+        head = self.backend.load_heads([sid]).get(sid)
+        return (head.last_seq if head else 0) + 1
 
     def stage(
         self, events: Sequence[TraceEvent], *, fill_memory_hash: bool = False
@@ -199,7 +206,7 @@ class Appender:
         """Copy-on-write: staged changes go to a copy until the flush succeeds."""
         if base.memory is None:
             base.memory = self._fold_memory(sid)
-        stream = replace(base, memory=dict(base.memory or {}), pending={}, owned=set())
+        stream = replace(base, memory=dict(base.memory), pending={}, owned=set())
         self._dirty[sid] = stream
         return stream
 
@@ -305,14 +312,7 @@ class Appender:
 
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON: unlike ``==``, ``1``, ``1.0`` and ``true`` all differ."""
-    return _canonical_text(a) == _canonical_text(b)
-
-
-def _canonical_text(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
+    return chain.encode(a, sort_keys=True) == chain.encode(b, sort_keys=True)
 
 
 def _gap_reason(event: TraceEvent, last: int) -> str:

@@ -65,12 +65,16 @@ def record_hash(state: bytes) -> str:
     return "sha256:" + hashlib.sha256(state).hexdigest()
 
 
-def encode(record: dict[str, Any]) -> bytes:
-    """Serialise a record to the bytes that are stored (and hashed)."""
+def encode(record: dict[str, Any], *, sort_keys: bool = False) -> bytes:
+    """Serialise a record to the bytes that are stored (and hashed).
+
+    ``sort_keys`` gives a canonical text for comparing values as JSON.
+    """
     try:
-        return orjson.dumps(record)
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:  # integers beyond 64 bits: orjson refuses them, json keeps them
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"),
+                          sort_keys=sort_keys).encode()
 
 
 def decode(state: bytes) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any
 
 from ledger.appender import Appender
-from ledger.chain import trace_stream_id
 from ledger.errors import ConflictError, SequenceError
 from ledger.events import DEFAULT_TENANT, parse_event
 from ledger.store import Store
@@ -39,7 +38,6 @@ class TraceWriter:
         self.tenant = tenant
         self.batch_size = max(1, batch_size)
         self._appender = Appender(store)
-        self._next_seq: dict[str, int] = {}
 
     def record(
         self,
@@ -53,7 +51,7 @@ class TraceWriter:
         ts: datetime | str | None = None,
     ) -> Recorded:
         """Validate and stage one event at the trace's next seq; see the module doc."""
-        seq = self._seq(trace_id)
+        seq = self._appender.next_seq(self.tenant, trace_id)
         when = ts or datetime.now(UTC)
         wire: dict[str, Any] = {
             "tenant": self.tenant, "trace_id": trace_id, "seq": seq, "event": event,
@@ -65,23 +63,22 @@ class TraceWriter:
         parsed = parse_event(wire)
         [outcome] = self._appender.stage([parsed], fill_memory_hash=True)
         if outcome.status != "accepted":
-            self._next_seq.pop(trace_id, None)
             if outcome.kind == "gap":
                 raise SequenceError(outcome.reason or "out of order", field="seq")
             raise ConflictError(outcome.reason or f"seq {seq} of {trace_id} is already stored")
-        self._next_seq[trace_id] = seq + 1
         assert outcome.memory_hash is not None and outcome.record_hash is not None
         if self._appender.staged >= self.batch_size:
             self.flush()
         return Recorded(trace_id, seq, outcome.memory_hash, outcome.record_hash)
 
     def flush(self) -> int:
-        """Write staged events now; return how many were written."""
-        try:
-            return self._appender.flush()
-        except BaseException:
-            self._next_seq.clear()
-            raise
+        """Write staged events now; return how many were written.
+
+        If another writer appended to one of the traces first, this raises
+        ``ConcurrencyError``, drops what was staged, and rereads those traces' heads
+        on the next ``record``.
+        """
+        return self._appender.flush()
 
     def close(self) -> None:
         """Flush what is staged."""
@@ -95,13 +92,6 @@ class TraceWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-    def _seq(self, trace_id: str) -> int:
-        if trace_id not in self._next_seq:
-            heads = self.store.backend.load_heads([trace_stream_id(self.tenant, trace_id)])
-            head = next(iter(heads.values()), None)
-            self._next_seq[trace_id] = (head.last_seq if head else 0) + 1
-        return self._next_seq[trace_id]
 
 
 def _rfc3339(when: datetime) -> str:
