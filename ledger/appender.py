@@ -70,6 +70,7 @@ class Appender:
     """Stages events against stream heads and writes them in batches."""
 
     def __init__(self, store: Store, *, cache_size: int = 4096) -> None:
+        self.store = store
         self.backend = store.backend
         self.cache_size = cache_size
         self._cache: OrderedDict[UUID, _Stream] = OrderedDict()
@@ -145,6 +146,7 @@ class Appender:
         written = len(self._staged)
         self._dirty.clear()
         self._staged.clear()
+        self.store.committed()
         return written
 
     def discard(self) -> None:

@@ -22,12 +22,15 @@ RECORD_VERSION: Final = 1
 GENESIS_HASH: Final = "sha256:" + "0" * 64
 EVENT_TOPIC: Final = "agentledger.trace_event.v1"
 FINDING_TOPIC: Final = "agentledger.finding.v1"
-TOPICS: Final = (EVENT_TOPIC, FINDING_TOPIC)
+GRANT_TOPIC: Final = "agentledger.grant.v1"
+TOPICS: Final = (EVENT_TOPIC, FINDING_TOPIC, GRANT_TOPIC)
 
 STREAM_NAMESPACE: Final = uuid.UUID("5b0c4a1e-6f7d-4c43-9a57-0a9e3c1d2b10")
 TRACE_KIND: Final = "trace"
 FINDINGS_KIND: Final = "findings"
 FINDINGS_STREAM_NAME: Final = "$findings"
+GRANTS_KIND: Final = "grants"
+GRANTS_STREAM_NAME: Final = "$grants"
 
 
 def stream_id(kind: str, tenant: str, name: str) -> uuid.UUID:
@@ -44,6 +47,11 @@ def trace_stream_id(tenant: str, trace_id: str) -> uuid.UUID:
 def findings_stream_id(tenant: str) -> uuid.UUID:
     """The originator id of a tenant's findings stream."""
     return stream_id(FINDINGS_KIND, tenant, FINDINGS_STREAM_NAME)
+
+
+def grants_stream_id(tenant: str) -> uuid.UUID:
+    """The originator id of a tenant's grants stream (tenant-level write permissions)."""
+    return stream_id(GRANTS_KIND, tenant, GRANTS_STREAM_NAME)
 
 
 _DIGIT_MAP: Final = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
@@ -65,7 +73,7 @@ def record_hash(state: bytes) -> str:
     return "sha256:" + hashlib.sha256(state).hexdigest()
 
 
-def encode(record: dict[str, Any], *, sort_keys: bool = False) -> bytes:
+def encode(record: Any, *, sort_keys: bool = False) -> bytes:
     """Serialise a record to the bytes that are stored (and hashed).
 
     ``sort_keys`` gives a canonical text for comparing values as JSON.

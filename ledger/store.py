@@ -8,6 +8,7 @@ applies pending schema migrations (``agentledger init`` does only that).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import TracebackType
 
 from ledger.backends.base import Backend
@@ -47,6 +48,20 @@ class Store:
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        self._commit_listeners: list[Callable[[], None]] = []
+
+    def add_commit_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every commit of new records through this store.
+
+        Read models (``projections``) attach here so that a query right after an
+        ingest sees it; the ledger itself knows nothing about them.
+        """
+        self._commit_listeners.append(listener)
+
+    def committed(self) -> None:
+        """Tell the listeners that new records were committed (writers call this)."""
+        for listener in self._commit_listeners:
+            listener()
 
     @classmethod
     def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:

@@ -103,6 +103,18 @@ class Backend(ABC):
         """Every catalog row (of one tenant), by stream id."""
 
     @abstractmethod
+    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
+        """Up to ``limit`` log entries with notification id above ``after``, in id order.
+
+        Each is ``(notification_id, topic, stream key (32 hex), version, state)``:
+        the raw rows read models consume (no per-row object construction).
+        """
+
+    @abstractmethod
+    def last_notification_id(self) -> int:
+        """The highest notification id stored (0 for an empty log)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""
 

@@ -240,6 +240,23 @@ class PostgresBackend(Backend):
         for r in rows:
             yield catalog.head_from_row(r, r[0])
 
+    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
+        query = sql.SQL(
+            "SELECT notification_id, topic, originator_id, originator_version, state FROM {} "
+            "WHERE notification_id > %s ORDER BY notification_id LIMIT %s"
+        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
+        with self._txn(commit=False) as c:
+            c.execute(query, (after, limit))
+            return [(r[0], r[1], r[2].hex, r[3], bytes(r[4])) for r in c.fetchall()]
+
+    def last_notification_id(self) -> int:
+        query = sql.SQL("SELECT COALESCE(MAX(notification_id), 0) FROM {}").format(
+            sql.Identifier(self.schema, catalog.EVENTS_TABLE))
+        with self._txn(commit=False) as c:
+            c.execute(query)
+            row = c.fetchone()
+            return int(row[0]) if row else 0
+
     def close(self) -> None:
         self.datastore.close()
 

@@ -255,5 +255,18 @@ class SQLiteBackend(Backend):
         for r in rows:
             yield catalog.head_from_row(r, UUID(r[0]))
 
+    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
+        with self._txn(commit=False) as c:
+            c.execute(
+                "SELECT notification_id, topic, originator_id, originator_version, state FROM "
+                + catalog.EVENTS_TABLE + " WHERE notification_id > ? "
+                "ORDER BY notification_id LIMIT ?", (after, limit))
+            return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
+
+    def last_notification_id(self) -> int:
+        with self._txn(commit=False) as c:
+            c.execute("SELECT MAX(notification_id) FROM " + catalog.EVENTS_TABLE)
+            return int(c.fetchone()[0] or 0)
+
     def close(self) -> None:
         self.datastore.close()

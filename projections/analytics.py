@@ -1,0 +1,138 @@
+"""The ``analytics`` projection: tool calls, retries and fallbacks, and their outcomes.
+
+``tool_calls`` has a row per ``TOOL_EXEC``; ``tool_daily`` counts them per
+(tenant, UTC day, tool, agent) so statistics over whole days read a few rows;
+``recoveries`` has a row per ``CALLBACK_RETRY`` / ``CALLBACK_FALLBACK`` with
+``recovered`` set once the retried or fallback tool succeeds (docs/PROJECTIONS.md
+defines exactly when). Open retries and fallbacks are per-trace context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+from ledger import chain
+from ledger.canonical import canonicalize
+from ledger.errors import ValidationError
+from projections.base import Batch, Entry, Projection, utc_ts
+
+INSERT_CALL = (
+    "INSERT INTO {tool_calls} (tenant, trace_id, seq, ts, day, tool, executed_by, success, "
+    "attempt, error_class, args_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_DAILY = (
+    "INSERT INTO {tool_daily} AS d (tenant, day, tool, executed_by, execs, failures) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, day, tool, executed_by) DO UPDATE SET "
+    "execs = d.execs + excluded.execs, failures = d.failures + excluded.failures"
+)
+INSERT_RECOVERY = (
+    "INSERT INTO {recoveries} (tenant, trace_id, seq, ts, day, kind, tool, fallback_tool, "
+    "attempt, executed_by, recovered, recovered_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+MARK_RECOVERED = (
+    "UPDATE {recoveries} SET recovered = 1, recovered_seq = ? "
+    "WHERE tenant = ? AND trace_id = ? AND seq = ?"
+)
+_CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"})
+
+
+def args_digest(args: Any) -> str | None:
+    """sha256 of the canonical JSON of a tool call's args (how calls are matched)."""
+    try:
+        return "sha256:" + hashlib.sha256(canonicalize(args)).hexdigest()
+    except ValidationError:  # not I-JSON (e.g. a huge integer): no digest, no match
+        return None
+
+
+class AnalyticsProjection(Projection):
+    name = "analytics"
+    version = 1
+    topics = frozenset({chain.EVENT_TOPIC})
+    tables = ("tool_calls", "tool_daily", "recoveries")
+    description = "tool calls, retries and fallbacks with their outcomes, daily counts"
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
+        "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
+        "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
+        "error_class TEXT, args_digest TEXT, PRIMARY KEY (tenant, trace_id, seq))",
+        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "
+        "ON {tool_calls} (tenant, tool, args_digest)",
+        "CREATE TABLE IF NOT EXISTS {tool_daily} (tenant TEXT NOT NULL, day TEXT NOT NULL, "
+        "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
+        "failures {bigint} NOT NULL, PRIMARY KEY (tenant, day, tool, executed_by))",
+        "CREATE TABLE IF NOT EXISTS {recoveries} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
+        "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, kind TEXT NOT NULL, "
+        "tool TEXT NOT NULL, fallback_tool TEXT, attempt {bigint}, executed_by TEXT NOT NULL, "
+        "recovered INTEGER NOT NULL, recovered_seq {bigint}, "
+        "PRIMARY KEY (tenant, trace_id, seq))",
+        "CREATE INDEX IF NOT EXISTS agentledger_recoveries_ts "
+        "ON {recoveries} (tenant, kind, ts)",
+    )
+
+    def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
+        daily: dict[tuple[str, str, str, str], list[int]] = {}
+        new: dict[tuple[str, str, int], list[Any]] = {}  # recoveries first seen in this batch
+        for entry in entries:
+            r = entry.record
+            event = r["event"]
+            if event == "TOOL_EXEC":
+                self._tool_exec(entry, batch, daily, new)
+            elif event in _CLOSERS or event == "CALLBACK_RETRY":
+                ctx = batch.context(entry.stream)
+                if event in _CLOSERS and ctx.get("open"):
+                    ctx["open"] = []
+                    batch.touch(entry.stream)
+                if event in ("CALLBACK_RETRY", "CALLBACK_FALLBACK"):
+                    self._open(entry, ctx, batch, new)
+        for row in new.values():
+            batch.insert(INSERT_RECOVERY, tuple(row))
+        for (tenant, day, tool, agent), (execs, failures) in daily.items():
+            batch.insert(UPSERT_DAILY, (tenant, day, tool, agent, execs, failures))
+
+    def _open(self, entry: Entry, ctx: dict[str, Any], batch: Batch,
+              new: dict[tuple[str, str, int], list[Any]]) -> None:
+        r, p = entry.record, entry.record["payload"]
+        ts = utc_ts(r)
+        if r["event"] == "CALLBACK_RETRY":
+            kind, tool, fallback = "retry", p["tool"], None
+            target, attempt = tool, p["attempt"]
+        else:
+            kind, tool, fallback = "fallback", p["original_tool"], p["fallback_tool"]
+            target, attempt = fallback, None
+        new[(r["tenant"], r["trace_id"], r["seq"])] = [
+            r["tenant"], r["trace_id"], r["seq"], ts, ts[:10], kind, tool, fallback, attempt,
+            r["executed_by"], 0, None]
+        ctx.setdefault("open", []).append([r["seq"], kind, target])
+        batch.touch(entry.stream)
+
+    def _tool_exec(self, entry: Entry, batch: Batch, daily: dict[tuple[str, str, str, str],
+                   list[int]], new: dict[tuple[str, str, int], list[Any]]) -> None:
+        r, p = entry.record, entry.record["payload"]
+        tenant, trace, tool, ts = r["tenant"], r["trace_id"], p["tool"], utc_ts(r)
+        success = p["success"] is True
+        batch.insert(INSERT_CALL, (
+            tenant, trace, r["seq"], ts, ts[:10], tool, r["executed_by"], int(success),
+            p.get("attempt", 1), p.get("error_class"), args_digest(p.get("args"))))
+        counts = daily.setdefault((tenant, ts[:10], tool, r["executed_by"]), [0, 0])
+        counts[0] += 1
+        counts[1] += not success
+        ctx = batch.context(entry.stream)
+        still_open = []
+        for item in ctx.get("open", ()):
+            seq, kind, target = item
+            if target != tool:
+                still_open.append(item)
+            elif success:
+                pending = new.get((tenant, trace, seq))
+                if pending is not None:
+                    pending[10], pending[11] = 1, r["seq"]
+                else:
+                    batch.run(MARK_RECOVERED, (r["seq"], tenant, trace, seq))
+            elif kind == "fallback":  # a failed fallback call may still be retried
+                still_open.append(item)
+        if len(still_open) != len(ctx.get("open", ())):
+            ctx["open"] = still_open
+            batch.touch(entry.stream)

@@ -1,0 +1,92 @@
+"""What a projection is: a named, versioned fold of log entries into view tables.
+
+A projection sees entries (decoded log rows) in notification order, batch by
+batch. It never writes directly: it queues inserts and statements on the
+:class:`Batch`, and reads/updates its per-stream context there; the projector
+commits all of that with the tracking position in one transaction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+from ledger import chain
+from ledger.events import normalize_ts
+
+
+class Entry(NamedTuple):
+    """One log entry as projections see it."""
+
+    notification_id: int
+    topic: str
+    stream: str  # the stream's 32-hex key
+    version: int
+    record: dict[str, Any]
+
+
+def utc_ts(record: dict[str, Any]) -> str:
+    """The record's ``ts`` in UTC (``...Z``), the form every view stores and compares."""
+    return normalize_ts(record["ts"])
+
+
+def json_text(value: Any) -> str:
+    """A JSON value as the text a view stores (exact for big integers too)."""
+    return chain.encode(value).decode()
+
+
+@dataclass
+class Batch:
+    """The pending changes of one projection for one batch of entries.
+
+    ``rows[template]`` are parameter tuples for an INSERT template; ``statements``
+    run after the inserts, in order. ``contexts`` are the per-stream JSON contexts
+    the projection read or changed (changed ones are written back).
+    """
+
+    load_context: Callable[[str], dict[str, Any]]
+    query: Callable[[str, tuple[Any, ...]], list[tuple[Any, ...]]]  # reads committed views
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    late_statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    changed: set[str] = field(default_factory=set)
+
+    def insert(self, template: str, row: tuple[Any, ...]) -> None:
+        """Queue one INSERT (templates are batched with executemany)."""
+        bucket = self.rows.get(template)
+        if bucket is None:
+            bucket = self.rows[template] = []
+        bucket.append(row)
+
+    def run(self, template: str, params: tuple[Any, ...] = (), *, late: bool = False) -> None:
+        """Queue a statement to run after the inserts (``late``: after the others too)."""
+        (self.late_statements if late else self.statements).append((template, params))
+
+    def context(self, stream: str) -> dict[str, Any]:
+        """The stream's context (mutable; call :meth:`touch` after changing it)."""
+        ctx = self.contexts.get(stream)
+        if ctx is None:
+            ctx = self.contexts[stream] = self.load_context(stream)
+        return ctx
+
+    def touch(self, stream: str) -> None:
+        """Mark a stream's context as changed: it is written back with the batch."""
+        self.changed.add(stream)
+
+
+class Projection(ABC):
+    """A read model: ``name``, ``version``, its tables and how entries change them."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    topics: ClassVar[frozenset[str]]
+    tables: ClassVar[tuple[str, ...]]  # slot names, see projections.sql.VIEW_TABLES
+    ddl: ClassVar[tuple[str, ...]]
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
+        """Fold entries (all of this projection's topics, in log order) into the batch."""

@@ -1,0 +1,276 @@
+"""Queries over the projections: memory, failures, attribution, findings, statistics.
+
+Every query takes a store and exactly one tenant, reads the view tables only
+(plus the stream catalog to tell a missing trace from an empty answer), and
+returns dataclasses whose ``as_json()`` has the field names documented in
+docs/CLI.md. Time bounds are RFC 3339 or ``YYYY-MM-DD`` (``ledger.reader.parse_bound``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from ledger import chain
+from ledger.backends.base import StreamHead
+from ledger.errors import NotFoundError, StoreError, UsageError
+from ledger.memory import memory_hash
+from ledger.reader import parse_bound
+from ledger.store import Store
+from projections.sql import view_db
+from projections.stats import failure_stats, fallback_stats, retry_stats
+
+__all__ = [
+    "FailureRow", "FindingRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
+    "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats",
+    "memory_diff", "memory_history", "memory_state", "retry_stats",
+]
+
+
+class _Row:
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True)
+class MemoryView(_Row):
+    tenant: str
+    trace_id: str
+    scope: str
+    seq: int
+    state: dict[str, Any]
+    memory_hash: str
+
+
+@dataclass(frozen=True)
+class MemoryDiff(_Row):
+    tenant: str
+    trace_id: str
+    scope: str
+    from_seq: int
+    to_seq: int
+    added: dict[str, Any]
+    removed: dict[str, Any]
+    changed: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class MemoryVersion(_Row):
+    tenant: str
+    trace_id: str
+    scope: str
+    seq: int
+    ts: str
+    key: str
+    op: str
+    value: Any
+    memory_hash: str
+    executed_by: str
+    agent_owner: str
+
+
+@dataclass(frozen=True)
+class FailureRow(_Row):
+    tenant: str
+    trace_id: str
+    seq: int
+    ts: str
+    event: str
+    tool: str | None
+    executed_by: str
+    reason: str | None
+    error_class: str | None
+    error_code: str | None
+
+
+@dataclass(frozen=True)
+class WriteRow(_Row):
+    tenant: str
+    trace_id: str
+    seq: int
+    ts: str
+    scope: str
+    key: str
+    op: str
+    executed_by: str
+    agent_owner: str
+    cross_agent: bool
+    authorized: bool
+    basis: str | None
+
+
+@dataclass(frozen=True)
+class FindingRow(_Row):
+    tenant: str
+    trace_id: str | None
+    seq: int | None
+    kind: str
+    detail: str
+    at: str | None
+
+
+# -- memory -------------------------------------------------------------------------
+
+def _trace_head(store: Store, tenant: str, trace_id: str) -> StreamHead:
+    sid = chain.trace_stream_id(tenant, trace_id)
+    head = store.backend.load_heads([sid]).get(sid)
+    if head is None:
+        raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
+    return head
+
+
+def _seq(head: StreamHead, seq: int | None, name: str) -> int:
+    if seq is None:
+        return head.last_seq
+    if not 0 <= seq <= head.last_seq:
+        raise UsageError(f"--{name} {seq} is outside trace {head.name!r} (seq 1..{head.last_seq})")
+    return seq
+
+
+def _scope(head: StreamHead, scope: str | None) -> str:
+    return scope if scope is not None else f"memory/{head.agent_owner}"
+
+
+def _fold(store: Store, head: StreamHead, scope: str, at: int) -> tuple[dict[str, Any], str]:
+    rows = view_db(store.backend).query(
+        "SELECT seq, key, op, value, memory_hash FROM {memory_writes} WHERE tenant = ? "
+        "AND trace_id = ? AND scope = ? AND seq <= ? ORDER BY seq",
+        (head.tenant, head.name, scope, at))
+    state: dict[str, Any] = {}
+    for _, key, op, value, _ in rows:
+        if op == "delete":
+            state.pop(key, None)
+        else:
+            state[key] = orjson.loads(value)
+    digest = memory_hash(state)
+    if rows and rows[-1][4] != digest:
+        raise StoreError(
+            f"the memory view of trace {head.name!r} disagrees with the ledger at seq "
+            f"{rows[-1][0]}: run `agentledger projections rebuild memory`")
+    return state, digest
+
+
+def memory_state(store: Store, tenant: str, trace_id: str, *, scope: str | None = None,
+                 at: int | None = None) -> MemoryView:
+    """The memory of (trace, scope) after event ``at`` (default: the trace's last)."""
+    head = _trace_head(store, tenant, trace_id)
+    seq, name = _seq(head, at, "at"), _scope(head, scope)
+    state, digest = _fold(store, head, name, seq)
+    return MemoryView(tenant, trace_id, name, seq, state, digest)
+
+
+def memory_diff(store: Store, tenant: str, trace_id: str, from_seq: int, to_seq: int, *,
+                scope: str | None = None) -> MemoryDiff:
+    """What changed in (trace, scope) between after ``from_seq`` and after ``to_seq``."""
+    head = _trace_head(store, tenant, trace_id)
+    lo, hi, name = _seq(head, from_seq, "from"), _seq(head, to_seq, "to"), _scope(head, scope)
+    before, _ = _fold(store, head, name, lo)
+    after, _ = _fold(store, head, name, hi)
+    added = {k: v for k, v in after.items() if k not in before}
+    removed = {k: v for k, v in before.items() if k not in after}
+    changed = {k: {"from": before[k], "to": v} for k, v in after.items()
+               if k in before and chain.encode(v, sort_keys=True)
+               != chain.encode(before[k], sort_keys=True)}
+    return MemoryDiff(tenant, trace_id, name, lo, hi, added, removed, changed)
+
+
+def memory_history(store: Store, tenant: str, trace_id: str, *,
+                   scope: str | None = None) -> list[MemoryVersion]:
+    """Every memory write of a trace (of one scope, or all), in seq order."""
+    _trace_head(store, tenant, trace_id)
+    sql = ("SELECT scope, seq, ts, key, op, value, memory_hash, executed_by, agent_owner "
+           "FROM {memory_writes} WHERE tenant = ? AND trace_id = ?")
+    params: list[Any] = [tenant, trace_id]
+    if scope is not None:
+        sql += " AND scope = ?"
+        params.append(scope)
+    rows = view_db(store.backend).query(sql + " ORDER BY seq", tuple(params))
+    return [MemoryVersion(tenant, trace_id, r[0], r[1], r[2], r[3], r[4],
+                          None if r[5] is None else orjson.loads(r[5]), r[6], r[7], r[8])
+            for r in rows]
+
+
+# -- failures, writes, findings ---------------------------------------------------------
+
+def _where(tenant: str, filters: dict[str, Any], since: str | None,
+           until: str | None) -> tuple[str, list[Any]]:
+    clauses, params = ["tenant = ?"], [tenant]
+    for column, value in filters.items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    if lo is not None:
+        clauses.append("ts >= ?")
+        params.append(lo)
+    if hi is not None:
+        clauses.append("ts <= ?")
+        params.append(hi)
+    return " WHERE " + " AND ".join(clauses), params
+
+
+def _limit(limit: int | None, params: list[Any]) -> str:
+    if limit is None:
+        return ""
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
+    params.append(limit)
+    return " LIMIT ?"
+
+
+def failures(store: Store, tenant: str, *, tool: str | None = None, agent: str | None = None,
+             event: str | None = None, trace_id: str | None = None, since: str | None = None,
+             until: str | None = None, limit: int | None = None) -> list[FailureRow]:
+    """Failure points of a tenant, oldest first, filtered."""
+    where, params = _where(tenant, {"tool": tool, "executed_by": agent, "event": event,
+                                    "trace_id": trace_id}, since, until)
+    sql = ("SELECT tenant, trace_id, seq, ts, event, tool, executed_by, reason, error_class, "
+           "error_code FROM {failures}" + where + " ORDER BY ts, trace_id, seq")
+    sql += _limit(limit, params)
+    return [FailureRow(*r) for r in view_db(store.backend).query(sql, tuple(params))]
+
+
+def audit_writes(store: Store, tenant: str, *, scope: str | None = None, by: str | None = None,
+                 key: str | None = None, trace_id: str | None = None, since: str | None = None,
+                 until: str | None = None, limit: int | None = None) -> list[WriteRow]:
+    """Who wrote what memory (with authorization), oldest first, filtered."""
+    where, params = _where(tenant, {"scope": scope, "executed_by": by, "key": key,
+                                    "trace_id": trace_id}, since, until)
+    sql = ("SELECT tenant, trace_id, seq, ts, scope, key, op, executed_by, agent_owner, "
+           "cross_agent, authorized, basis FROM {write_attribution}" + where
+           + " ORDER BY ts, trace_id, seq")
+    sql += _limit(limit, params)
+    return [WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]),
+                     bool(r[10]), r[11])
+            for r in view_db(store.backend).query(sql, tuple(params))]
+
+
+FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write")
+
+
+def audit_findings(store: Store, tenant: str, *, kind: str | None = None,
+                   trace_id: str | None = None) -> list[FindingRow]:
+    """Integrity findings of a tenant: the ledger's, plus every unauthorized write."""
+    if kind is not None and kind not in FINDING_KINDS:
+        raise UsageError(f"unknown finding kind {kind!r}: choose from {', '.join(FINDING_KINDS)}")
+    db = view_db(store.backend)
+    rows: list[FindingRow] = []
+    trace_filter, params = ("", [tenant]) if trace_id is None else (
+        " AND trace_id = ?", [tenant, trace_id])
+    if kind != "unauthorized_write":
+        found = db.query("SELECT trace_id, seq, kind, detail, recorded_at FROM {findings} "
+                         "WHERE tenant = ?" + trace_filter + " ORDER BY finding_seq",
+                         tuple(params))
+        rows += [FindingRow(tenant, *r) for r in found if kind is None or r[2] == kind]
+    if kind in (None, "unauthorized_write"):
+        writes = db.query(
+            "SELECT trace_id, seq, ts, scope, key, executed_by FROM {write_attribution} "
+            "WHERE tenant = ? AND authorized = 0" + trace_filter + " ORDER BY trace_id, seq",
+            tuple(params))
+        rows += [FindingRow(
+            tenant, trace, seq, "unauthorized_write",
+            f"{by} wrote {key!r} to {scope} with neither an earlier in-trace permission "
+            "nor a tenant grant covering it", ts) for trace, seq, ts, scope, key, by in writes]
+    return sorted(rows, key=lambda f: (f.trace_id or "", f.seq or 0, f.kind))

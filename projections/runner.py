@@ -1,0 +1,302 @@
+"""The projector: follows the ledger's notification log into the view tables.
+
+For each batch of log entries it applies every projection that is behind, and
+commits the view rows, the projections' per-stream context and their tracking
+positions in one transaction (exactly once; see docs/PROJECTIONS.md). Tracking
+rows live in eventsourcing's tracking table and are advanced by compare-and-set,
+so two projectors on one database never apply an entry twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from ledger import chain
+from ledger.errors import StoreError, UsageError
+from ledger.store import Store
+from projections.analytics import AnalyticsProjection
+from projections.attribution import AttributionProjection
+from projections.base import Batch, Entry, Projection
+from projections.failures import FailureProjection
+from projections.findings import FindingsProjection
+from projections.memory import MemoryProjection
+from projections.sql import Cursor, ViewDB, view_db
+
+PROJECTIONS: tuple[type[Projection], ...] = (
+    MemoryProjection, FailureProjection, AttributionProjection, AnalyticsProjection,
+    FindingsProjection,
+)
+NAMES = tuple(p.name for p in PROJECTIONS)
+Progress = Callable[[int, int], None]  # (entries read so far, entries to read)
+
+_DDL = (
+    "CREATE TABLE IF NOT EXISTS {projection_context} (projection TEXT NOT NULL, "
+    "stream TEXT NOT NULL, context TEXT NOT NULL, PRIMARY KEY (projection, stream))",
+    "CREATE TABLE IF NOT EXISTS {projection_state} (name TEXT PRIMARY KEY, "
+    "version INTEGER NOT NULL, rebuilt_at TEXT)",
+)
+_UPSERT_CONTEXT = (
+    "INSERT INTO {projection_context} (projection, stream, context) VALUES (?, ?, ?) "
+    "ON CONFLICT (projection, stream) DO UPDATE SET context = excluded.context"
+)
+_ADVANCE = "UPDATE {tracking} SET notification_id = ? WHERE application_name = ? " \
+           "AND notification_id = ?"
+_START = "INSERT INTO {tracking} (application_name, notification_id) VALUES (?, ?) " \
+         "ON CONFLICT (application_name) DO NOTHING"
+_POSITIONS = "SELECT application_name, notification_id FROM {tracking}"
+_CHUNK = 400
+_STALE_RETRIES = 20
+
+
+class StaleError(Exception):
+    """Another projector advanced a tracking position first (this batch is rolled back)."""
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where one projection stands (the ``--json`` of ``projections status``)."""
+
+    name: str
+    description: str
+    version: int
+    built_version: int | None
+    position: int
+    log_head: int
+    lag: int
+    rebuild_needed: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select(names: Iterable[str] | None) -> list[Projection]:
+    """Projection instances by name (all when ``names`` is None); unknown names are an error."""
+    if names is None:
+        return [p() for p in PROJECTIONS]
+    wanted = list(dict.fromkeys(names))
+    unknown = [n for n in wanted if n not in NAMES]
+    if unknown:
+        raise UsageError(f"unknown projection {unknown[0]!r}: choose from {', '.join(NAMES)}")
+    return [p() for p in PROJECTIONS if p.name in wanted]
+
+
+class Projector:
+    """Keeps some (default: all) projections of one store up to date."""
+
+    def __init__(self, store: Store, names: Iterable[str] | None = None, *,
+                 batch_size: int = 5000, context_cache: int = 50_000) -> None:
+        self.store = store
+        self.db: ViewDB = view_db(store.backend)
+        self.projections = select(names)
+        self.batch_size = batch_size
+        self.context_cache = context_cache
+        self._caches: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        self._complete: set[str] = set()  # caches known to hold every context there is
+        self._ready = False
+
+    # -- public API ----------------------------------------------------------------
+
+    def attach(self) -> Projector:
+        """Catch up after every commit made through the store (and now)."""
+        self.store.add_commit_listener(self._committed)
+        self.catch_up()
+        return self
+
+    def _committed(self) -> None:
+        self.catch_up()
+
+    def catch_up(self, progress: Progress | None = None) -> int:
+        """Apply every log entry the projections have not seen; return how many were read."""
+        self._prepare()
+        for _ in range(_STALE_RETRIES):
+            try:
+                return self._run(progress)
+            except StaleError:
+                self._forget()
+        raise StaleError("tracking positions kept moving under this projector")
+
+    def rebuild(self, names: Iterable[str] | None = None,
+                progress: Progress | None = None) -> int:
+        """Drop the named projections (default: all of this projector's) and replay from 0."""
+        self._prepare()
+        chosen = [p for p in self.projections if names is None or p.name in set(names)]
+        if names is not None:
+            select(names)  # unknown names are an error
+        with self.db.transaction() as cur:
+            for p in chosen:
+                self._reset(cur, p)
+        for p in chosen:
+            self._caches.pop(p.name, None)
+            self._complete.add(p.name)
+        return self.catch_up(progress)
+
+    def status(self) -> list[ProjectionStatus]:
+        """Position, lag and version of each projection."""
+        self._prepare()
+        positions = self._positions()
+        built = self._built_versions()
+        head = self.store.backend.last_notification_id()
+        return [ProjectionStatus(
+            p.name, p.description, p.version, built.get(p.name), positions.get(p.name, 0), head,
+            max(0, head - positions.get(p.name, 0)), built.get(p.name) != p.version)
+            for p in self.projections]
+
+    def follow(self, *, interval: float = 1.0, stop: Callable[[], bool] = lambda: False,
+               on_batch: Callable[[int], None] | None = None) -> None:
+        """Catch up, then poll the log every ``interval`` seconds until ``stop()``."""
+        while not stop():
+            applied = self.catch_up()
+            if on_batch is not None and applied:
+                on_batch(applied)
+            if not applied:
+                time.sleep(interval)
+
+    # -- internals -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        self.db.tracking.create_table()
+        with self.db.transaction() as cur:
+            for statement in _DDL:
+                self.db.execute(cur, statement)
+            for p in self.projections:
+                for statement in p.ddl:
+                    self.db.execute(cur, statement)
+        built = self._built_versions()
+        stale = [p for p in self.projections if built.get(p.name) != p.version]
+        if stale:
+            with self.db.transaction() as cur:
+                for p in stale:
+                    self._reset(cur, p)
+            self._complete.update(p.name for p in stale)
+        self._ready = True
+
+    def _reset(self, cur: Cursor, p: Projection) -> None:
+        for table in p.tables:
+            self.db.execute(cur, "DROP TABLE IF EXISTS {" + table + "}")
+        for statement in p.ddl:
+            self.db.execute(cur, statement)
+        self.db.execute(cur, "DELETE FROM {projection_context} WHERE projection = ?", (p.name,))
+        self.db.execute(cur, "DELETE FROM {tracking} WHERE application_name = ?", (p.name,))
+        self.db.execute(cur, "DELETE FROM {projection_state} WHERE name = ?", (p.name,))
+        self.db.execute(cur, "INSERT INTO {projection_state} (name, version, rebuilt_at) "
+                        "VALUES (?, ?, ?)", (p.name, p.version, datetime.now(UTC).isoformat()))
+
+    def _positions(self) -> dict[str, int]:
+        return {name: int(nid) for name, nid in self.db.query(_POSITIONS) if nid is not None}
+
+    def _built_versions(self) -> dict[str, int]:
+        rows = self.db.query("SELECT name, version FROM {projection_state}")
+        return {name: int(v) for name, v in rows}
+
+    def _forget(self) -> None:
+        self._caches.clear()
+        self._complete.clear()
+
+    def _run(self, progress: Progress | None) -> int:
+        positions = {p.name: 0 for p in self.projections} | {
+            k: v for k, v in self._positions().items() if k in NAMES}
+        backend = self.store.backend
+        start = min(positions[p.name] for p in self.projections)
+        total = max(0, backend.last_notification_id() - start) if progress else 0
+        read = 0
+        while True:
+            rows = backend.read_log(start, self.batch_size)
+            if not rows:
+                return read
+            last = rows[-1][0]
+            entries = [Entry(nid, topic, key, version, _decode(nid, state))
+                       for nid, topic, key, version, state in rows if topic in chain.TOPICS]
+            behind = [p for p in self.projections if positions[p.name] < last]
+            batches = self._apply(behind, entries, positions)
+            with self.db.transaction() as cur:
+                for p in behind:
+                    self._advance(cur, p.name, positions[p.name], last)
+                for p in behind:
+                    self._write(cur, p, batches[p.name])
+            for p in behind:
+                positions[p.name] = last
+                self._keep(p.name, batches[p.name])
+            read += len(rows)
+            start = last
+            if progress is not None:
+                progress(read, max(total, read))
+
+    def _apply(self, behind: Sequence[Projection], entries: Sequence[Entry],
+               positions: dict[str, int]) -> dict[str, Batch]:
+        batches: dict[str, Batch] = {}
+        for p in behind:
+            mine = [e for e in entries
+                    if e.notification_id > positions[p.name] and e.topic in p.topics]
+            self._load_contexts(p.name, {e.stream for e in mine})
+            cache = self._caches.setdefault(p.name, OrderedDict())
+            batch = Batch(load_context=_loader(cache), query=self.db.query)
+            p.apply(mine, batch)
+            batches[p.name] = batch
+        return batches
+
+    def _load_contexts(self, name: str, streams: set[str]) -> None:
+        cache = self._caches.setdefault(name, OrderedDict())
+        missing = [s for s in streams if s not in cache]
+        if not missing or name in self._complete:
+            return
+        for i in range(0, len(missing), _CHUNK):
+            chunk = missing[i:i + _CHUNK]
+            rows = self.db.query(
+                "SELECT stream, context FROM {projection_context} WHERE projection = ? "
+                "AND stream IN (" + ",".join("?" * len(chunk)) + ")", (name, *chunk))
+            for stream, text in rows:
+                cache[stream] = orjson.loads(text)
+
+    def _advance(self, cur: Cursor, name: str, expected: int, last: int) -> None:
+        if expected == 0:
+            self.db.execute(cur, _START, (name, last))
+        else:
+            self.db.execute(cur, _ADVANCE, (last, name, expected))
+        if cur.rowcount != 1:
+            raise StaleError(f"projection {name!r} moved past {expected} elsewhere")
+
+    def _write(self, cur: Cursor, p: Projection, batch: Batch) -> None:
+        for template, rows in batch.rows.items():
+            self.db.executemany(cur, template, rows)
+        for template, params in batch.statements + batch.late_statements:
+            self.db.execute(cur, template, params)
+        if batch.changed:
+            self.db.executemany(cur, _UPSERT_CONTEXT, [
+                (p.name, s, orjson.dumps(batch.contexts[s]).decode()) for s in batch.changed])
+
+    def _keep(self, name: str, batch: Batch) -> None:
+        cache = self._caches.setdefault(name, OrderedDict())
+        for stream in batch.changed:
+            cache[stream] = batch.contexts[stream]
+            cache.move_to_end(stream)
+        while len(cache) > self.context_cache:
+            cache.popitem(last=False)
+            self._complete.discard(name)
+
+
+def _loader(cache: OrderedDict[str, dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
+    def load(stream: str) -> dict[str, Any]:
+        return _copy(cache.get(stream))
+    return load
+
+
+def _copy(context: dict[str, Any] | None) -> dict[str, Any]:
+    """A deep copy of a cached context (a failed batch must not change the cache)."""
+    return orjson.loads(orjson.dumps(context)) if context else {}
+
+
+def _decode(notification_id: int, state: bytes) -> dict[str, Any]:
+    try:
+        return chain.decode(state)
+    except ValueError as exc:
+        raise StoreError(f"log entry {notification_id} is not a readable record ({exc}); "
+                         "run `agentledger verify`") from None

@@ -1,0 +1,171 @@
+"""One way to run view SQL on either backend.
+
+Statements are templates with ``?`` placeholders and ``{table}`` slots naming view
+tables (``{memory_writes}``, ``{tracking}``, ...). SQLite fills a slot with the
+table's name; PostgreSQL with the schema-qualified identifier, and turns ``?`` into
+``%s``. Column types use ``{bigint}``. No user input ever reaches a template.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Protocol
+
+from eventsourcing.persistence import PersistenceError
+
+from ledger.backends.base import Backend
+from ledger.errors import StoreError
+
+PREFIX = "agentledger_"
+VIEW_TABLES = (
+    "memory_writes", "failures", "write_attribution", "grants", "tool_calls", "tool_daily",
+    "recoveries", "findings", "projection_context", "projection_state",
+)
+PG_TRACKING_TABLE = PREFIX + "tracking"
+
+
+class Cursor(Protocol):
+    """What view code needs of a cursor (sqlite3 and psycopg both have it)."""
+
+    rowcount: int
+
+    def execute(self, sql: Any, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, sql: Any, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def fetchone(self) -> Any: ...
+
+
+class ViewDB:
+    """The view tables of one store, and transactions over them."""
+
+    dialect: str
+    tracking: Any  # the library's SQLite or PostgreSQL TrackingRecorder
+
+    def render(self, template: str) -> Any:
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+    def execute(self, cursor: Cursor, template: str, params: Sequence[Any] = ()) -> Cursor:
+        cursor.execute(self.render(template), params)
+        return cursor
+
+    def executemany(self, cursor: Cursor, template: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            cursor.executemany(self.render(template), rows)
+
+    def query(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read and return its rows as tuples."""
+        with self.read() as cursor:
+            cursor.execute(self.render(template), params)
+            return [tuple(r) for r in cursor.fetchall()]
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+        yield
+
+
+class SQLiteViewDB(ViewDB):
+    dialect = "sqlite"
+
+    def __init__(self, backend: Backend) -> None:
+        from eventsourcing.sqlite import SQLiteTrackingRecorder
+
+        self.backend = backend
+        self.datastore = backend.datastore  # type: ignore[attr-defined]
+        self.tracking = SQLiteTrackingRecorder(self.datastore)
+
+    def render(self, template: str) -> str:
+        return _render_sqlite(template)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        try:
+            with self.datastore.transaction(commit=True) as c:
+                yield c.sqlite_cursor
+        except (PersistenceError, sqlite3.Error) as exc:
+            raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        try:
+            with self.datastore.transaction(commit=False) as c:
+                yield c.sqlite_cursor
+        except (PersistenceError, sqlite3.Error) as exc:
+            raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
+
+
+class PostgresViewDB(ViewDB):
+    dialect = "postgres"
+
+    def __init__(self, backend: Backend) -> None:
+        from eventsourcing.postgres import PostgresTrackingRecorder
+
+        self.backend = backend
+        self.datastore = backend.datastore  # type: ignore[attr-defined]
+        self.schema: str = self.datastore.schema
+        self.tracking = PostgresTrackingRecorder(
+            self.datastore, tracking_table_name=PG_TRACKING_TABLE)
+
+    def render(self, template: str) -> Any:
+        return _render_postgres(template, self.schema)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        import psycopg
+        from psycopg.rows import tuple_row
+
+        try:
+            with self.datastore.get_connection() as conn, conn.transaction():
+                yield conn.cursor(row_factory=tuple_row)
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL views: {exc}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Cursor]:
+        import psycopg
+        from psycopg.rows import tuple_row
+
+        try:
+            with self.datastore.get_connection() as conn, conn.transaction(force_rollback=True):
+                yield conn.cursor(row_factory=tuple_row)
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL views: {exc}") from exc
+
+
+def view_db(backend: Backend) -> ViewDB:
+    """The ViewDB for a ledger backend (same database, same connections)."""
+    from ledger.backends.sqlite import SQLiteBackend
+
+    if isinstance(backend, SQLiteBackend):
+        return SQLiteViewDB(backend)
+    return PostgresViewDB(backend)
+
+
+_SQLITE_SLOTS = {name: PREFIX + name for name in VIEW_TABLES} | {
+    "tracking": "tracking", "events": PREFIX + "events", "bigint": "INTEGER",
+}
+
+
+@lru_cache(maxsize=512)
+def _render_sqlite(template: str) -> str:
+    return template.format(**_SQLITE_SLOTS)
+
+
+@lru_cache(maxsize=512)
+def _render_postgres(template: str, schema: str) -> Any:
+    from psycopg import sql
+
+    slots: dict[str, Any] = {
+        name: sql.Identifier(schema, PREFIX + name) for name in VIEW_TABLES}
+    slots["tracking"] = sql.Identifier(schema, PG_TRACKING_TABLE)
+    slots["events"] = sql.Identifier(schema, PREFIX + "events")
+    slots["bigint"] = sql.SQL("BIGINT")
+    return sql.SQL(template.replace("?", "%s")).format(**slots)
