@@ -87,6 +87,13 @@ def verify(
     return report
 
 
+_TENANT_STREAMS: dict[str, tuple[Callable[[str], UUID], str, str]] = {
+    chain.FINDING_TOPIC: (chain.findings_stream_id, chain.FINDINGS_STREAM_NAME, "finding"),
+    chain.GRANT_TOPIC: (chain.grants_stream_id, chain.GRANTS_STREAM_NAME, "grant"),
+}
+"""Topics of the per-tenant streams: (stream id of a tenant, stream name, what a row is)."""
+
+
 def _by_stream(rows: Iterator[StoredRow]) -> Iterator[tuple[UUID, list[StoredRow]]]:
     current: UUID | None = None
     group: list[StoredRow] = []
@@ -136,20 +143,21 @@ class _StreamCheck:
         except ValueError as exc:
             self.problem(row.version, "unreadable_record", f"stored bytes are not a record: {exc}")
             return
+        tenant_stream = _TENANT_STREAMS.get(row.topic)
         if self.tenant is None:
             self.tenant = record.get("tenant")
-            self.name = record.get("trace_id", chain.FINDINGS_STREAM_NAME)
+            self.name = tenant_stream[1] if tenant_stream else record.get("trace_id")
         if record.get("prev_hash") != prev:
             self.problem(row.version, "chain_broken",
                          f"prev_hash is {record.get('prev_hash')}, the previous record hashes "
                          f"to {prev}")
         if row.topic == chain.EVENT_TOPIC:
             self.check_event(row, record)
-        elif row.topic == chain.FINDING_TOPIC:
-            owner = chain.findings_stream_id(str(record.get("tenant")))
-            if owner != self.sid:
+        elif tenant_stream is not None:
+            stream_of, name, what = tenant_stream
+            if stream_of(str(record.get("tenant"))) != self.sid:
                 self.problem(row.version, "identity_mismatch",
-                             "finding is stored in another tenant's findings stream")
+                             f"{what} is not stored in its tenant's {name} stream")
         else:
             self.problem(row.version, "unknown_topic", f"topic {row.topic!r}")
 

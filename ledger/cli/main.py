@@ -12,6 +12,7 @@ import click
 
 from ledger.cli.commands import ingest, init, trace, verify
 from ledger.cli.demo import demo
+from ledger.cli.grants import grants
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,5 +27,5 @@ def main(ctx: click.Context, store: str | None) -> None:
     ctx.obj["store"] = store
 
 
-for command in (init, ingest, verify, trace, demo):
+for command in (init, ingest, verify, trace, demo, grants):
     main.add_command(command)
