@@ -123,8 +123,11 @@ class Appender:
             outcomes[i] = self._compare(events[i], chain.wire_part(record))
         return [o for o in outcomes if o is not None]
 
-    def flush(self) -> int:
+    def flush(self, *, notify: bool = True) -> int:
         """Write everything staged in one transaction; return how many events were written.
+
+        Then (unless ``notify`` is false: the caller calls ``store.committed()`` itself)
+        the store's commit listeners run, e.g. projections catching up.
 
         On :class:`ConcurrencyError` nothing is written and the staged work is dropped
         (the streams involved are reloaded on next use).
@@ -146,7 +149,8 @@ class Appender:
         written = len(self._staged)
         self._dirty.clear()
         self._staged.clear()
-        self.store.committed()
+        if notify:
+            self.store.committed()
         return written
 
     def discard(self) -> None:

@@ -175,7 +175,7 @@ def _commit(app: Appender, batch: list[_Line], sink: RejectSink, summary: Ingest
         outcomes = app.stage([ln.event for ln in batch])
         findings = app.pending_findings
         try:
-            app.flush()
+            app.flush(notify=False)  # listeners run once the rejects are safe
             break
         except ConcurrencyError:
             if attempt == _RETRIES - 1:
@@ -184,6 +184,7 @@ def _commit(app: Appender, batch: list[_Line], sink: RejectSink, summary: Ingest
     for ln, outcome in zip(batch, outcomes, strict=True):
         _count(summary, sink, ln, outcome)
     sink.flush()
+    app.store.committed()
 
 
 def _count(summary: IngestSummary, sink: RejectSink, ln: _Line, outcome: Outcome) -> None:

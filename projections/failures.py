@@ -60,21 +60,24 @@ class FailureProjection(Projection):
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
+        last: dict[str, str] = {}  # stream -> tool in play, as of this batch
         for entry in entries:
             r = entry.record
             event, payload = r["event"], r["payload"]
             tool = named_tool(event, payload)
-            ctx = batch.context(entry.stream)
             if tool is not None:
-                if ctx.get("tool") != tool:
-                    ctx["tool"] = tool
-                    batch.touch(entry.stream)
-            else:
-                tool = ctx.get("tool")
+                last[entry.stream] = tool
             if not is_failure_point(event, payload):
                 continue
+            if tool is None:
+                tool = last.get(entry.stream) or batch.context(entry.stream).get("tool")
             code = payload.get("error_code")
             batch.insert(INSERT, (
                 r["tenant"], r["trace_id"], r["seq"], utc_ts(r), event, tool, r["executed_by"],
                 failure_reason(event, payload), payload.get("error_class"),
                 None if code is None else str(code)))
+        for stream, tool in last.items():
+            ctx = batch.context(stream)
+            if ctx.get("tool") != tool:
+                ctx["tool"] = tool
+                batch.touch(stream)

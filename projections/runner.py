@@ -91,7 +91,7 @@ class Projector:
     """Keeps some (default: all) projections of one store up to date."""
 
     def __init__(self, store: Store, names: Iterable[str] | None = None, *,
-                 batch_size: int = 5000, context_cache: int = 50_000) -> None:
+                 batch_size: int = 10_000, context_cache: int = 50_000) -> None:
         self.store = store
         self.db: ViewDB = view_db(store.backend)
         self.projections = select(names)
@@ -233,10 +233,16 @@ class Projector:
     def _apply(self, behind: Sequence[Projection], entries: Sequence[Entry],
                positions: dict[str, int]) -> dict[str, Batch]:
         batches: dict[str, Batch] = {}
+        first = entries[0].notification_id if entries else 0
+        by_topics: dict[frozenset[str], list[Entry]] = {}
         for p in behind:
-            mine = [e for e in entries
-                    if e.notification_id > positions[p.name] and e.topic in p.topics]
-            self._load_contexts(p.name, {e.stream for e in mine})
+            mine = by_topics.get(p.topics)
+            if mine is None:
+                mine = by_topics[p.topics] = [e for e in entries if e.topic in p.topics]
+            if positions[p.name] >= first:  # this projection has seen part of the batch
+                mine = [e for e in mine if e.notification_id > positions[p.name]]
+            if p.name not in self._complete:
+                self._load_contexts(p.name, {e.stream for e in mine})
             cache = self._caches.setdefault(p.name, OrderedDict())
             batch = Batch(load_context=_loader(cache), query=self.db.query)
             p.apply(mine, batch)
@@ -246,8 +252,6 @@ class Projector:
     def _load_contexts(self, name: str, streams: set[str]) -> None:
         cache = self._caches.setdefault(name, OrderedDict())
         missing = [s for s in streams if s not in cache]
-        if not missing or name in self._complete:
-            return
         for i in range(0, len(missing), _CHUNK):
             chunk = missing[i:i + _CHUNK]
             rows = self.db.query(
