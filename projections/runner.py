@@ -213,8 +213,7 @@ class Projector:
             if not rows:
                 return read
             last = rows[-1][0]
-            entries = [Entry(nid, topic, key, version, _decode(nid, state))
-                       for nid, topic, key, version, state in rows if topic in chain.TOPICS]
+            entries = _entries(rows)
             behind = [p for p in self.projections if positions[p.name] < last]
             batches = self._apply(behind, entries, positions)
             with self.db.transaction() as cur:
@@ -298,9 +297,21 @@ def _copy(context: dict[str, Any] | None) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(context)) if context else {}
 
 
-def _decode(notification_id: int, state: bytes) -> dict[str, Any]:
+def _entries(rows: Sequence[tuple[int, str, str, int, bytes]]) -> list[Entry]:
+    """Decode log rows of the projected topics (the hot loop of a rebuild)."""
+    topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
     try:
-        return chain.decode(state)
-    except ValueError as exc:
-        raise StoreError(f"log entry {notification_id} is not a readable record ({exc}); "
-                         "run `agentledger verify`") from None
+        return [Entry(nid, topic, key, version,
+                      chain.decode(state) if risky(state) else loads(state))
+                for nid, topic, key, version, state in rows if topic in topics]
+    except (ValueError, TypeError):  # find the bad row and name it
+        out = []
+        for nid, topic, key, version, state in rows:
+            if topic in topics:
+                try:
+                    record = chain.decode(state)
+                except (ValueError, TypeError) as exc:
+                    raise StoreError(f"log entry {nid} is not a readable record ({exc}); "
+                                     "run `agentledger verify`") from None
+                out.append(Entry(nid, topic, key, version, record))
+        return out
