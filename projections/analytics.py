@@ -9,18 +9,15 @@ defines exactly when). Open retries and fallbacks are per-trace context.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from ledger import chain
-from ledger.canonical import canonicalize
-from ledger.errors import ValidationError
 from projections.base import Batch, Entry, Projection, utc_ts
 
 INSERT_CALL = (
     "INSERT INTO {tool_calls} (tenant, trace_id, seq, ts, day, tool, executed_by, success, "
-    "attempt, error_class, args_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "attempt, error_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_DAILY = (
     "INSERT INTO {tool_daily} AS d (tenant, day, tool, executed_by, execs, failures) "
@@ -38,14 +35,6 @@ MARK_RECOVERED = (
 _CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"})
 
 
-def args_digest(args: Any) -> str | None:
-    """sha256 of the canonical JSON of a tool call's args (how calls are matched)."""
-    try:
-        return "sha256:" + hashlib.sha256(canonicalize(args)).hexdigest()
-    except ValidationError:  # not I-JSON (e.g. a huge integer): no digest, no match
-        return None
-
-
 class AnalyticsProjection(Projection):
     name = "analytics"
     version = 1
@@ -56,10 +45,8 @@ class AnalyticsProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
         "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
-        "error_class TEXT, args_digest TEXT, PRIMARY KEY (tenant, trace_id, seq))",
+        "error_class TEXT, PRIMARY KEY (tenant, trace_id, seq))",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "
-        "ON {tool_calls} (tenant, tool, args_digest)",
         "CREATE TABLE IF NOT EXISTS {tool_daily} (tenant TEXT NOT NULL, day TEXT NOT NULL, "
         "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
         "failures {bigint} NOT NULL, PRIMARY KEY (tenant, day, tool, executed_by))",
@@ -115,7 +102,7 @@ class AnalyticsProjection(Projection):
         success = p["success"] is True
         batch.insert(INSERT_CALL, (
             tenant, trace, r["seq"], ts, ts[:10], tool, r["executed_by"], int(success),
-            p.get("attempt", 1), p.get("error_class"), args_digest(p.get("args"))))
+            p.get("attempt", 1), p.get("error_class")))
         counts = daily.setdefault((tenant, ts[:10], tool, r["executed_by"]), [0, 0])
         counts[0] += 1
         counts[1] += not success
