@@ -126,9 +126,8 @@ class Projector:
                 progress: Progress | None = None) -> int:
         """Drop the named projections (default: all of this projector's) and replay from 0."""
         self._prepare()
-        chosen = [p for p in self.projections if names is None or p.name in set(names)]
-        if names is not None:
-            select(names)  # unknown names are an error
+        wanted = None if names is None else {p.name for p in select(names)}  # checks names
+        chosen = [p for p in self.projections if wanted is None or p.name in wanted]
         with self.db.transaction() as cur:
             for p in chosen:
                 self._reset(cur, p)

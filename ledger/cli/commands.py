@@ -54,11 +54,13 @@ def init(ctx: click.Context, as_json: bool) -> None:
               help="Events per transaction.")
 @click.option("--reorder", is_flag=True,
               help="Hold and reorder events by seq within each batch instead of rejecting gaps.")
+@click.option("--no-projections", is_flag=True,
+              help="Do not update the read models (then: agentledger projections run --once).")
 @json_option
 @click.pass_context
 @handle_errors
 def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
-           batch_size: int, reorder: bool, as_json: bool) -> None:
+           batch_size: int, reorder: bool, no_projections: bool, as_json: bool) -> None:
     """Append JSONL trace events from FILES (- for stdin) to the ledger.
 
     Exit 0 when every line was stored or was a duplicate, 3 when some lines were
@@ -70,6 +72,10 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
     check_sources(files)
     total = sum(os.path.getsize(f) for f in files if f != "-")
     with open_store(ctx) as store:
+        if not no_projections:
+            from ledger.cli.views import attach_views
+
+            attach_views(store)
         if is_terminal() and total > 1_000_000:
             with click.progressbar(length=total, label="Ingesting", file=sys.stderr,
                                    show_pos=False, show_percent=True, show_eta=True) as bar:
@@ -109,7 +115,10 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, as_json
     with open_store(ctx) as store:
         if is_terminal() and not as_json:
             bar: Any
-            with click.progressbar(length=None, label="Verifying", file=sys.stderr) as bar:
+            total = sum(h.last_seq for h in store.backend.iter_catalog(tenant)
+                        if trace_id is None or h.name == trace_id)
+            with click.progressbar(length=max(total, 1), label="Verifying",
+                                   file=sys.stderr) as bar:
                 report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update)
         else:
             report = run_verify(store, tenant=tenant, trace_id=trace_id)

@@ -20,11 +20,14 @@ def demo(ctx: click.Context, out_dir: str) -> None:
     """Generate two tenants' agent traces, ingest them, and show what the ledger knows."""
     import orjson
 
+    from ledger.cli.stats import render
     from ledger.cli.timeline import render_timeline
+    from ledger.cli.views import attach_views
     from ledger.ingest import ingest
     from ledger.reader import get_trace, list_findings, list_traces
     from ledger.verify import verify
     from ledger.workload import demo_bad_lines, demo_events
+    from projections import queries
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -41,6 +44,7 @@ def demo(ctx: click.Context, out_dir: str) -> None:
         click.echo(f"Store: {store.url}\n")
         _heading("1. Ingest")
         click.echo(f"$ agentledger ingest {source} --reject-file {rejects}")
+        attach_views(store)  # the read models follow the ingest (sections 6 and 7)
         summary = ingest(store, [str(source)], reject_file=str(rejects))
         click.echo(f"accepted {summary.accepted}  duplicates {summary.duplicates}  rejected "
                    f"{summary.rejected}  findings {summary.findings}")
@@ -77,10 +81,24 @@ def demo(ctx: click.Context, out_dir: str) -> None:
                           for f in found], ["finding", "trace_id", "seq", "detail"])
                    if found else "none")
 
+        _heading("6. Where fallbacks fire (tenant acme)")
+        click.echo("$ agentledger stats fallbacks --tenant acme --by tool")
+        fallbacks = queries.fallback_stats(store, "acme", by="tool")
+        click.echo(render(fallbacks, "fallbacks", chart=True) if fallbacks else "none")
+
+        _heading("7. Audit findings: the ledger's, plus writes nothing authorized (tenant acme)")
+        click.echo("$ agentledger audit findings --tenant acme")
+        audit = queries.audit_findings(store, "acme")
+        click.echo(table([[f.trace_id or "", str(f.seq), f.kind, f.detail[:70]] for f in audit],
+                         ["trace_id", "seq", "kind", "detail"]) if audit else "none")
+
     _heading("Try next")
     for cmd in ("agentledger trace list --tenant globex --status terminated",
                 "agentledger trace show <trace_id> --tenant acme --json",
                 "agentledger verify --tenant acme --json",
+                "agentledger memory history --tenant acme --trace budget-review",
+                "agentledger failures --tenant acme --tool search",
+                "agentledger audit export acme-audit.jsonl --tenant acme",
                 f"agentledger ingest {source}   # again: every line a duplicate"):
         click.echo(f"  {cmd}")
 

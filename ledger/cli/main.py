@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import click
 
+from ledger.cli.audit import audit_group
 from ledger.cli.commands import ingest, init, trace, verify
 from ledger.cli.demo import demo
 from ledger.cli.grants import grants
+from ledger.cli.stats import stats_group
+from ledger.cli.views import failures, memory_group, projections_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,5 +30,6 @@ def main(ctx: click.Context, store: str | None) -> None:
     ctx.obj["store"] = store
 
 
-for command in (init, ingest, verify, trace, demo, grants):
+for command in (init, ingest, verify, trace, demo, grants, projections_group, memory_group,
+                failures, audit_group, stats_group):
     main.add_command(command)

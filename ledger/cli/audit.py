@@ -1,0 +1,143 @@
+"""The ``audit`` commands: who wrote what memory, integrity findings, evidence export.
+
+Library modules are imported inside the commands so ``agentledger --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from ledger.cli.common import (
+    EXIT_PROBLEMS,
+    emit_json,
+    handle_errors,
+    json_option,
+    open_store,
+    table,
+    tenant_option,
+)
+from ledger.cli.views import catch_up, open_views, progress_bar, short
+
+FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write")
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """For auditors: memory-write attribution, integrity findings, evidence export."""
+
+
+@audit_group.command("writes")
+@tenant_option()
+@click.option("--scope", metavar="memory/AGENT", help="Only writes to this scope.")
+@click.option("--by", metavar="AGENT", help="Only writes executed by this agent.")
+@click.option("--key", help="Only writes of this memory key.")
+@click.option("--trace", "trace_id", metavar="ID", help="Only this trace.")
+@click.option("--since", metavar="TIME", help="At or after this time (RFC 3339 or date).")
+@click.option("--until", metavar="TIME", help="At or before this time.")
+@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@json_option
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (a header row, then rows).")
+@click.pass_context
+@handle_errors
+def audit_writes(ctx: click.Context, tenant: str, scope: str | None, by: str | None,
+                 key: str | None, trace_id: str | None, since: str | None, until: str | None,
+                 limit: int | None, as_json: bool, as_csv: bool) -> None:
+    """Every memory write of a tenant with who made it and with what right, oldest first."""
+    from ledger.errors import UsageError
+    from projections.queries import audit_writes as query
+
+    if as_json and as_csv:
+        raise UsageError("choose one of --json and --csv")
+    with open_views(ctx) as store:
+        rows = query(store, tenant, scope=scope, by=by, key=key, trace_id=trace_id,
+                     since=since, until=until, limit=limit)
+    if as_json:
+        emit_json([r.as_json() for r in rows])
+    elif as_csv:
+        _print_csv([r.as_json() for r in rows], WRITE_COLUMNS)
+    elif not rows:
+        click.echo("No memory writes.")
+    else:
+        click.echo(table([[r.ts[:23], r.trace_id, str(r.seq), r.scope, r.key, r.op,
+                           r.executed_by, "cross-agent" if r.cross_agent else "",
+                           r.basis or "UNAUTHORIZED"] for r in rows],
+                         ["ts", "trace_id", "seq", "scope", "key", "op", "executed_by",
+                          "cross", "authorized by"]))
+
+
+WRITE_COLUMNS = ("tenant", "trace_id", "seq", "ts", "scope", "key", "op", "executed_by",
+                 "agent_owner", "cross_agent", "authorized", "basis")
+"""``audit writes --csv`` columns (the ``--json`` fields, in this order)."""
+
+
+def _print_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    import csv
+
+    from projections.export import csv_cell
+
+    out = csv.writer(sys.stdout, lineterminator="\r\n")
+    out.writerow(columns)
+    out.writerows([csv_cell(row.get(c)) for c in columns] for row in rows)
+    sys.stdout.flush()
+
+
+@audit_group.command("findings")
+@tenant_option()
+@click.option("--kind", type=click.Choice(FINDING_KINDS), help="Only findings of this kind.")
+@click.option("--trace", "trace_id", metavar="ID", help="Only this trace.")
+@json_option
+@click.pass_context
+@handle_errors
+def audit_findings(ctx: click.Context, tenant: str, kind: str | None, trace_id: str | None,
+                   as_json: bool) -> None:
+    """Integrity findings: conflicts, memory-hash mismatches and unauthorized writes."""
+    from projections.queries import audit_findings as query
+
+    with open_views(ctx) as store:
+        rows = query(store, tenant, kind=kind, trace_id=trace_id)
+    if as_json:
+        emit_json([r.as_json() for r in rows])
+    elif not rows:
+        click.echo("No findings.")
+    else:
+        click.echo(table([[r.trace_id or "", "" if r.seq is None else str(r.seq), r.kind,
+                           (r.at or "")[:23], short(r.detail, 100)] for r in rows],
+                         ["trace_id", "seq", "kind", "at", "detail"]))
+
+
+@audit_group.command("export")
+@click.argument("out", metavar="OUT.jsonl|OUT.csv", type=click.Path(dir_okay=False))
+@tenant_option()
+@click.option("--since", metavar="TIME", help="Events at or after this time (RFC 3339 or date).")
+@click.option("--until", metavar="TIME", help="Events at or before this time.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@json_option
+@click.pass_context
+@handle_errors
+def audit_export(ctx: click.Context, out: str, tenant: str, since: str | None,
+                 until: str | None, force: bool, as_json: bool) -> None:
+    """Write a tenant's events and findings in a window, verified, to OUT (JSONL or CSV).
+
+    Exit 0 when every record verifies, 4 when verification found a problem (the
+    file is written either way and says which events are affected).
+    """
+    from projections.export import export_audit
+
+    with open_store(ctx) as store, progress_bar("Exporting") as progress:
+        catch_up(store)
+        summary = export_audit(store, tenant, out, since=since, until=until, force=force,
+                               progress=progress)
+    if as_json:
+        emit_json(summary.as_json())
+    else:
+        state = "every record verifies" if summary.verified_ok else click.style(
+            f"ALTERED: {summary.problems} problem(s), {summary.events_not_ok} exported "
+            "event(s) affected", fg="red")
+        click.echo(f"Wrote {summary.events:,} events of {summary.traces:,} traces and "
+                   f"{summary.findings:,} findings of tenant {tenant!r} to {summary.path} "
+                   f"({state}).")
+    if not summary.verified_ok:
+        sys.exit(EXIT_PROBLEMS)

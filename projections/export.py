@@ -1,0 +1,295 @@
+"""Audit export: a tenant's events and findings in a time window, with their verification.
+
+``export_audit`` writes one self-contained file an auditor can take away: every
+stored event of the tenant's traces with ``since <= ts <= until`` (UTC), each with
+its stored record fields, its ``record_hash`` (sha256 over the stored bytes) and a
+``verification`` status, then every finding in the window. JSONL (a header line,
+then ``{"type": "event", ...}`` and ``{"type": "finding", ...}`` lines) or CSV
+(:data:`CSV_COLUMNS`, nested values as JSON text), chosen by the file's extension.
+
+The export streams (memory does not grow with the number of events), writes to a
+temporary file beside the target and renames it into place, so a crash never
+leaves a half-written file. Findings come from the projections: bring them up to
+date first (``Projector(store).catch_up()``). See docs/CLI.md (``audit export``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ledger import chain
+from ledger.backends.base import StreamHead, StreamQuery
+from ledger.errors import UsageError
+from ledger.events import normalize_ts
+from ledger.reader import parse_bound
+from ledger.store import Store
+from ledger.verify import Problem, VerifyReport, verify
+from projections.queries import FindingRow, audit_findings
+
+EXPORT_VERSION = 1
+FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
+OK = "ok"
+CSV_COLUMNS = (
+    "type", "tenant", "trace_id", "seq", "event", "ts", "agent_owner", "executed_by",
+    "write_scope", "memory_hash", "ledger_memory_hash", "prev_hash", "record_hash",
+    "verification", "payload", "kind", "detail", "at",
+)
+"""CSV columns, in order. The first row (``type`` = ``header``) holds the JSONL header
+as JSON text in ``detail``; event rows fill the record columns, finding rows
+``tenant``, ``trace_id``, ``seq``, ``kind``, ``detail`` and ``at``."""
+_RESERVED = frozenset({"type", "record_hash", "verification"})
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What ``export_audit`` wrote (the ``--json`` output of ``audit export``)."""
+
+    path: str
+    format: str
+    tenant: str
+    since: str | None
+    until: str | None
+    traces: int
+    events: int
+    findings: int
+    events_not_ok: int
+    verified_ok: bool
+    problems: int
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
+                 since: str | None = None, until: str | None = None, force: bool = False,
+                 progress: Callable[[int, int], None] | None = None) -> ExportSummary:
+    """Write the tenant's events and findings in [since, until] to ``out_path``.
+
+    ``progress(done, total)`` counts stored rows read (the tenant's, to verify them,
+    then the exported traces'). Refuses to replace an existing file unless ``force``.
+    """
+    target = Path(out_path)
+    fmt = FORMATS.get(target.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"{target}: the export file must end in .jsonl or .csv")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists: pass --force to replace it")
+    if not target.parent.is_dir():
+        raise UsageError(f"{target.parent} is not a directory")
+    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
+    total = sum(h.last_seq for h in store.backend.iter_catalog(tenant))
+    step = _counter(progress, total + sum(h.last_seq for h in heads))
+    report = verify(store, tenant=tenant, progress=step)
+    statuses = _statuses(report.problems, tenant)
+    findings = audit_findings(store, tenant)
+    writer = _JSONL if fmt == "jsonl" else _CSV
+    included = {i for i, f in enumerate(findings) if _within(f.at, lo, hi)}
+    about: dict[tuple[str | None, int | None], list[int]] = {}
+    for i, f in enumerate(findings):
+        about.setdefault((f.trace_id, f.seq), []).append(i)
+    traces = events = not_ok = 0
+    with _temporary(target) as (body, _):
+        out = writer(body)
+        for head in heads:
+            before = events
+            for row in _event_rows(store, head, lo, hi, statuses):
+                out.event(row)
+                events += 1
+                not_ok += row["verification"] != OK
+                included.update(about.get((head.name, row.get("seq")), ()))
+            traces += events > before
+            if step is not None:
+                step(head.last_seq)
+        chosen = [f for i, f in enumerate(findings) if i in included]
+        for finding in chosen:
+            out.finding(finding)
+        body.flush()
+        header = {
+            "type": "header", "export": "agentledger-audit", "version": EXPORT_VERSION,
+            "tenant": tenant, "since": lo, "until": hi,
+            "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "store": redact_url(store.url),
+            "counts": {"traces": traces, "events": events, "findings": len(chosen),
+                       "events_not_ok": not_ok},
+            "verification": _verification(report),
+        }
+        _publish(target, header, body, writer, force)
+    return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, len(chosen),
+                         not_ok, report.ok, len(report.problems))
+
+
+def redact_url(url: str) -> str:
+    """The store URL with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+
+
+# -- what goes in ---------------------------------------------------------------------
+
+def _counter(progress: Callable[[int, int], None] | None,
+             total: int) -> Callable[[int], None] | None:
+    """``step(n)``: n more rows read, reported to ``progress`` as (done, total)."""
+    if progress is None:
+        return None
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(done, max(done, total))
+    return step
+
+
+def _statuses(problems: list[Problem], tenant: str) -> dict[tuple[str, int], str]:
+    """(trace_id, seq) -> "kind,kind" for every problem verify tied to one event."""
+    kinds: dict[tuple[str, int], set[str]] = {}
+    for p in problems:
+        if p.tenant == tenant and p.trace_id is not None and p.seq is not None:
+            kinds.setdefault((p.trace_id, p.seq), set()).add(p.kind)
+    return {k: ",".join(sorted(v)) for k, v in kinds.items()}
+
+
+def _verification(report: VerifyReport) -> dict[str, Any]:
+    return {"ok": report.ok, "streams": report.streams, "events": report.events,
+            "problems": [asdict(p) for p in report.problems]}
+
+
+def _within(ts: str | None, lo: str | None, hi: str | None) -> bool:
+    if ts is None:
+        return lo is None and hi is None
+    return (lo is None or ts >= lo) and (hi is None or ts <= hi)
+
+
+def _utc(ts: Any) -> str | None:
+    try:
+        return normalize_ts(ts) if isinstance(ts, str) else None
+    except ValueError:
+        return None
+
+
+def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
+                statuses: dict[tuple[str, int], str]) -> Iterator[dict[str, Any]]:
+    """The trace's stored events in the window, as export rows (one trace at a time)."""
+    for stored in store.backend.iter_rows([head.stream_id]):
+        try:
+            record = chain.decode(stored.state)
+        except ValueError:
+            record = {"tenant": head.tenant, "trace_id": head.name, "seq": stored.version}
+        ts = _utc(record.get("ts"))
+        if ts is not None and not _within(ts, lo, hi):
+            continue  # an unreadable time is exported: verification says why
+        yield {"type": "event", **{k: v for k, v in record.items() if k not in _RESERVED},
+               "record_hash": chain.record_hash(stored.state),
+               "verification": statuses.get((head.name, stored.version), OK)}
+
+
+# -- how it is written ----------------------------------------------------------------
+
+class _JSONL:
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+
+    def header(self, header: dict[str, Any]) -> None:
+        self.fh.write(chain.encode(header) + b"\n")
+
+    def event(self, row: dict[str, Any]) -> None:
+        self.fh.write(chain.encode(row) + b"\n")
+
+    def finding(self, finding: FindingRow) -> None:
+        self.fh.write(chain.encode({"type": "finding", **finding.as_json()}) + b"\n")
+
+
+class _CSV(_JSONL):
+    def __init__(self, fh: IO[bytes]) -> None:
+        super().__init__(fh)
+        self.text = _TextSink(fh)
+        self.csv = csv.writer(self.text, lineterminator="\r\n")
+
+    def header(self, header: dict[str, Any]) -> None:
+        self.csv.writerow(CSV_COLUMNS)
+        self._row({"type": "header", "tenant": header["tenant"],
+                   "detail": chain.encode(header).decode()})
+
+    def event(self, row: dict[str, Any]) -> None:
+        self._row(row)
+
+    def finding(self, finding: FindingRow) -> None:
+        self._row({"type": "finding", **finding.as_json()})
+
+    def _row(self, row: dict[str, Any]) -> None:
+        self.csv.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
+
+
+class _TextSink:
+    """A minimal text writer over a binary file (what ``csv.writer`` needs)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh = fh
+
+    def write(self, text: str) -> int:
+        return self.fh.write(text.encode())
+
+
+def csv_cell(value: Any) -> str:
+    """A value as a CSV cell: text as is, ``null`` empty, anything else as JSON text."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return chain.encode(value).decode()
+
+
+@contextmanager
+def _temporary(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """A temporary file beside ``target`` (and its path), removed whatever happens."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            yield fh, path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _publish(target: Path, header: dict[str, Any], body: IO[bytes],
+             writer: type[_JSONL], force: bool) -> None:
+    """Write header + body to a second temporary file and rename it onto ``target``."""
+    with _temporary(target) as (final, path):
+        writer(final).header(header)
+        body.seek(0)
+        while chunk := body.read(1 << 20):
+            final.write(chunk)
+        final.flush()
+        os.fsync(final.fileno())
+        os.chmod(path, 0o666 & ~_umask())  # as an ordinary new file (mkstemp gives 0600)
+        if force:
+            os.replace(path, target)
+            return
+        try:
+            os.link(path, target)  # no-clobber: fails if the target appeared meanwhile
+        except FileExistsError:
+            raise UsageError(f"{target} exists: pass --force to replace it") from None
+        except OSError:  # no hard links on this file system
+            if target.exists():
+                raise UsageError(f"{target} exists: pass --force to replace it") from None
+            os.replace(path, target)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
