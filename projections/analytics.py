@@ -9,6 +9,7 @@ defines exactly when). Open retries and fallbacks are per-trace context.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ from projections.base import Batch, Entry, Projection, utc_ts
 
 INSERT_CALL = (
     "INSERT INTO {tool_calls} (tenant, trace_id, seq, ts, day, tool, executed_by, success, "
-    "attempt, error_class) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "attempt, error_class, args_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_DAILY = (
     "INSERT INTO {tool_daily} AS d (tenant, day, tool, executed_by, execs, failures) "
@@ -32,12 +33,20 @@ MARK_RECOVERED = (
     "UPDATE {recoveries} SET recovered = 1, recovered_seq = ? "
     "WHERE tenant = ? AND trace_id = ? AND seq = ?"
 )
+def args_digest(args: Any) -> str:
+    """Identity of a call's args: sha256 of their JSON with sorted keys (exact match key).
+
+    Not JCS: ``1`` and ``1.0`` differ here, which is what a strict cassette match wants.
+    """
+    return "sha256:" + hashlib.sha256(chain.encode(args, sort_keys=True)).hexdigest()
+
+
 _CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"})
 
 
 class AnalyticsProjection(Projection):
     name = "analytics"
-    version = 1
+    version = 2  # 2: args_digest, for replay's cassette
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("tool_calls", "tool_daily", "recoveries")
     description = "tool calls, retries and fallbacks with their outcomes, daily counts"
@@ -45,8 +54,10 @@ class AnalyticsProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
         "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
-        "error_class TEXT, PRIMARY KEY (tenant, trace_id, seq))",
+        "error_class TEXT, args_digest TEXT NOT NULL, PRIMARY KEY (tenant, trace_id, seq))",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "
+        "ON {tool_calls} (tenant, tool, args_digest, ts)",
         "CREATE TABLE IF NOT EXISTS {tool_daily} (tenant TEXT NOT NULL, day TEXT NOT NULL, "
         "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
         "failures {bigint} NOT NULL, PRIMARY KEY (tenant, day, tool, executed_by))",
@@ -102,7 +113,7 @@ class AnalyticsProjection(Projection):
         success = p["success"] is True
         batch.insert(INSERT_CALL, (
             tenant, trace, r["seq"], ts, ts[:10], tool, r["executed_by"], int(success),
-            p.get("attempt", 1), p.get("error_class")))
+            p.get("attempt", 1), p.get("error_class"), args_digest(p.get("args"))))
         counts = daily.setdefault((tenant, ts[:10], tool, r["executed_by"]), [0, 0])
         counts[0] += 1
         counts[1] += not success
