@@ -160,22 +160,23 @@ class Projector:
     # -- internals -------------------------------------------------------------------
 
     def _prepare(self) -> None:
+        """Create what is missing; drop and recreate projections built by another version."""
         if self._ready:
             return
         self.db.tracking.create_table()
         with self.db.transaction() as cur:
             for statement in _DDL:
                 self.db.execute(cur, statement)
-            for p in self.projections:
-                for statement in p.ddl:
-                    self.db.execute(cur, statement)
         built = self._built_versions()
         stale = [p for p in self.projections if built.get(p.name) != p.version]
-        if stale:
-            with self.db.transaction() as cur:
-                for p in stale:
+        with self.db.transaction() as cur:
+            for p in self.projections:
+                if p in stale:  # its tables may have an older layout: never touch them
                     self._reset(cur, p)
-            self._complete.update(p.name for p in stale)
+                else:
+                    for statement in p.ddl:
+                        self.db.execute(cur, statement)
+        self._complete.update(p.name for p in stale)
         self._ready = True
 
     def _reset(self, cur: Cursor, p: Projection) -> None:

@@ -108,3 +108,17 @@ def test_a_version_change_rebuilds_that_projection(store: Store, demo_file: str,
 def test_unknown_projection_name_is_a_usage_error(store: Store) -> None:
     with pytest.raises(UsageError, match="unknown projection 'nope'"):
         Projector(store, ["nope"])
+
+
+def test_an_older_table_layout_is_rebuilt_not_migrated_in_place(store: Store, demo_file: str,
+                                                                tmp_path: Path) -> None:
+    Projector(store).attach()
+    ingest(store, [demo_file], reject_file=str(tmp_path / "r.jsonl"))
+    reference = dump(store)
+    db = view_db(store.backend)
+    with db.transaction() as cur:  # what analytics v1 looked like: no args_digest column
+        db.execute(cur, "DROP TABLE {tool_calls}")
+        db.execute(cur, "CREATE TABLE {tool_calls} (tenant TEXT, trace_id TEXT, seq {bigint})")
+        db.execute(cur, "UPDATE {projection_state} SET version = 1 WHERE name = 'analytics'")
+    Projector(store).catch_up()
+    assert dump(store) == reference
