@@ -23,7 +23,8 @@ GENESIS_HASH: Final = "sha256:" + "0" * 64
 EVENT_TOPIC: Final = "agentledger.trace_event.v1"
 FINDING_TOPIC: Final = "agentledger.finding.v1"
 GRANT_TOPIC: Final = "agentledger.grant.v1"
-TOPICS: Final = (EVENT_TOPIC, FINDING_TOPIC, GRANT_TOPIC)
+REPLAY_TOPIC: Final = "agentledger.replay.v1"
+TOPICS: Final = (EVENT_TOPIC, FINDING_TOPIC, GRANT_TOPIC)  # what projections consume
 
 STREAM_NAMESPACE: Final = uuid.UUID("5b0c4a1e-6f7d-4c43-9a57-0a9e3c1d2b10")
 TRACE_KIND: Final = "trace"
@@ -31,6 +32,7 @@ FINDINGS_KIND: Final = "findings"
 FINDINGS_STREAM_NAME: Final = "$findings"
 GRANTS_KIND: Final = "grants"
 GRANTS_STREAM_NAME: Final = "$grants"
+REPLAY_KIND: Final = "replay"
 
 
 def stream_id(kind: str, tenant: str, name: str) -> uuid.UUID:
@@ -47,6 +49,11 @@ def trace_stream_id(tenant: str, trace_id: str) -> uuid.UUID:
 def findings_stream_id(tenant: str) -> uuid.UUID:
     """The originator id of a tenant's findings stream."""
     return stream_id(FINDINGS_KIND, tenant, FINDINGS_STREAM_NAME)
+
+
+def replay_stream_id(tenant: str, name: str) -> uuid.UUID:
+    """The originator id of a stored replay (its own stream, never a trace stream)."""
+    return stream_id(REPLAY_KIND, tenant, name)
 
 
 def grants_stream_id(tenant: str) -> uuid.UUID:

@@ -22,6 +22,7 @@ from ledger.backends.base import StoredRow, StreamHead
 from ledger.errors import NotFoundError
 from ledger.events import DEFAULT_TENANT
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.replays import ReplayCheck
 from ledger.store import Store
 
 
@@ -75,7 +76,7 @@ def verify(
     seen: set[UUID] = set()
     for sid, rows in _by_stream(backend.iter_rows(ids)):
         seen.add(sid)
-        count = _StreamCheck(sid, catalog.get(sid), report).run(rows)
+        count = _StreamCheck(sid, catalog.get(sid), report, store).run(rows)
         report.streams += 1
         report.events += count
         if progress is not None:
@@ -110,8 +111,10 @@ def _by_stream(rows: Iterator[StoredRow]) -> Iterator[tuple[UUID, list[StoredRow
 class _StreamCheck:
     """Walks one stream's rows in version order, collecting problems."""
 
-    def __init__(self, sid: UUID, head: StreamHead | None, report: VerifyReport) -> None:
+    def __init__(self, sid: UUID, head: StreamHead | None, report: VerifyReport,
+                 store: Store) -> None:
         self.sid = sid
+        self.replay = ReplayCheck(store, self.problem)
         self.head = head
         self.report = report
         self.tenant: str | None = head.tenant if head else None
@@ -146,13 +149,21 @@ class _StreamCheck:
         tenant_stream = _TENANT_STREAMS.get(row.topic)
         if self.tenant is None:
             self.tenant = record.get("tenant")
-            self.name = tenant_stream[1] if tenant_stream else record.get("trace_id")
+            self.name = tenant_stream[1] if tenant_stream else record.get(
+                "replay_trace_id", record.get("trace_id"))
         if record.get("prev_hash") != prev:
             self.problem(row.version, "chain_broken",
                          f"prev_hash is {record.get('prev_hash')}, the previous record hashes "
                          f"to {prev}")
         if row.topic == chain.EVENT_TOPIC:
             self.check_event(row, record)
+        elif row.topic == chain.REPLAY_TOPIC:
+            name = record.get("replay_trace_id" if row.version == 1 else "trace_id")
+            if chain.replay_stream_id(str(record.get("tenant")), str(name)) != self.sid:
+                self.problem(row.version, "identity_mismatch",
+                             f"replay record names tenant {record.get('tenant')!r} replay "
+                             f"{name!r}, not this stream")
+            self.replay.row(row.version, record)
         elif tenant_stream is not None:
             stream_of, name, what = tenant_stream
             if stream_of(str(record.get("tenant"))) != self.sid:

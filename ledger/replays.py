@@ -1,0 +1,179 @@
+"""Stored replays: their record format, writing, reading and verification.
+
+A replay is its own stream (kind ``replay``, topic ``agentledger.replay.v1``),
+named ``<source trace id>~replay-<n>``. Version 1 is the *link* record (source,
+fork, the source's record hash before the fork, policy, outcome sources, who and
+why); versions 2.. are the replay's events, ``seq`` numbered on from the fork.
+Everything is hash-chained like any stream. The source stream is never written.
+Replays are computed by the ``replay`` package; this module only stores and
+checks them, so that ``verify`` covers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+
+from ledger import chain
+from ledger.backends.base import StreamHead, StreamQuery
+from ledger.errors import ConcurrencyError, NotFoundError
+from ledger.events import normalize_ts, parse_event
+from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.store import Store
+
+LINK_KIND = "replay_link"
+_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class StoredReplay:
+    """A replay as stored: its link record and its events (wire form)."""
+
+    name: str
+    link: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+def source_hash_before(store: Store, tenant: str, trace_id: str, fork_seq: int) -> str:
+    """The record hash of the source's event at ``fork_seq - 1`` (genesis for a fork at 1)."""
+    if fork_seq <= 1:
+        return chain.GENESIS_HASH
+    sid = chain.trace_stream_id(tenant, trace_id)
+    rows = store.backend.read_stream(sid, gt=fork_seq - 2, lte=fork_seq - 1)
+    if not rows:
+        raise NotFoundError(f"trace {trace_id!r} of tenant {tenant!r} has no seq {fork_seq - 1}")
+    return chain.record_hash(rows[0].state)
+
+
+def write_replay(store: Store, link: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """Store a replay (link fields + events in wire form); return its trace id.
+
+    ``link`` needs ``tenant``, ``source_trace_id`` and ``fork_seq``; the events are
+    validated against the contract, their ``trace_id`` set to the replay's name.
+    """
+    tenant, source = link["tenant"], link["source_trace_id"]
+    backend = store.backend
+    for _ in range(_ATTEMPTS):
+        query = StreamQuery(tenant, kind=chain.REPLAY_KIND)
+        existing = {h.name for h in backend.list_streams(query)}
+        n = 1
+        while f"{source}~replay-{n}" in existing:
+            n += 1
+        name = f"{source}~replay-{n}"
+        stored, head = _records(name, link, events)
+        try:
+            backend.append(stored, [head])
+        except ConcurrencyError:
+            continue
+        store.committed()
+        return name
+    raise ConcurrencyError(f"could not find a free replay name for {source!r}")
+
+
+def _records(name: str, link: dict[str, Any],
+             events: list[dict[str, Any]]) -> tuple[list[StoredEvent], StreamHead]:
+    tenant = link["tenant"]
+    sid = chain.replay_stream_id(tenant, name)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    prev, out = chain.GENESIS_HASH, []
+    first_ts = last_ts = now
+    records = [{"v": chain.RECORD_VERSION, "kind": LINK_KIND, **link, "replay_trace_id": name,
+                "recorded_at": now}]
+    for e in events:
+        wire = parse_event({**e, "trace_id": name}).record()
+        records.append(chain.event_record(wire, ledger_memory_hash=e["memory_hash"],
+                                          prev_hash=""))
+        first_ts, last_ts = min(first_ts, normalize_ts(wire["ts"])), max(
+            last_ts, normalize_ts(wire["ts"]))
+    for version, record in enumerate(records, 1):
+        record["prev_hash"] = prev
+        state = chain.encode(record)
+        prev = chain.record_hash(state)
+        out.append(StoredEvent(sid, version, chain.REPLAY_TOPIC, state))
+    status = link.get("replay_status", "completed")
+    head = StreamHead(sid, chain.REPLAY_KIND, tenant, name, len(records), prev, status,
+                      link.get("agent_owner"), first_ts, last_ts)
+    return out, head
+
+
+def list_replays(store: Store, tenant: str, *, source: str | None = None) -> list[dict[str, Any]]:
+    """The link records of a tenant's replays (of one source trace), oldest first."""
+    heads = store.backend.list_streams(StreamQuery(tenant, kind=chain.REPLAY_KIND))
+    links = []
+    for head in heads:
+        rows = store.backend.read_stream(head.stream_id, lte=1)
+        if rows:
+            link = chain.decode(rows[0].state)
+            if source is None or link.get("source_trace_id") == source:
+                links.append(link)
+    return links
+
+
+def read_replay(store: Store, tenant: str, name: str) -> StoredReplay:
+    """One stored replay, or NotFoundError."""
+    sid = chain.replay_stream_id(tenant, name)
+    rows = store.backend.read_stream(sid)
+    if not rows:
+        raise NotFoundError(f"no replay {name!r} in tenant {tenant!r}")
+    records = [chain.decode(r.state) for r in rows]
+    return StoredReplay(name, records[0], [chain.wire_part(r) for r in records[1:]])
+
+
+class ReplayCheck:
+    """Verify's checks of one replay stream beyond the chain: link, binding, memory."""
+
+    def __init__(self, store: Store, problem: Any) -> None:
+        self.store, self.problem = store, problem
+        self.link: dict[str, Any] | None = None
+        self.memory: dict[str, MemoryState] = {}
+
+    def row(self, version: int, record: dict[str, Any]) -> None:
+        if version == 1:
+            self._link(record)
+            return
+        if self.link is None:
+            return
+        expected = int(self.link.get("fork_seq", 0)) + version - 2
+        if record.get("seq") != expected:
+            self.problem(version, "seq_mismatch",
+                         f"replay event says seq {record.get('seq')}, expected {expected}")
+        scope_name = str(record.get("write_scope"))
+        scope = self.memory.get(scope_name)
+        if record.get("event") == "CALLBACK_MEMORY_WRITE":
+            scope = self.memory.setdefault(scope_name, MemoryState())
+            try:
+                apply_write(scope, record.get("payload") or {})
+            except Exception as exc:  # an altered payload may not even be a write
+                self.problem(version, "unreadable_record", f"memory write: {exc}")
+        computed = scope.hash() if scope is not None else EMPTY_MEMORY_HASH
+        if record.get("ledger_memory_hash") != computed:
+            self.problem(version, "ledger_memory_hash_mismatch",
+                         f"replay record says {record.get('ledger_memory_hash')}, the source "
+                         f"prefix and the replay's writes give {computed}")
+
+    def _link(self, link: dict[str, Any]) -> None:
+        if link.get("kind") != LINK_KIND:
+            self.problem(1, "unreadable_record", "a replay stream must start with its link")
+            return
+        self.link = link
+        tenant, source, fork = link.get("tenant"), link.get("source_trace_id"), link.get(
+            "fork_seq")
+        if not isinstance(tenant, str) or not isinstance(source, str) or not isinstance(
+                fork, int):
+            self.problem(1, "unreadable_record", "replay link lacks tenant/source/fork_seq")
+            return
+        sid = chain.trace_stream_id(tenant, source)
+        rows = self.store.backend.read_stream(sid, lte=fork - 1) if fork > 1 else []
+        actual = chain.record_hash(rows[-1].state) if rows else chain.GENESIS_HASH
+        if len(rows) != max(fork - 1, 0) or actual != link.get("source_prev_hash"):
+            self.problem(1, "replay_source_mismatch",
+                         f"the replay forked from {source!r} after seq {fork - 1} with record "
+                         f"hash {link.get('source_prev_hash')}; the source now gives {actual}")
+        for row in rows:
+            record = chain.decode(row.state)
+            if record.get("event") == "CALLBACK_MEMORY_WRITE":
+                apply_write(self.memory.setdefault(record["write_scope"], MemoryState()),
+                            record["payload"])

@@ -1,0 +1,346 @@
+"""``Replayer``: fork a stored trace, re-run it under a policy, diff it, store it.
+
+The Python API the CLI wraps (see docs/REPLAY.md). A replay reads the source
+stream, reconstructs memory at the fork from the ``memory`` projection (checked
+against the ledger's hashes in the record), drives the engine with the outcome
+chain (source, cassette, scripted, live), and stores the result as a linked
+replay stream unless ``dry_run``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from ledger import chain
+from ledger.errors import NotFoundError, StoreError, UsageError
+from ledger.memory import memory_hash
+from ledger.payloads import is_failure_point
+from ledger.reader import list_traces
+from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
+from ledger.store import Store
+from projections import Projector, queries
+from replay.engine import Engine
+from replay.outcomes import Cassette, LiveTools, OutcomeChain, ScriptedOutcomes, SourceOutcomes
+from replay.plan import Plan, default_fork, read_plan
+from replay.policy import Policy
+
+Outcomes = ScriptedOutcomes | dict[str, Any] | str | Path | None
+
+
+@dataclass
+class ReplayResult:
+    """One replay (the ``--json`` of ``agentledger replay``)."""
+
+    replay_trace_id: str | None
+    tenant: str
+    source_trace_id: str
+    fork_seq: int
+    original_status: str
+    replay_status: str
+    events: list[dict[str, Any]]
+    memory_diff: dict[str, dict[str, Any]]
+    first_divergence: dict[str, Any] | None
+    outcome_sources: list[dict[str, Any]]
+    missing_outcome: dict[str, Any] | None = None
+    dropped_carried: list[int] = field(default_factory=list)
+    policy_digest: str = ""
+    dry_run: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Replayer:
+    """Replays and backtests over one store."""
+
+    def __init__(self, store: Store, *, tool_timeout: float = 30.0) -> None:
+        self.store = store
+        self.tool_timeout = tool_timeout
+        self._views_current = False
+
+    def replay(self, tenant: str, trace_id: str, policy: Policy, *, from_seq: int | None = None,
+               outcomes: Outcomes = None, tools: str | None = None, reason: str | None = None,
+               by: str | None = None, dry_run: bool = False) -> ReplayResult:
+        """Replay ``trace_id`` from ``from_seq`` (default: see docs/REPLAY.md) under ``policy``."""
+        self._catch_up()
+        records = self._records(tenant, trace_id)
+        scripted = _scripted(outcomes)
+        live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
+        result = self._run(tenant, trace_id, records, policy, from_seq, scripted, live)
+        if not dry_run:
+            self._store(tenant, trace_id, records, policy, result, scripted, live, reason, by)
+        result.dry_run = dry_run
+        return result
+
+    def _store(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
+               result: ReplayResult, scripted: ScriptedOutcomes | None, live: LiveTools | None,
+               reason: str | None, by: str | None) -> None:
+        link = {
+            "tenant": tenant, "source_trace_id": trace_id, "fork_seq": result.fork_seq,
+            "source_prev_hash": source_hash_before(self.store, tenant, trace_id,
+                                                   result.fork_seq),
+            "policy_digest": policy.digest(), "policy": policy.text,
+            "outcome_sources": self._chain(tenant, trace_id, records, scripted, live).names,
+            "by": by or _default_by(), "reason": reason,
+            "replay_status": result.replay_status, "original_status": result.original_status,
+            "agent_owner": records[0]["agent_owner"],
+        }
+        result.replay_trace_id = write_replay(self.store, link, result.events)
+        result.events = [{**e, "trace_id": result.replay_trace_id} for e in result.events]
+
+    def backtest(self, tenant: str, policy: Policy, *, outcomes: Outcomes = None,
+                 tools: str | None = None, since: str | None = None, until: str | None = None,
+                 tool: str | None = None, agent: str | None = None, save: bool = False,
+                 reason: str | None = None, by: str | None = None,
+                 progress: ProgressFn | None = None) -> BacktestReport:
+        """Replay every terminated trace from the failure that led to termination.
+
+        Nothing is stored unless ``save``. ``tool``/``agent`` keep traces whose fork
+        event names that tool in play / was executed by that agent.
+        """
+        self._catch_up()
+        traces = list_traces(self.store, tenant, status="terminated", since=since, until=until)
+        script = _script_source(outcomes)
+        live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
+        report = BacktestReport(tenant=tenant, policy_digest=policy.digest())
+        for done, trace in enumerate(traces, 1):
+            records = self._records(tenant, trace.trace_id)
+            wire = [chain.wire_part(r) for r in records]
+            fork = default_fork(wire)
+            at = wire[fork - 1]
+            in_play = _tool_in_play(wire, fork)
+            if (tool is None or in_play == tool) and (agent is None or at["executed_by"] == agent):
+                result = self._run(tenant, trace.trace_id, records, policy, fork,
+                                   _scripted(script), live)
+                if save:
+                    self._store(tenant, trace.trace_id, records, policy, result,
+                                _scripted(script), live, reason, by)
+                report.add(in_play, result, _calls_from(wire, fork))
+            if progress is not None:
+                progress(done, len(traces))
+        return report
+
+    def replays(self, tenant: str, *, source: str | None = None) -> list[dict[str, Any]]:
+        """Link records of stored replays (of one source trace), oldest first."""
+        return [_link_json(link) for link in list_replays(self.store, tenant, source=source)]
+
+    def stored(self, tenant: str, replay_trace_id: str) -> dict[str, Any]:
+        """A stored replay: its link and events."""
+        stored = read_replay(self.store, tenant, replay_trace_id)
+        return {**_link_json(stored.link), "events": stored.events}
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        if not self._views_current:
+            Projector(self.store, ["memory", "analytics"]).catch_up()
+            self._views_current = True
+
+    def _records(self, tenant: str, trace_id: str) -> list[dict[str, Any]]:
+        sid = chain.trace_stream_id(tenant, trace_id)
+        rows = self.store.backend.read_stream(sid)
+        if not rows:
+            raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
+        return [chain.decode(r.state) for r in rows]
+
+    def _chain(self, tenant: str, trace_id: str, records: list[dict[str, Any]],
+               scripted: ScriptedOutcomes | None, live: LiveTools | None,
+               plan: Plan | None = None) -> OutcomeChain:
+        plan = plan or read_plan([chain.wire_part(r) for r in records])
+        sources: list[Any] = [SourceOutcomes(plan.calls),
+                              Cassette(self.store, tenant, exclude_trace=trace_id)]
+        if scripted is not None:
+            sources.append(scripted)
+        if live is not None:
+            sources.append(live)
+        return OutcomeChain(sources)
+
+    def _run(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
+             from_seq: int | None, scripted: ScriptedOutcomes | None,
+             live: LiveTools | None) -> ReplayResult:
+        wire = [chain.wire_part(r) for r in records]
+        fork = default_fork(wire) if from_seq is None else from_seq
+        if not 1 <= fork <= len(wire):
+            raise UsageError(f"--from {fork} is outside trace {trace_id!r} (seq 1..{len(wire)})")
+        plan = read_plan(wire)
+        memory = self._memory_at(tenant, trace_id, records, fork)
+        outcomes = self._chain(tenant, trace_id, records, scripted, live, plan)
+        engine = Engine(plan, policy, outcomes, tenant=tenant, trace_id=trace_id,
+                        agent_owner=wire[0]["agent_owner"], memory=memory)
+        emitted = engine.run(fork)
+        _stamp(emitted.events)
+        original = "terminated" if plan.terminated else "active"
+        status = emitted.status
+        if status == "completed" and (original == "terminated" or is_failure_point(
+                wire[fork - 1]["event"], wire[fork - 1]["payload"])):
+            status = "recovered"
+        final = {scope: state.as_dict() for scope, state in engine.memory.items()}
+        return ReplayResult(
+            None, tenant, trace_id, fork, original, status, emitted.events,
+            _memory_diff(_fold(wire, len(wire) + 1), final),
+            _divergence(wire, emitted.events, fork), emitted.calls, emitted.missing,
+            emitted.dropped, policy.digest())
+
+    def _memory_at(self, tenant: str, trace_id: str, records: list[dict[str, Any]],
+                   fork: int) -> dict[str, dict[str, Any]]:
+        """Memory per scope before the fork, from the projection, checked against the record."""
+        memory: dict[str, dict[str, Any]] = {}
+        for version in queries.memory_history(self.store, tenant, trace_id):
+            if version.seq >= fork:
+                break
+            state = memory.setdefault(version.scope, {})
+            if version.op == "delete":
+                state.pop(version.key, None)
+            else:
+                state[version.key] = version.value
+        last: dict[str, dict[str, Any]] = {}  # scope -> its last write before the fork
+        for r in records[:fork - 1]:
+            if r["event"] == "CALLBACK_MEMORY_WRITE":
+                last[r["write_scope"]] = r
+        for scope_name in set(last) | set(memory):
+            record = last.get(scope_name)
+            if record is None or record["ledger_memory_hash"] != memory_hash(
+                    memory.get(scope_name, {})):
+                raise StoreError(
+                    f"memory of {scope_name} before seq {fork} in the memory view disagrees "
+                    "with the ledger's record: run `agentledger projections rebuild memory` "
+                    "and `agentledger verify`")
+        return memory
+
+
+@dataclass
+class BacktestReport:
+    """A policy replayed over every terminated trace (the ``--json`` of ``backtest``)."""
+
+    tenant: str
+    policy_digest: str
+    terminated_traces: int = 0
+    recovered: int = 0
+    still_terminated: int = 0
+    needs_outcome: int = 0
+    by_tool: dict[str, dict[str, int]] = field(default_factory=dict)
+    extra_tool_calls: int = 0
+
+    def add(self, tool: str | None, result: ReplayResult, source_calls: int) -> None:
+        key = {"recovered": "recovered", "completed": "recovered",
+               "needs_outcome": "needs_outcome"}.get(result.replay_status, "still_terminated")
+        self.terminated_traces += 1
+        setattr(self, key, getattr(self, key) + 1)
+        row = self.by_tool.setdefault(tool or "(none)", {
+            "terminated_traces": 0, "recovered": 0, "still_terminated": 0, "needs_outcome": 0})
+        row["terminated_traces"] += 1
+        row[key] += 1
+        self.extra_tool_calls += len(result.outcome_sources) - source_calls
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _tool_in_play(wire: list[dict[str, Any]], fork: int) -> str | None:
+    from projections.failures import named_tool
+
+    for r in reversed(wire[:fork]):
+        tool = named_tool(r["event"], r["payload"])
+        if tool is not None:
+            return tool
+    return None
+
+
+def _calls_from(wire: list[dict[str, Any]], fork: int) -> int:
+    return sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC")
+
+
+def _script_source(outcomes: Outcomes) -> Any:
+    """What to build a fresh ScriptedOutcomes from for each trace (lists restart per trace)."""
+    if outcomes is None or isinstance(outcomes, (dict, ScriptedOutcomes)):
+        return outcomes
+    from replay.policy import load_document
+
+    obj, _ = load_document(outcomes)
+    ScriptedOutcomes(obj, source=str(outcomes))  # validate once, naming the file
+    return obj
+
+
+def _scripted(outcomes: Outcomes) -> ScriptedOutcomes | None:
+    if outcomes is None or isinstance(outcomes, ScriptedOutcomes):
+        return outcomes
+    if isinstance(outcomes, dict):
+        return ScriptedOutcomes(outcomes)
+    return ScriptedOutcomes.load(outcomes)
+
+
+def _stamp(events: list[dict[str, Any]]) -> None:
+    """Replay events happen now: increasing timestamps, 1 ms apart."""
+    start = datetime.now(UTC)
+    for i, e in enumerate(events):
+        at = start + timedelta(milliseconds=i)
+        e["ts"] = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def _fold(wire: list[dict[str, Any]], before: int) -> dict[str, dict[str, Any]]:
+    memory: dict[str, dict[str, Any]] = {}
+    for r in wire[:before - 1]:
+        if r["event"] == "CALLBACK_MEMORY_WRITE":
+            state = memory.setdefault(r["write_scope"], {})
+            if r["payload"].get("op") == "delete":
+                state.pop(r["payload"]["key"], None)
+            else:
+                state[r["payload"]["key"]] = r["payload"].get("value")
+    return memory
+
+
+def _memory_diff(source: dict[str, dict[str, Any]],
+                 replay: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scope, what the replay's final memory has that the source's does not."""
+    out: dict[str, dict[str, Any]] = {}
+    for scope in sorted(set(source) | set(replay)):
+        a, b = source.get(scope, {}), replay.get(scope, {})
+        added = {k: v for k, v in b.items() if k not in a}
+        removed = {k: v for k, v in a.items() if k not in b}
+        changed = {k: {"from": a[k], "to": v} for k, v in b.items()
+                   if k in a and chain.encode(a[k], sort_keys=True)
+                   != chain.encode(v, sort_keys=True)}
+        if added or removed or changed:
+            out[scope] = {"added": added, "removed": removed, "changed": changed}
+    return out
+
+
+def _divergence(wire: list[dict[str, Any]], events: list[dict[str, Any]],
+                fork: int) -> dict[str, Any] | None:
+    """The first seq from the fork where the replay's event differs from the source's."""
+    source = wire[fork - 1:]
+    for i in range(max(len(source), len(events))):
+        a = _shape(source[i]) if i < len(source) else None
+        b = _shape(events[i]) if i < len(events) else None
+        if a is None or b is None or chain.encode(a, sort_keys=True) != chain.encode(
+                b, sort_keys=True):
+            return {"seq": fork + i, "source": a, "replay": b}
+    return None
+
+
+def _shape(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: event.get(k) for k in ("event", "executed_by", "write_scope", "payload")}
+
+
+def _link_json(link: dict[str, Any]) -> dict[str, Any]:
+    keys = ("replay_trace_id", "tenant", "source_trace_id", "fork_seq", "source_prev_hash",
+            "replay_status", "original_status", "policy_digest", "policy", "outcome_sources",
+            "by", "reason", "recorded_at")
+    return {k: link.get(k) for k in keys}
+
+
+def _default_by() -> str:
+    try:
+        import getpass
+
+        return "user:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "user:" + os.environ.get("USER", "unknown")
+
+
+ProgressFn = Callable[[int, int], None]
