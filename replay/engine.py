@@ -13,7 +13,7 @@ from typing import Any
 
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
 from replay.outcomes import Call, Outcome, OutcomeChain
-from replay.plan import END, Anchor, Plan
+from replay.plan import CONTROL, END, Anchor, Plan, Step
 from replay.policy import Policy
 
 IDLE, CALL, RESULT, DECIDE, WRITTEN, DONE = "idle", "call", "result", "decide", "written", "done"
@@ -31,18 +31,23 @@ class ChainState:
     outcome: dict[str, Any] | None = None  # the last TOOL_EXEC payload
     resolved: dict[str, Any] | None = None  # the policy object of a recorded POLICY_RESOLVED
     counts: dict[str, int] = field(default_factory=dict)  # control events so far in the step
+    agent: str = "system"  # who ran the latest control event (for chains without a plan step)
+    args: Any = None  # the args of the latest call
 
 
 def observe(plan: Plan, fork_seq: int) -> ChainState:
     """The chain's state after the source's events before ``fork_seq``."""
     state = ChainState()
     for r in plan.records[:fork_seq - 1]:
-        _advance(state, plan, r["event"], r["payload"])
+        _advance(state, plan, r["event"], r["payload"], r["executed_by"])
     return state
 
 
-def _advance(state: ChainState, plan: Plan, event: str, payload: dict[str, Any]) -> None:
+def _advance(state: ChainState, plan: Plan, event: str, payload: dict[str, Any],
+             agent: str) -> None:
     """Apply one control event (emitted or observed) to the state."""
+    if event in CONTROL and event != "EXEC_TERMINATED":
+        state.agent = agent
     if event == "REASONER_ACTION":
         state.step += 1
         step = plan.steps[state.step] if state.step < len(plan.steps) else None
@@ -53,6 +58,7 @@ def _advance(state: ChainState, plan: Plan, event: str, payload: dict[str, Any])
     elif event == "TOOL_EXEC":
         state.tool, state.attempt = payload.get("tool"), int(payload.get("attempt", 1))
         state.outcome, state.phase, state.resolved = payload, RESULT, None
+        state.args = payload.get("args")
         if state.tool:
             state.tried.add(state.tool)
     elif event == "CALLBACK_RESULT":
@@ -149,7 +155,7 @@ class Engine:
             self._emit(state, "EXEC_TERMINATED", "system",
                        {"reason": f"max_steps ({self.policy.max_steps}) reached"})
             return True
-        step = self.plan.steps[state.step]
+        step = self._step(state)
         call = Call(state.step, str(state.tool), step.args, state.attempt, step.agent)
         outcome = self.outcomes.resolve(call)
         if outcome is None:
@@ -175,8 +181,7 @@ class Engine:
         agent = self._agent(state)
         self._resolve(state, agent, policy, name)
         if write:
-            step = self.plan.steps[state.step]
-            key = self.policy.memory_key(str(state.tool), step.tool, agent)
+            key = self.policy.memory_key(str(state.tool), self._step(state).tool, agent)
             value = (state.outcome or {}).get("output")
             self._emit(state, "CALLBACK_MEMORY_WRITE", agent, {"key": key, "value": value},
                        scope=f"memory/{agent}")
@@ -201,7 +206,7 @@ class Engine:
 
     def _failure_decision(self, state: ChainState) -> tuple[str, str, str | None]:
         out = state.outcome or {}
-        step = self.plan.steps[state.step]
+        step = self._step(state)
         tool = str(state.tool)
         alternatives = [*self.policy.fallback.get(step.tool, ()),
                         *(self.policy.fallback.get(tool, ()) if tool != step.tool else ())]
@@ -228,7 +233,7 @@ class Engine:
     # -- helpers -----------------------------------------------------------------------------
 
     def _rule(self, state: ChainState, *, success: bool) -> Any:
-        step = self.plan.steps[state.step]
+        step = self._step(state)
         out = state.outcome or {}
         return self.policy.matching_rule({
             "tool": state.tool, "action_tool": step.tool, "agent": step.agent,
@@ -246,7 +251,14 @@ class Engine:
         return state.step + 1 < len(self.plan.steps)
 
     def _agent(self, state: ChainState) -> str:
-        return self.plan.steps[state.step].agent
+        return self._step(state).agent
+
+    def _step(self, state: ChainState) -> Step:
+        """The step in progress (a chain that called a tool before any reasoner action
+        gets one made from what it observed)."""
+        if 0 <= state.step < len(self.plan.steps):
+            return self.plan.steps[state.step]
+        return Step(state.step, 0, state.agent, str(state.tool), state.args, None, {})
 
     def _carry(self, anchor: Anchor) -> None:
         for r in self.plan.carried(anchor, self.fork_seq):
@@ -260,7 +272,7 @@ class Engine:
         occurrence = 0 if event == "REASONER_ACTION" else state.counts.get(event, 0)
         self._carry((step, event, occurrence))
         self._append(event, agent, payload, scope or f"memory/{self.owner}")
-        _advance(state, self.plan, event, payload)
+        _advance(state, self.plan, event, payload, agent)
 
     def _append(self, event: str, agent: str, payload: dict[str, Any], scope: str) -> None:
         memory = self.memory.get(scope)
