@@ -222,11 +222,13 @@ class Engine:
                     return "fallback", name, alt
             if then.terminate:
                 return "terminate", name, None
+        may_retry = rule is None or rule.then.retry is not False
+        may_fall_back = rule is None or rule.then.fallback is not False
         never = out.get("error_class") in self.policy.retry.never_retry
-        if not never and state.attempt < self.policy.max_attempts(tool):
+        if may_retry and not never and state.attempt < self.policy.max_attempts(tool):
             return "retry", "retry", None
         alt = next((t for t in alternatives if t not in state.tried), None)
-        if alt is not None:
+        if may_fall_back and alt is not None:
             return "fallback", "fallback", alt
         return "terminate", "terminate", None
 
