@@ -101,7 +101,11 @@ class Replayer:
         """Replay every terminated trace from the failure that led to termination.
 
         Nothing is stored unless ``save``. ``tool``/``agent`` keep traces whose fork
-        event names that tool in play / was executed by that agent.
+        event names that tool in play / was executed by that agent. Scripted
+        outcome lists restart for each trace when ``outcomes`` is a dict or a file
+        (a ``ScriptedOutcomes`` object is shared, its lists consumed across traces).
+        ``extra_tool_calls`` is net: calls the replays made minus the source's calls
+        from the fork, over the replays that did not stop for a missing outcome.
         """
         self._catch_up()
         traces = list_traces(self.store, tenant, status="terminated", since=since, until=until)
@@ -235,7 +239,8 @@ class BacktestReport:
             "terminated_traces": 0, "recovered": 0, "still_terminated": 0, "needs_outcome": 0})
         row["terminated_traces"] += 1
         row[key] += 1
-        self.extra_tool_calls += len(result.outcome_sources) - source_calls
+        if result.replay_status != "needs_outcome":  # a stopped replay made fewer calls
+            self.extra_tool_calls += len(result.outcome_sources) - source_calls
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)

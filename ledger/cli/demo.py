@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ledger.cli.common import handle_errors, open_store, table
+
+if TYPE_CHECKING:
+    from ledger.store import Store
 
 DEMO_DIR = "agentledger-demo"
 
@@ -92,6 +96,12 @@ def demo(ctx: click.Context, out_dir: str) -> None:
         click.echo(table([[f.trace_id or "", str(f.seq), f.kind, f.detail[:70]] for f in audit],
                          ["trace_id", "seq", "kind", "detail"]) if audit else "none")
 
+        _heading("8. Would a second fallback have saved contract-fetch? (tenant acme)")
+        policy, outcomes = _replay_files(folder)
+        click.echo(f"$ agentledger replay contract-fetch --tenant acme --policy {policy} "
+                   f"--outcomes {outcomes} --dry-run")
+        click.echo(_replay_demo(store, policy, outcomes))
+
     _heading("Try next")
     for cmd in ("agentledger trace list --tenant globex --status terminated",
                 "agentledger trace show <trace_id> --tenant acme --json",
@@ -99,8 +109,36 @@ def demo(ctx: click.Context, out_dir: str) -> None:
                 "agentledger memory history --tenant acme --trace budget-review",
                 "agentledger failures --tenant acme --tool search",
                 "agentledger audit export acme-audit.jsonl --tenant acme",
+                f"agentledger replay contract-fetch --tenant acme --policy {policy} "
+                f"--outcomes {outcomes} --reason 'second fallback?'",
+                f"agentledger backtest --tenant acme --policy {policy} --outcomes {outcomes}",
                 f"agentledger ingest {source}   # again: every line a duplicate"):
         click.echo(f"  {cmd}")
+
+
+def _replay_files(folder: Path) -> tuple[Path, Path]:
+    """A policy with a second fallback for fetch_doc, and the archive's scripted answer."""
+    policy, outcomes = folder / "policy.yaml", folder / "outcomes.yaml"
+    policy.write_text("# contract-fetch died when fetch_doc and its mirror both failed.\n"
+                      "fallback:\n  fetch_doc: [fetch_doc_mirror, fetch_doc_archive]\n",
+                      encoding="utf-8")
+    outcomes.write_text("# What the archive would have answered (no recorded call has it).\n"
+                        "fetch_doc_archive:\n  success: true\n  output: {url: "
+                        "'https://archive.internal/contracts/initech-msa', bytes: 48211}\n",
+                        encoding="utf-8")
+    return policy, outcomes
+
+
+def _replay_demo(store: Store, policy: Path, outcomes: Path) -> str:
+    """A dry-run replay of contract-fetch under the demo policy, rendered (nothing stored)."""
+    from ledger.cli.replay import render_result
+    from ledger.reader import get_trace
+    from replay import Replayer, load_policy
+
+    result = Replayer(store).replay("acme", "contract-fetch", load_policy(policy),
+                                    outcomes=outcomes, dry_run=True)
+    return render_result(result, get_trace(store, "acme", "contract-fetch").records,
+                         color=False)
 
 
 def _heading(text: str) -> None:

@@ -14,6 +14,7 @@ from ledger.cli.audit import audit_group
 from ledger.cli.commands import ingest, init, trace, verify
 from ledger.cli.demo import demo
 from ledger.cli.grants import grants
+from ledger.cli.replay import backtest, replay_group
 from ledger.cli.stats import stats_group
 from ledger.cli.views import failures, memory_group, projections_group
 
@@ -31,5 +32,5 @@ def main(ctx: click.Context, store: str | None) -> None:
 
 
 for command in (init, ingest, verify, trace, demo, grants, projections_group, memory_group,
-                failures, audit_group, stats_group):
+                failures, audit_group, stats_group, replay_group, backtest):
     main.add_command(command)
