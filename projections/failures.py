@@ -13,7 +13,7 @@ from typing import Any
 
 from ledger import chain
 from ledger.payloads import is_failure_point
-from projections.base import Batch, Entry, Projection, utc_ts
+from projections.base import Batch, Entry, Projection, json_text, utc_ts
 
 INSERT = (
     "INSERT INTO {failures} (tenant, trace_id, seq, ts, event, tool, executed_by, reason, "
@@ -43,7 +43,7 @@ def failure_reason(event: str, payload: dict[str, Any]) -> str | None:
 
 class FailureProjection(Projection):
     name = "failures"
-    version = 1
+    version = 2  # 2: error_code kept as JSON (a string or an integer, as given)
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("failures",)
     description = "failure index: every failure point with tool, agent and reason"
@@ -75,7 +75,7 @@ class FailureProjection(Projection):
             batch.insert(INSERT, (
                 r["tenant"], r["trace_id"], r["seq"], utc_ts(r), event, tool, r["executed_by"],
                 failure_reason(event, payload), payload.get("error_class"),
-                None if code is None else str(code)))
+                None if code is None else json_text(code)))
         for stream, tool in last.items():
             ctx = batch.context(stream)
             if ctx.get("tool") != tool:

@@ -23,8 +23,8 @@ from projections.sql import view_db
 from projections.stats import failure_stats, fallback_stats, retry_stats
 
 __all__ = [
-    "FailureRow", "FindingRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
-    "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats",
+    "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
+    "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats", "grants",
     "memory_diff", "memory_history", "memory_state", "retry_stats",
 ]
 
@@ -82,7 +82,7 @@ class FailureRow(_Row):
     executed_by: str
     reason: str | None
     error_class: str | None
-    error_code: str | None
+    error_code: str | int | None
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,22 @@ class FindingRow(_Row):
     kind: str
     detail: str
     at: str | None
+
+
+@dataclass(frozen=True)
+class GrantRow(_Row):
+    grant_id: str
+    tenant: str
+    agent: str
+    scope: str
+    valid_from: str
+    valid_until: str | None
+    by: str | None
+    reason: str | None
+    recorded_at: str | None
+    revoked_at: str | None
+    revoked_by: str | None
+    revoke_reason: str | None
 
 
 # -- memory -------------------------------------------------------------------------
@@ -229,7 +245,9 @@ def failures(store: Store, tenant: str, *, tool: str | None = None, agent: str |
     sql = ("SELECT tenant, trace_id, seq, ts, event, tool, executed_by, reason, error_class, "
            "error_code FROM {failures}" + where + " ORDER BY ts, trace_id, seq")
     sql += _limit(limit, params)
-    return [FailureRow(*r) for r in view_db(store.backend).query(sql, tuple(params))]
+    return [FailureRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                       None if r[9] is None else orjson.loads(r[9]))
+            for r in view_db(store.backend).query(sql, tuple(params))]
 
 
 def audit_writes(store: Store, tenant: str, *, scope: str | None = None, by: str | None = None,
@@ -274,3 +292,12 @@ def audit_findings(store: Store, tenant: str, *, kind: str | None = None,
             f"{by} wrote {key!r} to {scope} with neither an earlier in-trace permission "
             "nor a tenant grant covering it", ts) for trace, seq, ts, scope, key, by in writes]
     return sorted(rows, key=lambda f: (f.trace_id or "", f.seq or 0, f.kind))
+
+
+def grants(store: Store, tenant: str) -> list[GrantRow]:
+    """The tenant's grants as the attribution view holds them, by valid_from then id."""
+    rows = view_db(store.backend).query(
+        "SELECT grant_id, tenant, agent, scope, valid_from, valid_until, granted_by, reason, "
+        "recorded_at, revoked_at, revoked_by, revoke_reason FROM {grants} WHERE tenant = ? "
+        "ORDER BY valid_from, grant_id", (tenant,))
+    return [GrantRow(*r) for r in rows]

@@ -99,6 +99,7 @@ class Projector:
         self.context_cache = context_cache
         self._caches: dict[str, OrderedDict[str, dict[str, Any]]] = {}
         self._complete: set[str] = set()  # caches known to hold every context there is
+        self._known: dict[str, int] = {}  # positions this projector last committed or saw
         self._ready = False
 
     # -- public API ----------------------------------------------------------------
@@ -134,6 +135,7 @@ class Projector:
         for p in chosen:
             self._caches.pop(p.name, None)
             self._complete.add(p.name)
+            self._known[p.name] = 0
         return self.catch_up(progress)
 
     def status(self) -> list[ProjectionStatus]:
@@ -176,7 +178,9 @@ class Projector:
                 else:
                     for statement in p.ddl:
                         self.db.execute(cur, statement)
-        self._complete.update(p.name for p in stale)
+        for p in stale:
+            self._complete.add(p.name)
+            self._known[p.name] = 0
         self._ready = True
 
     def _reset(self, cur: Cursor, p: Projection) -> None:
@@ -200,10 +204,16 @@ class Projector:
     def _forget(self) -> None:
         self._caches.clear()
         self._complete.clear()
+        self._known.clear()
 
     def _run(self, progress: Progress | None) -> int:
         positions = {p.name: 0 for p in self.projections} | {
             k: v for k, v in self._positions().items() if k in NAMES}
+        for name, position in positions.items():
+            if self._known.get(name) != position:  # another projector moved it: our
+                self._caches.pop(name, None)      # cached contexts may be stale
+                self._complete.discard(name)
+                self._known[name] = position
         backend = self.store.backend
         start = min(positions[p.name] for p in self.projections)
         total = max(0, backend.last_notification_id() - start) if progress else 0
@@ -222,7 +232,7 @@ class Projector:
                 for p in behind:
                     self._write(cur, p, batches[p.name])
             for p in behind:
-                positions[p.name] = last
+                positions[p.name] = self._known[p.name] = last
                 self._keep(p.name, batches[p.name])
             read += len(rows)
             start = last

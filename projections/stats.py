@@ -77,7 +77,7 @@ def failure_stats(store: Store, tenant: str, *, by: str = "tool", since: str | N
     execs = _exec_counts(db, tenant, exec_column, lo, hi) if exec_column else None
     out = []
     for key, n, failed in rows:
-        values: dict[str, Any] = {"failures": int(n), "share": round(int(n) / total, 6)}
+        values: dict[str, Any] = {"failures": int(n), "share": int(n) / total}
         if execs is not None:
             calls = execs.get(key, 0)
             values |= {"failed_execs": int(failed or 0), "tool_execs": calls,
@@ -112,7 +112,7 @@ def _recovery_stats(store: Store, tenant: str, kind: str, count_name: str, by: s
 
 
 def _rate(n: int, calls: int) -> float | None:
-    return round(n / calls, 6) if calls else None
+    return n / calls if calls else None
 
 
 def _window(tenant: str, lo: str | None, hi: str | None) -> tuple[str, tuple[Any, ...]]:
