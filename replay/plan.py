@@ -45,6 +45,7 @@ class Plan:
     step_of: list[int] = field(default_factory=list)  # per record: its step (-1 before any)
     anchors: list[Anchor | None] = field(default_factory=list)  # per record: carried anchor
     calls: dict[tuple[int, str, int, str], dict[str, Any]] = field(default_factory=dict)
+    by_anchor: dict[Anchor, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def terminated(self) -> bool:
@@ -52,8 +53,7 @@ class Plan:
 
     def carried(self, anchor: Anchor, after_seq: int) -> list[dict[str, Any]]:
         """Carried events anchored at ``anchor`` with seq >= ``after_seq``, in order."""
-        return [r for r, a in zip(self.records, self.anchors, strict=True)
-                if a == anchor and r["seq"] >= after_seq]
+        return [r for r in self.by_anchor.get(anchor, ()) if r["seq"] >= after_seq]
 
 
 def read_plan(records: list[dict[str, Any]]) -> Plan:
@@ -89,6 +89,9 @@ def read_plan(records: list[dict[str, Any]]) -> Plan:
             plan.calls.setdefault(key, p)
     for j in pending:
         plan.anchors[j] = END
+    for r, anchor in zip(records, plan.anchors, strict=True):
+        if anchor is not None:
+            plan.by_anchor.setdefault(anchor, []).append(r)
     return plan
 
 
