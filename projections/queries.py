@@ -25,7 +25,7 @@ from projections.stats import failure_stats, fallback_stats, retry_stats
 __all__ = [
     "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
     "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats", "grants",
-    "memory_diff", "memory_history", "memory_state", "retry_stats",
+    "memory_diff", "memory_histories", "memory_history", "memory_state", "retry_stats",
 ]
 
 
@@ -206,6 +206,22 @@ def memory_history(store: Store, tenant: str, trace_id: str, *,
     return [MemoryVersion(tenant, trace_id, r[0], r[1], r[2], r[3], r[4],
                           None if r[5] is None else orjson.loads(r[5]), r[6], r[7], r[8])
             for r in rows]
+
+
+def memory_histories(store: Store, tenant: str,
+                     trace_ids: list[str]) -> list[MemoryVersion]:
+    """The memory writes of many traces (by trace, then seq): one query per 500 traces."""
+    db, out = view_db(store.backend), []
+    for i in range(0, len(trace_ids), 500):
+        chunk = trace_ids[i:i + 500]
+        rows = db.query(
+            "SELECT trace_id, scope, seq, ts, key, op, value, memory_hash, executed_by, "
+            "agent_owner FROM {memory_writes} WHERE tenant = ? AND trace_id IN ("
+            + ",".join("?" * len(chunk)) + ") ORDER BY trace_id, seq", (tenant, *chunk))
+        out += [MemoryVersion(tenant, r[0], r[1], r[2], r[3], r[4], r[5],
+                              None if r[6] is None else orjson.loads(r[6]), r[7], r[8], r[9])
+                for r in rows]
+    return out
 
 
 # -- failures, writes, findings ---------------------------------------------------------

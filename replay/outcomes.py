@@ -137,6 +137,36 @@ _LATEST_CALLS_EXCEPT = (
 )
 
 
+class CassetteIndex:
+    """Where a tenant's recorded calls are, loaded one tool at a time and shared.
+
+    A backtest replays many traces that call the same tools: one query per tool
+    then answers every (tool, args) lookup, instead of one query per lookup.
+    """
+
+    def __init__(self, store: Store, tenant: str) -> None:
+        self.store, self.tenant = store, tenant
+        self._db = view_db(store.backend)
+        self._by_tool: dict[str, dict[str, list[tuple[str, str, int]]]] = {}
+        self.outcomes: dict[tuple[str, int], Outcome] = {}  # (trace, seq) -> its outcome
+
+    def latest(self, tool: str, digest: str, exclude: str | None) -> tuple[str, int] | None:
+        """The most recent call (latest ts, then trace id, then seq) not in ``exclude``."""
+        calls = self._by_tool.get(tool)
+        if calls is None:
+            calls = self._by_tool[tool] = {}
+            for d, ts, trace, seq in self._db.query(
+                    "SELECT args_digest, ts, trace_id, seq FROM {tool_calls} "
+                    "WHERE tenant = ? AND tool = ?", (self.tenant, tool)):
+                calls.setdefault(d, []).append((ts, str(trace), int(seq)))
+            for entries in calls.values():
+                entries.sort(reverse=True)
+        for _ts, trace, seq in calls.get(digest, ()):
+            if trace != exclude:
+                return trace, seq
+        return None
+
+
 class Cassette:
     """The most recent recorded call of the same tool with the same args in the tenant.
 
@@ -148,8 +178,10 @@ class Cassette:
 
     name = "cassette"
 
-    def __init__(self, store: Store, tenant: str, *, exclude_trace: str | None = None) -> None:
+    def __init__(self, store: Store, tenant: str, *, exclude_trace: str | None = None,
+                 index: CassetteIndex | None = None) -> None:
         self.store, self.tenant, self.exclude_trace = store, tenant, exclude_trace
+        self.index = index
         self._db = view_db(store.backend)
         self._cache: dict[tuple[str, str], Outcome | None] = {}
 
@@ -161,6 +193,13 @@ class Cassette:
         return self._cache[key]
 
     def _find(self, tool: str, digest: str) -> Outcome | None:
+        if self.index is not None:
+            found = self.index.latest(tool, digest, self.exclude_trace)
+            if found is None:
+                return None
+            if found not in self.index.outcomes:
+                self.index.outcomes[found] = self._read(tool, digest, *found)
+            return self.index.outcomes[found]
         match = (self.tenant, tool, digest)
         if self.exclude_trace is None:
             rows = self._db.query(_LATEST_CALLS, match * 2)
@@ -169,6 +208,10 @@ class Cassette:
         if not rows:
             return None
         trace_id, seq = max((str(r[0]), int(r[1])) for r in rows)
+        return self._read(tool, digest, trace_id, seq)
+
+    def _read(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
+        """The outcome of the stored call at (trace, seq), checked to be that call."""
         sid = chain.trace_stream_id(self.tenant, trace_id)
         stored = self.store.backend.read_stream(sid, gt=seq - 1, lte=seq)
         record = chain.decode(stored[0].state) if stored else {}

@@ -25,11 +25,19 @@ from ledger.replays import list_replays, read_replay, source_hash_before, write_
 from ledger.store import Store
 from projections import Projector, queries
 from replay.engine import Engine
-from replay.outcomes import Cassette, LiveTools, OutcomeChain, ScriptedOutcomes, SourceOutcomes
+from replay.outcomes import (
+    Cassette,
+    CassetteIndex,
+    LiveTools,
+    OutcomeChain,
+    ScriptedOutcomes,
+    SourceOutcomes,
+)
 from replay.plan import Plan, default_fork, read_plan
 from replay.policy import Policy
 
 Outcomes = ScriptedOutcomes | dict[str, Any] | str | Path | None
+_BATCH = 500  # traces read per query in a backtest
 
 
 @dataclass
@@ -62,6 +70,7 @@ class Replayer:
         self.store = store
         self.tool_timeout = tool_timeout
         self._views_current = False
+        self._index: CassetteIndex | None = None  # shared by the replays of a backtest
 
     def replay(self, tenant: str, trace_id: str, policy: Policy, *, from_seq: int | None = None,
                outcomes: Outcomes = None, tools: str | None = None, reason: str | None = None,
@@ -112,22 +121,46 @@ class Replayer:
         script = _script_source(outcomes)
         live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
         report = BacktestReport(tenant=tenant, policy_digest=policy.digest())
-        for done, trace in enumerate(traces, 1):
-            records = self._records(tenant, trace.trace_id)
-            wire = [chain.wire_part(r) for r in records]
-            fork = default_fork(wire)
-            at = wire[fork - 1]
-            in_play = _tool_in_play(wire, fork)
-            if (tool is None or in_play == tool) and (agent is None or at["executed_by"] == agent):
-                result = self._run(tenant, trace.trace_id, records, policy, fork,
-                                   _scripted(script), live)
-                if save:
-                    self._store(tenant, trace.trace_id, records, policy, result,
-                                _scripted(script), live, reason, by)
-                report.add(in_play, result, _calls_from(wire, fork))
-            if progress is not None:
-                progress(done, len(traces))
+        self._index = CassetteIndex(self.store, tenant)  # one cassette lookup per (tool, args)
+        done = 0
+        try:
+            for chunk in _chunks([t.trace_id for t in traces], _BATCH):
+                records_of = self._records_of(tenant, chunk)
+                history = self._histories(tenant, chunk)
+                for trace_id in chunk:
+                    records = records_of[trace_id]
+                    wire = [chain.wire_part(r) for r in records]
+                    fork = default_fork(wire)
+                    in_play = _tool_in_play(wire, fork)
+                    if (tool is None or in_play == tool) and (
+                            agent is None or wire[fork - 1]["executed_by"] == agent):
+                        result = self._run(tenant, trace_id, records, policy, fork,
+                                           _scripted(script), live, history.get(trace_id, []))
+                        if save:
+                            self._store(tenant, trace_id, records, policy, result,
+                                        _scripted(script), live, reason, by)
+                        report.add(in_play, result, _calls_from(wire, fork))
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(traces))
+        finally:
+            self._index = None
         return report
+
+    def _records_of(self, tenant: str, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """The records of many traces in one scan."""
+        ids = {chain.trace_stream_id(tenant, t): t for t in trace_ids}
+        out: dict[str, list[dict[str, Any]]] = {t: [] for t in trace_ids}
+        for row in self.store.backend.iter_rows(list(ids)):
+            out[ids[row.stream_id]].append(chain.decode(row.state))
+        return out
+
+    def _histories(self, tenant: str, trace_ids: list[str]) -> dict[str, list[Any]]:
+        """The memory writes of many traces, from the ``memory`` view, in one query."""
+        out: dict[str, list[Any]] = {}
+        for version in queries.memory_histories(self.store, tenant, trace_ids):
+            out.setdefault(version.trace_id, []).append(version)
+        return out
 
     def replays(self, tenant: str, *, source: str | None = None) -> list[dict[str, Any]]:
         """Link records of stored replays (of one source trace), oldest first."""
@@ -157,7 +190,8 @@ class Replayer:
                plan: Plan | None = None) -> OutcomeChain:
         plan = plan or read_plan([chain.wire_part(r) for r in records])
         sources: list[Any] = [SourceOutcomes(plan.calls),
-                              Cassette(self.store, tenant, exclude_trace=trace_id)]
+                              Cassette(self.store, tenant, exclude_trace=trace_id,
+                                       index=self._index)]
         if scripted is not None:
             sources.append(scripted)
         if live is not None:
@@ -166,13 +200,15 @@ class Replayer:
 
     def _run(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
              from_seq: int | None, scripted: ScriptedOutcomes | None,
-             live: LiveTools | None) -> ReplayResult:
+             live: LiveTools | None, history: list[Any] | None = None) -> ReplayResult:
         wire = [chain.wire_part(r) for r in records]
         fork = default_fork(wire) if from_seq is None else from_seq
         if not 1 <= fork <= len(wire):
             raise UsageError(f"--from {fork} is outside trace {trace_id!r} (seq 1..{len(wire)})")
         plan = read_plan(wire)
-        memory = self._memory_at(tenant, trace_id, records, fork)
+        if history is None:
+            history = queries.memory_history(self.store, tenant, trace_id)
+        memory = _memory_at(history, records, fork)
         outcomes = self._chain(tenant, trace_id, records, scripted, live, plan)
         engine = Engine(plan, policy, outcomes, tenant=tenant, trace_id=trace_id,
                         agent_owner=wire[0]["agent_owner"], memory=memory)
@@ -190,31 +226,33 @@ class Replayer:
             _divergence(wire, emitted.events, fork), emitted.calls, emitted.missing,
             emitted.dropped, policy.digest())
 
-    def _memory_at(self, tenant: str, trace_id: str, records: list[dict[str, Any]],
-                   fork: int) -> dict[str, dict[str, Any]]:
-        """Memory per scope before the fork, from the projection, checked against the record."""
-        memory: dict[str, dict[str, Any]] = {}
-        for version in queries.memory_history(self.store, tenant, trace_id):
-            if version.seq >= fork:
-                break
-            state = memory.setdefault(version.scope, {})
-            if version.op == "delete":
-                state.pop(version.key, None)
-            else:
-                state[version.key] = version.value
-        last: dict[str, dict[str, Any]] = {}  # scope -> its last write before the fork
-        for r in records[:fork - 1]:
-            if r["event"] == "CALLBACK_MEMORY_WRITE":
-                last[r["write_scope"]] = r
-        for scope_name in set(last) | set(memory):
-            record = last.get(scope_name)
-            if record is None or record["ledger_memory_hash"] != memory_hash(
-                    memory.get(scope_name, {})):
-                raise StoreError(
-                    f"memory of {scope_name} before seq {fork} in the memory view disagrees "
-                    "with the ledger's record: run `agentledger projections rebuild memory` "
-                    "and `agentledger verify`")
-        return memory
+
+
+def _memory_at(history: list[Any], records: list[dict[str, Any]],
+               fork: int) -> dict[str, dict[str, Any]]:
+    """Memory per scope before the fork, from the projection, checked against the record."""
+    memory: dict[str, dict[str, Any]] = {}
+    for version in history:
+        if version.seq >= fork:
+            break
+        state = memory.setdefault(version.scope, {})
+        if version.op == "delete":
+            state.pop(version.key, None)
+        else:
+            state[version.key] = version.value
+    last: dict[str, dict[str, Any]] = {}  # scope -> its last write before the fork
+    for r in records[:fork - 1]:
+        if r["event"] == "CALLBACK_MEMORY_WRITE":
+            last[r["write_scope"]] = r
+    for scope_name in set(last) | set(memory):
+        record = last.get(scope_name)
+        if record is None or record["ledger_memory_hash"] != memory_hash(
+                memory.get(scope_name, {})):
+            raise StoreError(
+                f"memory of {scope_name} before seq {fork} in the memory view disagrees "
+                "with the ledger's record: run `agentledger projections rebuild memory` "
+                "and `agentledger verify`")
+    return memory
 
 
 @dataclass
@@ -269,6 +307,10 @@ def _script_source(outcomes: Outcomes) -> Any:
     obj, _ = load_document(outcomes)
     ScriptedOutcomes(obj, source=str(outcomes))  # validate once, naming the file
     return obj
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _scripted(outcomes: Outcomes) -> ScriptedOutcomes | None:
