@@ -1,7 +1,7 @@
 """The ``analytics`` projection: tool calls, retries and fallbacks, and their outcomes.
 
-``tool_calls`` has a row per ``TOOL_EXEC``; ``tool_daily`` counts them per
-(tenant, UTC day, tool, agent) so statistics over whole days read a few rows;
+``tool_calls`` has a row per ``TOOL_EXEC``; ``tool_hourly`` counts them per
+(tenant, UTC hour, tool, agent) so statistics over whole hours read a few rows;
 ``recoveries`` has a row per ``CALLBACK_RETRY`` / ``CALLBACK_FALLBACK`` with
 ``recovered`` set once the retried or fallback tool succeeds (docs/PROJECTIONS.md
 defines exactly when). Open retries and fallbacks are per-trace context.
@@ -20,10 +20,10 @@ INSERT_CALL = (
     "INSERT INTO {tool_calls} (tenant, trace_id, seq, ts, day, tool, executed_by, success, "
     "attempt, error_class, args_digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-UPSERT_DAILY = (
-    "INSERT INTO {tool_daily} AS d (tenant, day, tool, executed_by, execs, failures) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, day, tool, executed_by) DO UPDATE SET "
-    "execs = d.execs + excluded.execs, failures = d.failures + excluded.failures"
+UPSERT_HOURLY = (
+    "INSERT INTO {tool_hourly} AS h (tenant, hour, tool, executed_by, execs, failures) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, tool, executed_by) DO UPDATE SET "
+    "execs = h.execs + excluded.execs, failures = h.failures + excluded.failures"
 )
 INSERT_RECOVERY = (
     "INSERT INTO {recoveries} (tenant, trace_id, seq, ts, day, kind, tool, fallback_tool, "
@@ -46,10 +46,10 @@ _CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"}
 
 class AnalyticsProjection(Projection):
     name = "analytics"
-    version = 2  # 2: args_digest, for replay's cassette
+    version = 3  # 2: args_digest, for replay's cassette; 3: hourly rollup
     topics = frozenset({chain.EVENT_TOPIC})
-    tables = ("tool_calls", "tool_daily", "recoveries")
-    description = "tool calls, retries and fallbacks with their outcomes, daily counts"
+    tables = ("tool_calls", "tool_hourly", "recoveries")
+    description = "tool calls, retries and fallbacks with their outcomes, hourly counts"
     ddl = (
         "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
@@ -58,9 +58,9 @@ class AnalyticsProjection(Projection):
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "
         "ON {tool_calls} (tenant, tool, args_digest, ts)",
-        "CREATE TABLE IF NOT EXISTS {tool_daily} (tenant TEXT NOT NULL, day TEXT NOT NULL, "
+        "CREATE TABLE IF NOT EXISTS {tool_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
         "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
-        "failures {bigint} NOT NULL, PRIMARY KEY (tenant, day, tool, executed_by))",
+        "failures {bigint} NOT NULL, PRIMARY KEY (tenant, hour, tool, executed_by))",
         "CREATE TABLE IF NOT EXISTS {recoveries} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, kind TEXT NOT NULL, "
         "tool TEXT NOT NULL, fallback_tool TEXT, attempt {bigint}, executed_by TEXT NOT NULL, "
@@ -71,13 +71,13 @@ class AnalyticsProjection(Projection):
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
-        daily: dict[tuple[str, str, str, str], list[int]] = {}
+        hourly: dict[tuple[str, str, str, str], list[int]] = {}
         new: dict[tuple[str, str, int], list[Any]] = {}  # recoveries first seen in this batch
         for entry in entries:
             r = entry.record
             event = r["event"]
             if event == "TOOL_EXEC":
-                self._tool_exec(entry, batch, daily, new)
+                self._tool_exec(entry, batch, hourly, new)
             elif event in _CLOSERS or event == "CALLBACK_RETRY":
                 ctx = batch.context(entry.stream)
                 if event in _CLOSERS and ctx.get("open"):
@@ -87,8 +87,8 @@ class AnalyticsProjection(Projection):
                     self._open(entry, ctx, batch, new)
         for row in new.values():
             batch.insert(INSERT_RECOVERY, tuple(row))
-        for (tenant, day, tool, agent), (execs, failures) in daily.items():
-            batch.insert(UPSERT_DAILY, (tenant, day, tool, agent, execs, failures))
+        for (tenant, hour, tool, agent), (execs, failures) in hourly.items():
+            batch.insert(UPSERT_HOURLY, (tenant, hour, tool, agent, execs, failures))
 
     def _open(self, entry: Entry, ctx: dict[str, Any], batch: Batch,
               new: dict[tuple[str, str, int], list[Any]]) -> None:
@@ -106,7 +106,7 @@ class AnalyticsProjection(Projection):
         ctx.setdefault("open", []).append([r["seq"], kind, target])
         batch.touch(entry.stream)
 
-    def _tool_exec(self, entry: Entry, batch: Batch, daily: dict[tuple[str, str, str, str],
+    def _tool_exec(self, entry: Entry, batch: Batch, hourly: dict[tuple[str, str, str, str],
                    list[int]], new: dict[tuple[str, str, int], list[Any]]) -> None:
         r, p = entry.record, entry.record["payload"]
         tenant, trace, tool, ts = r["tenant"], r["trace_id"], p["tool"], utc_ts(r)
@@ -114,7 +114,7 @@ class AnalyticsProjection(Projection):
         batch.insert(INSERT_CALL, (
             tenant, trace, r["seq"], ts, ts[:10], tool, r["executed_by"], int(success),
             p.get("attempt", 1), p.get("error_class"), args_digest(p.get("args"))))
-        counts = daily.setdefault((tenant, ts[:10], tool, r["executed_by"]), [0, 0])
+        counts = hourly.setdefault((tenant, ts[:13], tool, r["executed_by"]), [0, 0])
         counts[0] += 1
         counts[1] += not success
         ctx = batch.context(entry.stream)

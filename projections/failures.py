@@ -19,6 +19,13 @@ INSERT = (
     "INSERT INTO {failures} (tenant, trace_id, seq, ts, event, tool, executed_by, reason, "
     "error_class, error_code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Keys are JSON text (``null`` for none), so a missing tool or reason stays distinct.
+UPSERT_HOURLY = (
+    "INSERT INTO {failure_hourly} AS h (tenant, hour, tool, reason, executed_by, failures, "
+    "failed_execs) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, tool, reason, "
+    "executed_by) DO UPDATE SET failures = h.failures + excluded.failures, "
+    "failed_execs = h.failed_execs + excluded.failed_execs"
+)
 
 
 def named_tool(event: str, payload: dict[str, Any]) -> str | None:
@@ -43,9 +50,9 @@ def failure_reason(event: str, payload: dict[str, Any]) -> str | None:
 
 class FailureProjection(Projection):
     name = "failures"
-    version = 2  # 2: error_code kept as JSON (a string or an integer, as given)
+    version = 3  # 2: error_code kept as JSON (a string or an integer, as given); 3: hourly
     topics = frozenset({chain.EVENT_TOPIC})
-    tables = ("failures",)
+    tables = ("failures", "failure_hourly")
     description = "failure index: every failure point with tool, agent and reason"
     ddl = (
         "CREATE TABLE IF NOT EXISTS {failures} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
@@ -57,10 +64,15 @@ class FailureProjection(Projection):
         "CREATE INDEX IF NOT EXISTS agentledger_failures_agent "
         "ON {failures} (tenant, executed_by, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_event ON {failures} (tenant, event, ts)",
+        "CREATE TABLE IF NOT EXISTS {failure_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
+        "tool TEXT NOT NULL, reason TEXT NOT NULL, executed_by TEXT NOT NULL, "
+        "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
+        "PRIMARY KEY (tenant, hour, tool, reason, executed_by))",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
         last: dict[str, str] = {}  # stream -> tool in play, as of this batch
+        hourly: dict[tuple[str, str, str, str, str], list[int]] = {}
         for entry in entries:
             r = entry.record
             event, payload = r["event"], r["payload"]
@@ -71,11 +83,17 @@ class FailureProjection(Projection):
                 continue
             if tool is None:
                 tool = last.get(entry.stream) or batch.context(entry.stream).get("tool")
-            code = payload.get("error_code")
+            code, ts, reason = payload.get("error_code"), utc_ts(r), failure_reason(event, payload)
             batch.insert(INSERT, (
-                r["tenant"], r["trace_id"], r["seq"], utc_ts(r), event, tool, r["executed_by"],
-                failure_reason(event, payload), payload.get("error_class"),
-                None if code is None else json_text(code)))
+                r["tenant"], r["trace_id"], r["seq"], ts, event, tool, r["executed_by"],
+                reason, payload.get("error_class"), None if code is None else json_text(code)))
+            counts = hourly.setdefault(
+                (r["tenant"], ts[:13], json_text(tool), json_text(reason), r["executed_by"]),
+                [0, 0])
+            counts[0] += 1
+            counts[1] += event == "TOOL_EXEC"
+        for key, (failures, failed_execs) in hourly.items():
+            batch.insert(UPSERT_HOURLY, (*key, failures, failed_execs))
         for stream, tool in last.items():
             ctx = batch.context(stream)
             if ctx.get("tool") != tool:

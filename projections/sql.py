@@ -21,8 +21,8 @@ from ledger.errors import StoreError
 
 PREFIX = "agentledger_"
 VIEW_TABLES = (
-    "memory_writes", "failures", "write_attribution", "grants", "tool_calls", "tool_daily",
-    "recoveries", "findings", "projection_context", "projection_state",
+    "memory_writes", "failures", "failure_hourly", "write_attribution", "grants",
+    "tool_calls", "tool_hourly", "recoveries", "findings", "projection_context", "projection_state",
 )
 PG_TRACKING_TABLE = PREFIX + "tracking"
 

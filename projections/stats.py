@@ -1,16 +1,20 @@
 """Fallback, retry and failure statistics over the ``analytics`` and ``failures`` views.
 
 ``tool_execs`` (the denominator of every rate) is counted exactly for any window:
-whole UTC days come from ``tool_daily`` (a few rows per day), the partial days at
-either end of a ``--since``/``--until`` window from the ``tool_calls`` rows.
+whole UTC hours come from ``tool_hourly`` (a few rows per hour), the partial hours
+at either end of a ``--since``/``--until`` window from the ``tool_calls`` rows.
+Failure counts are rolled up the same way (``failure_hourly``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+import orjson
 
 from ledger.errors import UsageError
 from ledger.reader import parse_bound
@@ -29,7 +33,7 @@ _FAILURE_KEYS = {
     "reason": (("reason",), None),
     "agent": (("executed_by",), "executed_by"),
 }
-_DAY_START, _DAY_END = "T00:00:00.000000Z", "T23:59:59.999999Z"
+_HOUR_START, _HOUR_END = ":00:00.000000Z", ":59:59.999999Z"
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,14 @@ def failure_stats(store: Store, tenant: str, *, by: str = "tool", since: str | N
     keys, exec_column = _FAILURE_KEYS[by]
     lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
     db = view_db(store.backend)
-    where, params = _window(tenant, lo, hi)
-    rows = db.query(
-        f"SELECT {keys[0]}, COUNT(*), SUM(CASE WHEN event = 'TOOL_EXEC' THEN 1 ELSE 0 END) "
-        f"FROM {{failures}}{where} GROUP BY {keys[0]}", params)
+    column = keys[0]
+    rows = [(key, n, failed) for key, (n, failed) in _counts(
+        db, tenant, lo, hi,
+        f"SELECT {column}, SUM(failures), SUM(failed_execs) FROM {{failure_hourly}} "
+        f"WHERE tenant = ?{{hours}} GROUP BY {column}",
+        f"SELECT {column}, COUNT(*), SUM(CASE WHEN event = 'TOOL_EXEC' THEN 1 ELSE 0 END) "
+        f"FROM {{failures}}{{where}} GROUP BY {column}",
+        rollup_key=orjson.loads if column in ("tool", "reason") else None).items()]
     total = sum(int(n) for _, n, _ in rows)
     execs = _exec_counts(db, tenant, exec_column, lo, hi) if exec_column else None
     out = []
@@ -129,37 +137,58 @@ def _window(tenant: str, lo: str | None, hi: str | None) -> tuple[str, tuple[Any
 def _exec_counts(db: ViewDB, tenant: str, column: str, lo: str | None,
                  hi: str | None) -> Counter[Any]:
     """TOOL_EXEC counts per ``column`` value with ``lo <= ts <= hi``, exactly."""
+    rolled = "substr(hour, 1, 10)" if column == "day" else column
     counts: Counter[Any] = Counter()
-    first_full = None if lo is None else (
-        lo[:10] if lo[10:] == _DAY_START else _shift(lo[:10], 1))
-    last_full = None if hi is None else (
-        hi[:10] if hi[10:] == _DAY_END else _shift(hi[:10], -1))
-    if first_full is not None and last_full is not None and first_full > last_full:
-        _add_calls(db, counts, tenant, column, lo, hi)  # no whole day inside the window
-        return counts
-    sql, params = f"SELECT {column}, SUM(execs) FROM {{tool_daily}} WHERE tenant = ?", [tenant]
-    if first_full is not None:
-        sql += " AND day >= ?"
-        params.append(first_full)
-    if last_full is not None:
-        sql += " AND day <= ?"
-        params.append(last_full)
-    for key, n in db.query(sql + f" GROUP BY {column}", tuple(params)):
-        counts[key] += int(n)
-    if lo is not None and first_full is not None and lo[:10] != first_full:
-        _add_calls(db, counts, tenant, column, lo, lo[:10] + _DAY_END)
-    if hi is not None and last_full is not None and hi[:10] != last_full:
-        _add_calls(db, counts, tenant, column, hi[:10] + _DAY_START, hi)
+    for key, n in _counts(
+            db, tenant, lo, hi,
+            f"SELECT {rolled}, SUM(execs) FROM {{tool_hourly}} WHERE tenant = ?{{hours}} "
+            f"GROUP BY {rolled}",
+            f"SELECT {column}, COUNT(*) FROM {{tool_calls}}{{where}} GROUP BY {column}").items():
+        counts[key] += n[0]
     return counts
 
 
-def _add_calls(db: ViewDB, counts: Counter[Any], tenant: str, column: str, lo: str | None,
-               hi: str | None) -> None:
-    where, params = _window(tenant, lo, hi)
-    for key, n in db.query(f"SELECT {column}, COUNT(*) FROM {{tool_calls}}{where} "
-                           f"GROUP BY {column}", params):
-        counts[key] += int(n)
+def _counts(db: ViewDB, tenant: str, lo: str | None, hi: str | None, rollup_sql: str,
+            rows_sql: str, *, rollup_key: Callable[[Any], Any] | None = None,
+            ) -> dict[Any, list[int]]:
+    """Sums per key over ``lo <= ts <= hi``: whole hours from an hourly rollup, the
+    partial hours at either end of the window from the rows (so always exact).
+    ``rollup_key`` turns the rollup's stored key into the rows' form."""
+    out: dict[Any, list[int]] = {}
+
+    def add(rows: list[tuple[Any, ...]], convert: Callable[[Any], Any] | None = None) -> None:
+        for key, *sums in rows:
+            acc = out.setdefault(convert(key) if convert else key, [0] * len(sums))
+            for i, value in enumerate(sums):
+                acc[i] += int(value or 0)
+
+    def from_rows(a: str | None, b: str | None) -> None:
+        where, params = _window(tenant, a, b)
+        add(db.query(rows_sql.replace("{where}", where), params))
+
+    first = None if lo is None else lo[:13] if lo[13:] == _HOUR_START else _hour(lo[:13], 1)
+    last = None if hi is None else hi[:13] if hi[13:] == _HOUR_END else _hour(hi[:13], -1)
+    if first is not None and last is not None and first > last:
+        from_rows(lo, hi)  # no whole hour inside the window
+        return out
+    hours, params = "", [tenant]
+    if first is not None:
+        hours += " AND hour >= ?"
+        params.append(first)
+    if last is not None:
+        hours += " AND hour <= ?"
+        params.append(last)
+    add(db.query(rollup_sql.replace("{hours}", hours), tuple(params)), rollup_key)
+    if lo is not None and first is not None and lo[:13] != first:
+        from_rows(lo, lo[:13] + _HOUR_END)
+    if hi is not None and last is not None and hi[:13] != last:
+        from_rows(hi[:13] + _HOUR_START, hi)
+    return out
 
 
-def _shift(day: str, days: int) -> str:
-    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+def _hour(hour: str, delta: int) -> str:
+    try:
+        moved = datetime.strptime(hour, "%Y-%m-%dT%H") + timedelta(hours=delta)
+    except OverflowError:  # beyond year 1..9999: nothing is stored there
+        return hour
+    return moved.strftime("%Y-%m-%dT%H")

@@ -77,8 +77,8 @@ TABLES: dict[str, dict[str, tuple[int, str]]] = {
     "analytics": {
         "tool_calls": (3, "SELECT tenant, trace_id, seq, tool, executed_by, success, attempt "
                           "FROM {tool_calls}"),
-        "tool_daily": (4, "SELECT tenant, day, tool, executed_by, execs, failures "
-                          "FROM {tool_daily}"),
+        "tool_hourly": (4, "SELECT tenant, hour, tool, executed_by, execs, failures "
+                           "FROM {tool_hourly}"),
         "recoveries": (3, "SELECT tenant, trace_id, seq, kind, tool, fallback_tool, recovered, "
                           "recovered_seq FROM {recoveries}"),
     },
@@ -213,8 +213,8 @@ def fold_trace(events: list[Record], grants: dict[tuple[str, str], Record],
         elif event == "TOOL_EXEC":
             ok = p["success"] is True
             views["tool_calls"][key] = (p["tool"], by, int(ok), p.get("attempt", 1))
-            day = instant(r["ts"]).date().isoformat()
-            counts = daily.setdefault((r["tenant"], day, p["tool"], by), [0, 0])
+            hour = instant(r["ts"]).strftime("%Y-%m-%dT%H")
+            counts = daily.setdefault((r["tenant"], hour, p["tool"], by), [0, 0])
             counts[0] += 1
             counts[1] += not ok
         elif event in ("CALLBACK_RETRY", "CALLBACK_FALLBACK"):
@@ -243,7 +243,7 @@ def expected_views(entries: list[tuple[int, str, int, Record]]) -> dict[str, Vie
     daily: dict[tuple[Any, ...], list[int]] = {}
     for events in traces.values():
         fold_trace(sorted(events, key=lambda r: r["seq"]), grants, views, daily)
-    views["tool_daily"] = {k: tuple(v) for k, v in daily.items()}
+    views["tool_hourly"] = {k: tuple(v) for k, v in daily.items()}
     return views
 
 

@@ -20,7 +20,8 @@ from projections.sql import VIEW_TABLES, view_db
 DUMP_ORDER = {
     "memory_writes": "tenant, trace_id, seq", "failures": "tenant, trace_id, seq",
     "write_attribution": "tenant, trace_id, seq", "grants": "tenant, grant_id",
-    "tool_calls": "tenant, trace_id, seq", "tool_daily": "tenant, day, tool, executed_by",
+    "tool_calls": "tenant, trace_id, seq", "tool_hourly": "tenant, hour, tool, executed_by",
+    "failure_hourly": "tenant, hour, tool, reason, executed_by",
     "recoveries": "tenant, trace_id, seq", "findings": "tenant, finding_seq",
     "projection_context": "projection, stream",
 }
