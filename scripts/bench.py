@@ -1,4 +1,4 @@
-"""AgentLedger benchmarks: ingest, verify, CLI start-up and ingest peak RSS.
+"""AgentLedger benchmarks: ingest, verify, CLI start-up, peak RSS and the projections.
 
 Every rate is compared with a raw baseline measured in the same run on the same
 machine (absolute numbers move by ~30% between runs; ratios are what to compare).
@@ -7,14 +7,21 @@ PostgreSQL figures, raw baselines included, all use one throwaway cluster
 
     python scripts/bench.py --events 1000000 --backend both --json bench.json
     python scripts/bench.py --only rss --rss-gb 2
+    python scripts/bench.py --events 1000000 --backend both \
+        --only rebuild,queries,ingest_projections --json bench-proj.json
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
+import hashlib
+import inspect
+import math
 import os
 import pstats
+import random
 import shutil
 import sqlite3
 import statistics
@@ -25,6 +32,8 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid5
@@ -35,22 +44,27 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed or not
 
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
-from ledger.ingest import ingest  # noqa: E402
+from ledger.ingest import IngestSummary, ingest  # noqa: E402
 from ledger.store import Store  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from ledger.workload import synthetic_lines  # noqa: E402
+from projections import Projector, queries  # noqa: E402
+from projections.sql import view_db  # noqa: E402
 
 T = TypeVar("T")
 Row = tuple[Any, int, str, bytes]  # originator_id, version, topic, state
 BATCH = 5000  # ledger.ingest's default batch size: raw "batched" baselines use the same
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
-SECTIONS = ("ingest", "verify", "help", "rss")
+SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections")
+LIBRARY_DIRS = ("ledger", "projections", "replay")
+NOTES: dict[str, str] = {}  # observations of the run, written to the JSON's meta
+STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections"}
 
 
 @dataclass
@@ -65,6 +79,7 @@ class Figure:
     ratio: float | None = None
     target: str = ""
     passed: bool | None = None
+    detail: dict[str, float] | None = None  # queries: p50/p95/max in ms, rows returned
 
 
 # -- plain eventsourcing baseline: one aggregate per trace, one event per line ----------
@@ -133,6 +148,11 @@ def timed(fn: Callable[[], T], profile: str | None = None) -> tuple[T, float]:
         print(f"\n--- {profile} (wall {elapsed:.1f} s under cProfile) ---")
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
     return result, elapsed
+
+
+def say(text: str) -> None:
+    """A progress line with the time and load average (long runs are polled)."""
+    print(f"[{time.strftime('%H:%M:%S')} load {os.getloadavg()[0]:.2f}] {text}", flush=True)
 
 
 def write_jsonl(path: Path, n_events: int) -> int:
@@ -212,7 +232,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
     url = (f"sqlite:///{work}/ledger{reps - 1}.db" if cluster is None
            else cluster.url_for(f"bench_ledger{reps - 1}"))
     ours = rate_figure(f"{backend}: ingest (parse, validate, hash, chain, store)", n, secs)
-    if "ingest" in args.only:
+    if args.only & {"ingest", "ingest_projections"}:
         out.append(ours)
     if "verify" in args.only:
         with Store.open(url) as store:
@@ -221,8 +241,22 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
         fig = rate_figure(f"{backend}: verify", n, secs)
         fig.target, fig.passed = ">= 200k events/s", fig.value >= 200_000
         out.append(fig)
-    if "ingest" not in args.only:
-        return out
+    if "ingest" in args.only:
+        out += ingest_baselines(backend, args, url, jsonl, cluster, fresh, ours)
+    if "ingest_projections" in args.only:
+        out += bench_ingest_projections(backend, args, work, jsonl, fresh, profile, ours)
+    if "rebuild" in args.only:
+        out += bench_rebuild(backend, args, url, cluster, profile)
+    if "queries" in args.only:
+        out += bench_queries(backend, args, url, cluster, profile)
+    return out
+
+
+def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Path,
+                     cluster: PgCluster | None, fresh: Callable[[str], str],
+                     ours: Figure) -> list[Figure]:
+    """Raw inserts of the rows the ledger stored, and plain eventsourcing, next to ingest."""
+    n, reps, out = args.events, args.repeat, []
     # The ledger's stored rows in log order: the baselines insert exactly these (untimed).
     rows: list[Row] = rawdb.execute(url, "SELECT originator_id, originator_version, topic, "
                                     "state FROM {events} ORDER BY notification_id")
@@ -252,6 +286,326 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
     base = rate_figure(f"{backend}: eventsourcing Application.save, {SAVE_AGGREGATES} traces/save",
                        n, secs)
     return [*out, base, ratio_figure(f"{backend}: ingest / Application.save", ours, base, 2.0)]
+
+
+# -- projections: ingest with the projector attached, rebuild, queries -------------------
+
+def projector_batch() -> int:
+    """The projector's default batch size (the raw log reads page by the same)."""
+    default = inspect.signature(Projector).parameters["batch_size"].default
+    return int(default)
+
+
+def bench_ingest_projections(backend: str, args: argparse.Namespace, work: Path, jsonl: Path,
+                             fresh: Callable[[str], str], profile: Callable[[str], str | None],
+                             ours: Figure) -> list[Figure]:
+    """Ingest with ``Projector(store).attach()`` (as the CLI does) next to ingest alone."""
+    n = args.events
+
+    def run(rep: int) -> float:
+        with Store.open(fresh(f"ledgerproj{rep}")) as store:
+            def go() -> IngestSummary:
+                projector = Projector(store)
+                projector.attach()
+                return ingest(store, [str(jsonl)], reject_file=str(work / "rejects.jsonl"))
+            summary, secs = timed(go, profile("ingest_projections"))
+            lag = [(s.name, s.lag) for s in Projector(store).status() if s.lag]
+        if summary.accepted != n or lag:
+            raise SystemExit(f"ingest with projections: {summary}, lag {lag}")
+        return secs
+
+    say(f"{backend}: ingest with projections attached ...")
+    secs = min(run(rep) for rep in range(args.repeat))
+    fig = rate_figure(f"{backend}: ingest with projections attached", n, secs)
+    return [fig, ratio_figure(f"{backend}: ingest with projections / ingest", fig, ours, 0.5)]
+
+
+def _read_states(url: str, batch: int, decode: bool) -> int:
+    """Every stored state in notification order, ``batch`` rows a query (keyset paging)."""
+    loads, count, last = orjson.loads, 0, 0
+    if url.startswith("sqlite:"):
+        sql = (f"SELECT notification_id, state FROM {EVENTS_TABLE} WHERE notification_id > ? "
+               "ORDER BY notification_id LIMIT ?")
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as con:
+            while rows := con.execute(sql, (last, batch)).fetchall():
+                if decode:
+                    [loads(state) for _, state in rows]
+                last, count = rows[-1][0], count + len(rows)
+        return count
+    query = (f"SELECT notification_id, state FROM {EVENTS_TABLE} WHERE notification_id > %s "
+             "ORDER BY notification_id LIMIT %s")
+    with psycopg.connect(url, autocommit=True) as conn:
+        while rows := conn.execute(query, (last, batch), prepare=True).fetchall():
+            if decode:
+                [loads(state) for _, state in rows]
+            last, count = rows[-1][0], count + len(rows)
+    return count
+
+
+def _select_notifications(store: Store, batch: int) -> int:
+    """Page through the log with the library recorder's ``select_notifications``."""
+    recorder, count, start = store.backend.recorder, 0, None
+    while page := recorder.select_notifications(start, batch, inclusive_of_start=False):
+        start, count = page[-1].id, count + len(page)
+    return count
+
+
+class GCTimer:
+    """Wall time spent in the cyclic garbage collector while the block runs."""
+
+    def __init__(self) -> None:
+        self.seconds, self.collections, self._start = 0.0, [0, 0, 0], 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+            self.collections[info["generation"]] += 1
+
+    def __enter__(self) -> GCTimer:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+def bench_rebuild(backend: str, args: argparse.Namespace, url: str, cluster: PgCluster | None,
+                  profile: Callable[[str], str | None]) -> list[Figure]:
+    """Full rebuild of every projection next to raw sequential reads of the same log."""
+    n, reps, batch = args.events, args.repeat, projector_batch()
+    gc_share: dict[float, GCTimer] = {}  # rebuild seconds -> its GC time
+
+    def best(fn: Callable[[], int], what: str = "") -> float:
+        runs = []
+        for _ in range(reps):
+            with GCTimer() as collector:
+                runs.append(timed(fn, profile(what) if what else None))
+            gc_share[runs[-1][1]] = collector
+        for count, _ in runs:
+            if count != n:
+                raise SystemExit(f"{backend}: read {count} log entries, expected {n}")
+        return min(secs for _, secs in runs)
+
+    say(f"{backend}: raw reads, select_notifications, rebuild ...")
+    raw = rate_figure(f"{backend}: raw read of states, {batch}/query", n,
+                      best(lambda: _read_states(url, batch, False)))
+    raw_loads = rate_figure(f"{backend}: raw read + orjson.loads, {batch}/query", n,
+                            best(lambda: _read_states(url, batch, True)))
+    with Store.open(url) as store:
+        library = rate_figure(f"{backend}: eventsourcing select_notifications, {batch}/call", n,
+                              best(lambda: _select_notifications(store, batch)))
+        gc_share.clear()
+        secs = best(lambda: Projector(store).rebuild(), "rebuild")
+        rebuild = rate_figure(f"{backend}: rebuild of all projections (batch {batch})", n, secs)
+    rebuild.target, rebuild.passed = ">= 100k events/s", rebuild.value >= 100_000
+    collector = gc_share[secs]
+    in_gc = Figure(f"{backend}: rebuild, share of its time in cyclic GC "
+                   f"(collections by generation {collector.collections})",
+                   100 * collector.seconds / secs, "%")
+    return [raw, raw_loads, library, rebuild, in_gc,
+            ratio_figure(f"{backend}: rebuild / raw read", rebuild, raw, 0.5),
+            ratio_figure(f"{backend}: rebuild / raw read + orjson.loads", rebuild, raw_loads,
+                         0.5)]
+
+
+@dataclass
+class QuerySample:
+    """Parameter values drawn from the built views (untimed), for varied query arguments."""
+
+    tenants: list[str]
+    writes: list[tuple[str, str, str, int]]  # tenant, trace_id, scope, seq of a memory write
+    failure_traces: list[tuple[str, str]]  # tenant, trace_id
+    tools: list[str]
+    agents: list[str]
+    events: list[str]
+    scopes: list[str]
+    writers: list[str]
+    keys: list[str]
+    span: tuple[float, float]  # epoch seconds of the first and last tool call
+
+    @classmethod
+    def draw(cls, store: Store) -> QuerySample:
+        q = view_db(store.backend).query
+
+        def distinct(column: str, table: str) -> list[str]:
+            return sorted(str(v) for (v,) in q(f"SELECT DISTINCT {column} FROM {{{table}}}")
+                          if v is not None)
+
+        (first, last), = q("SELECT MIN(ts), MAX(ts) FROM {tool_calls}")
+        return cls(
+            distinct("tenant", "tool_calls"),
+            [(t, tr, sc, int(s)) for t, tr, sc, s in q(
+                "SELECT tenant, trace_id, scope, seq FROM {memory_writes}")],
+            [(t, tr) for t, tr in q("SELECT DISTINCT tenant, trace_id FROM {failures}")],
+            distinct("tool", "failures"), distinct("executed_by", "failures"),
+            distinct("event", "failures"), distinct("scope", "write_attribution"),
+            distinct("executed_by", "write_attribution"), distinct("key", "write_attribution"),
+            (_epoch(first), _epoch(last)))
+
+    def window(self, rng: random.Random, shortest: float, longest: float,
+               days: bool = False) -> dict[str, str]:
+        """A since/until window inside the data (whole days as YYYY-MM-DD if ``days``)."""
+        start = rng.uniform(self.span[0], max(self.span[0], self.span[1] - shortest))
+        end = start + rng.uniform(shortest, longest)
+        form = "%Y-%m-%d" if days else "%Y-%m-%dT%H:%M:%SZ"
+        return {"since": time.strftime(form, time.gmtime(start)),
+                "until": time.strftime(form, time.gmtime(end))}
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+QueryCase = tuple[str, Callable[[random.Random], Callable[[], Any]]]
+LIST_LIMIT = 100  # failures and audit writes: at most this many rows per call
+HOUR, DAY = 3600.0, 86400.0
+
+
+def query_cases(store: Store, s: QuerySample) -> list[QueryCase]:
+    """Every query of the issue, each a function drawing varied arguments from ``rng``."""
+    cases: list[QueryCase] = []
+
+    def add(name: str, make: Callable[[random.Random], Callable[[], Any]]) -> None:
+        cases.append((name, make))
+
+    def write(rng: random.Random) -> tuple[str, str, str, int]:
+        return rng.choice(s.writes)
+
+    def show(rng: random.Random) -> Callable[[], Any]:
+        t, tr, scope, seq = write(rng)
+        return partial(queries.memory_state, store, t, tr, scope=scope,
+                       at=rng.choice((None, seq)))
+
+    def diff(rng: random.Random) -> Callable[[], Any]:
+        t, tr, scope, seq = write(rng)
+        return partial(queries.memory_diff, store, t, tr, rng.randint(0, seq), seq, scope=scope)
+
+    def history(rng: random.Random) -> Callable[[], Any]:
+        t, tr, scope, _ = write(rng)
+        return partial(queries.memory_history, store, t, tr, scope=rng.choice((None, scope)))
+
+    add("memory show", show)
+    add("memory diff", diff)
+    add("memory history", history)
+    listings: tuple[tuple[str, Callable[..., Any], dict[str, list[str]], str], ...] = (
+        ("failures", queries.failures,
+         {"tool": s.tools, "agent": s.agents, "event": s.events}, "failure_traces"),
+        ("audit writes", queries.audit_writes,
+         {"scope": s.scopes, "by": s.writers, "key": s.keys}, "writes"))
+    for label, fn, filters, traces in listings:
+        def listing(rng: random.Random, fn: Callable[..., Any] = fn,
+                    option: str | None = None, values: list[str] | None = None,
+                    traces: str = traces) -> Callable[[], Any]:
+            kwargs: dict[str, Any] = {"limit": LIST_LIMIT}
+            if option == "trace_id":
+                tenant, kwargs["trace_id"] = rng.choice(getattr(s, traces))[:2]
+            else:
+                tenant = rng.choice(s.tenants)
+                if option == "window":
+                    kwargs |= s.window(rng, 10 * 60, DAY)
+                elif option is not None and values is not None:
+                    kwargs[option] = rng.choice(values)
+            return partial(fn, store, tenant, **kwargs)
+
+        add(f"{label} (tenant only, limit {LIST_LIMIT})", listing)
+        for option, values in filters.items():
+            add(f"{label} --{option} (limit {LIST_LIMIT})",
+                partial(listing, option=option, values=values))
+        add(f"{label} --trace (limit {LIST_LIMIT})", partial(listing, option="trace_id"))
+        add(f"{label} --since/--until (limit {LIST_LIMIT})", partial(listing, option="window"))
+
+    def findings(rng: random.Random) -> Callable[[], Any]:
+        kind = rng.choice((None, *queries.FINDING_KINDS))
+        tenant, trace = rng.choice(s.writes)[:2]
+        return partial(queries.audit_findings, store, tenant, kind=kind,
+                       trace_id=trace if rng.random() < 0.3 else None)
+
+    add("audit findings", findings)
+    stats = (("fallbacks", queries.fallback_stats, ("tool", "pair", "agent", "day")),
+             ("retries", queries.retry_stats, ("tool", "agent", "day")),
+             ("failures", queries.failure_stats, ("tool", "reason", "agent")))
+    for label, fn, bys in stats:
+        for by in bys:
+            def stat(rng: random.Random, fn: Callable[..., Any] = fn, by: str = by,
+                     windowed: bool = False) -> Callable[[], Any]:
+                window = s.window(rng, HOUR, 2 * DAY, days=rng.random() < 0.5) if windowed \
+                    else {}
+                return partial(fn, store, rng.choice(s.tenants), by=by, **window)
+
+            add(f"stats {label} --by {by}", stat)
+            add(f"stats {label} --by {by} --since/--until", partial(stat, windowed=True))
+    return cases
+
+
+def _size(result: Any) -> int:
+    """Rows (or keys) a query returned."""
+    if isinstance(result, list):
+        return len(result)
+    if isinstance(result, queries.MemoryView):
+        return len(result.state)
+    if isinstance(result, queries.MemoryDiff):
+        return len(result.added) + len(result.removed) + len(result.changed)
+    return 1
+
+
+def run_query_cases(backend: str, store: Store, cases: list[QueryCase], reps: int,
+                    warmup: int) -> list[Figure]:
+    """Each case ``warmup`` times untimed, then ``reps`` timed calls; p50/p95/max in ms."""
+    out = []
+    for i, (name, make) in enumerate(cases):
+        rng = random.Random(i)
+        for _ in range(warmup):
+            make(rng)()
+        times, sizes = [], []
+        for _ in range(reps):
+            call = make(rng)
+            start = time.perf_counter()
+            result = call()
+            times.append((time.perf_counter() - start) * 1000)
+            sizes.append(_size(result))
+        times.sort()
+        p95 = times[min(len(times) - 1, math.ceil(0.95 * len(times)) - 1)]
+        detail = {"p50_ms": round(statistics.median(times), 3), "p95_ms": round(p95, 3),
+                  "max_ms": round(times[-1], 3), "mean_ms": round(statistics.fmean(times), 3),
+                  "calls": reps, "rows_mean": round(statistics.fmean(sizes), 1),
+                  "rows_max": max(sizes)}
+        out.append(Figure(f"{backend}: query {name}", p95, "ms", target="p95 < 20 ms",
+                          passed=p95 < 20, detail=detail))
+    return out
+
+
+def bench_queries(backend: str, args: argparse.Namespace, url: str, cluster: PgCluster | None,
+                  profile: Callable[[str], str | None]) -> list[Figure]:
+    """The query set, in process, over the projections of the ledger store."""
+    with Store.open(url) as store:
+        projector = Projector(store)
+        if any(s.lag or s.rebuild_needed for s in projector.status()):
+            applied, secs = timed(projector.catch_up)  # untimed for the queries
+            say(f"{backend}: projections caught up ({applied:,} entries, {secs:.1f} s)")
+        if cluster is not None:
+            NOTES["pg_views_analyzed_before_queries"] = _pg_analyzed(url)
+            say(f"{backend}: view tables analyzed: {NOTES['pg_views_analyzed_before_queries']}")
+        cases = query_cases(store, QuerySample.draw(store))
+        say(f"{backend}: {len(cases)} queries x ({args.query_warmup} + {args.query_reps}) ...")
+        figures, _ = timed(lambda: run_query_cases(backend, store, cases, args.query_reps,
+                                                   args.query_warmup), profile("queries"))
+        if cluster is not None:
+            NOTES["pg_views_analyzed_after_queries"] = _pg_analyzed(url)
+            say(f"{backend}: view tables analyzed after the queries: "
+                f"{NOTES['pg_views_analyzed_after_queries']}")
+    return figures
+
+
+def _pg_analyzed(url: str) -> str:
+    """Which view tables PostgreSQL has statistics for (autovacuum's ANALYZE)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute("SELECT relname, COALESCE(last_analyze, last_autoanalyze) FROM "
+                            "pg_stat_user_tables WHERE starts_with(relname, 'agentledger_') "
+                            "ORDER BY relname").fetchall()
+    done = [str(name).removeprefix("agentledger_") for name, at in rows if at is not None]
+    return ", ".join(done) or "none"
 
 
 def _checked_verify(store: Store, n: int) -> None:
@@ -338,17 +692,42 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value / 1000:,.1f}k/s"
     if unit == "x":
         return f"{value:.2f}x"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "%":
+        return f"{value:.0f}%"
     return f"{value:.3f} s" if unit == "s" else f"{value:,.0f} {unit}"
 
 
 def print_table(figures: list[Figure]) -> None:
-    rows = [("figure", "value", "baseline", "ratio", "target", "result")]
+    rows: list[tuple[str, ...]] = [("figure", "value", "baseline", "ratio", "target", "result")]
     for f in figures:
-        status = "" if f.passed is None else ("PASS" if f.passed else "MISS")
+        if f.detail is not None:
+            continue  # queries: their own table below
         value = "" if f.unit == "x" else fmt(f.value, f.unit)
         base = fmt(f.baseline_value, "events/s" if f.unit == "x" else f.unit)
-        rows.append((f.name, value, base, fmt(f.ratio, "x"), f.target, status))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+        rows.append((f.name, value, base, fmt(f.ratio, "x"), f.target, _status(f)))
+    _print_rows(rows)
+    timed_queries = [f for f in figures if f.detail is not None]
+    if timed_queries:
+        d0 = timed_queries[0].detail or {}
+        print(f"\nQueries, in process: {d0.get('calls', 0):.0f} timed calls each with varied "
+              "arguments, after a warm-up")
+        rows = [("query", "p50", "p95", "max", "rows (mean / max)", "target", "result")]
+        for f in timed_queries:
+            d = f.detail or {}
+            rows.append((f.name, fmt(d["p50_ms"], "ms"), fmt(d["p95_ms"], "ms"),
+                         fmt(d["max_ms"], "ms"), f"{d['rows_mean']:g} / {d['rows_max']:.0f}",
+                         f.target, _status(f)))
+        _print_rows(rows)
+
+
+def _status(f: Figure) -> str:
+    return "" if f.passed is None else ("PASS" if f.passed else "MISS")
+
+
+def _print_rows(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
                         for j, (c, w) in enumerate(zip(row, widths, strict=True))))
@@ -357,11 +736,19 @@ def print_table(figures: list[Figure]) -> None:
 
 
 def git_state() -> str:
-    """The commit measured, with '+modified' if library files differ from it."""
+    """The commit measured, with '+modified:<digest>' if library files differ from it.
+
+    The digest (of every ``.py`` file under ledger/, projections/ and replay/) tells
+    whether the working tree changed during a run.
+    """
     def git(*cmd: str) -> str:
         return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = git("status", "--porcelain", "--", "ledger", "projections", "replay").strip()
-    return git("rev-parse", "--short", "HEAD").strip() + ("+modified" if dirty else "")
+    dirty = git("status", "--porcelain", "--", *LIBRARY_DIRS).strip()
+    digest = hashlib.sha256()
+    for path in sorted(p for d in LIBRARY_DIRS for p in (ROOT / d).rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    head = git("rev-parse", "--short", "HEAD").strip()
+    return head + (f"+modified:{digest.hexdigest()[:8]}" if dirty else "")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -375,7 +762,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="best of R runs (default 1)")
     p.add_argument("--tmp", help="work directory (default: a new temp dir)")
     p.add_argument("--profile", metavar="DIR",
-                   help="run ingest and verify under cProfile, write DIR/*.prof (slower)")
+                   help="run ingest, verify, rebuild, ingest_projections and the query set "
+                        "under cProfile, write DIR/*.prof (slower)")
+    p.add_argument("--query-reps", type=int, default=200,
+                   help="timed calls of each query (default 200)")
+    p.add_argument("--query-warmup", type=int, default=20,
+                   help="untimed calls of each query before timing (default 20)")
     args = p.parse_args(argv)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     if unknown := args.only - set(SECTIONS):
@@ -394,17 +786,19 @@ def main(argv: list[str] | None = None) -> None:
                             "git_start": git_state()}
     cluster: PgCluster | None = None
     try:
-        if args.only & {"ingest", "verify"}:
+        if args.only & STORE_SECTIONS:
             jsonl = base / "events.jsonl"
             size = write_jsonl(jsonl, args.events)
             meta["jsonl_bytes_per_event"] = round(size / max(args.events, 1), 1)
+            meta["projector_batch"] = projector_batch()
             print(f"workload: {args.events:,} events, {size / 1e6:,.0f} MB", flush=True)
             if "postgres" in backends:
                 cluster = PgCluster().start()
             for backend in backends:
                 work = base / backend
                 work.mkdir()
-                print(f"{backend}: ingest, verify and baselines ...", flush=True)
+                wanted = [s for s in SECTIONS if s in args.only & STORE_SECTIONS]
+                say(f"{backend}: {', '.join(wanted)} ...")
                 pg = cluster if backend == "postgres" else None
                 figures += bench_backend(backend, args, work, jsonl, pg)
                 shutil.rmtree(work, ignore_errors=True)
@@ -417,8 +811,8 @@ def main(argv: list[str] | None = None) -> None:
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
-    meta["loadavg_end"], meta["git_end"] = os.getloadavg(), git_state()
-    events = f", {args.events:,} events" if args.only & {"ingest", "verify"} else ""
+    meta["loadavg_end"], meta["git_end"], meta["notes"] = os.getloadavg(), git_state(), NOTES
+    events = f", {args.events:,} events" if args.only & STORE_SECTIONS else ""
     print(f"\nAgentLedger benchmarks, {meta['date']}, {meta['cpus']} CPUs, Python "
           f"{meta['python']}{events}, best of {args.repeat}; load average "
           f"{meta['loadavg_start'][0]:.2f} at start, {meta['loadavg_end'][0]:.2f} at end; "
