@@ -46,6 +46,7 @@ from eventsourcing.domain import Aggregate, event
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed or not
 
+import bench_replay  # noqa: E402
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
@@ -61,10 +62,12 @@ Row = tuple[Any, int, str, bytes]  # originator_id, version, topic, state
 BATCH = 5000  # ledger.ingest's default batch size: raw "batched" baselines use the same
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
-SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections")
+SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
+            "replay", "backtest")
 LIBRARY_DIRS = ("ledger", "projections", "replay")
 NOTES: dict[str, str] = {}  # observations of the run, written to the JSON's meta
-STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections"}
+STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections",
+                  "replay", "backtest"}
 
 
 @dataclass
@@ -249,6 +252,17 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
         out += bench_rebuild(backend, args, url, cluster, profile)
     if "queries" in args.only:
         out += bench_queries(backend, args, url, cluster, profile)
+    if "replay" in args.only:
+        result = bench_replay.bench_replay(fresh("replay"))
+        out.append(Figure(f"{backend}: replay of a {result['events']}-event trace from its first "
+                          f"failure, p95 (p50 {result['p50_ms']:.1f} ms)", result["p95_ms"],
+                          "ms", target="< 50 ms", passed=result["p95_ms"] < 50))
+    if "backtest" in args.only:
+        result = bench_replay.bench_backtest_on(url)
+        fig = Figure(f"{backend}: backtest of {result['terminated_traces']:,} terminated traces",
+                     result["traces_per_s"], "traces/s", target=">= 2000 traces/s (SQLite)",
+                     passed=result["traces_per_s"] >= 2000)
+        out.append(fig)
     return out
 
 

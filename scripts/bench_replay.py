@@ -85,6 +85,12 @@ def bench_backtest(url: str, n_events: int) -> dict[str, Any]:
         with open(path, "wb") as fh:
             fh.writelines(synthetic_lines(n_events))
         ingest(store, [path], reject_file=os.path.join(tmp, "rejected.jsonl"))
+    return bench_backtest_on(url)
+
+
+def bench_backtest_on(url: str) -> dict[str, Any]:
+    """Backtest a policy over every terminated trace already in the store at ``url``."""
+    with Store.open(url) as store:
         Projector(store).catch_up()
         replayer = Replayer(store)
         policy = Policy.from_obj(BACKTEST_POLICY)
