@@ -21,7 +21,7 @@ from eventsourcing.persistence import StoredEvent
 from ledger import chain
 from ledger.backends.base import StreamHead
 from ledger.events import TraceEvent
-from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_write
 from ledger.store import Store
 
 Status = Literal["accepted", "duplicate", "rejected"]
@@ -219,10 +219,7 @@ class Appender:
     def _fold_memory(self, sid: UUID) -> dict[str, MemoryState]:
         memory: dict[str, MemoryState] = {}
         for stored in self.backend.read_stream(sid):
-            record = chain.decode(stored.state)
-            if record.get("event") == "CALLBACK_MEMORY_WRITE":
-                scope = memory.setdefault(record["write_scope"], MemoryState())
-                apply_write(scope, record["payload"])
+            apply_record(memory, chain.decode(stored.state))
         return memory
 
     def _accept(self, stream: _Stream, event: TraceEvent, fill_memory_hash: bool) -> Outcome:

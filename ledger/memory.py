@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_left
 from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -133,3 +134,20 @@ def apply_write(state: MemoryState, payload: Mapping[str, object]) -> None:
         state.set(key, payload["value"], path="payload.value", key_path="payload.key")
     else:
         raise ValidationError('a memory write needs "value" or "op": "delete"', field="payload")
+
+
+def apply_record(memory: dict[str, MemoryState], record: Mapping[str, Any]) -> None:
+    """Fold one stored record into per-scope memory: only a CALLBACK_MEMORY_WRITE changes it.
+
+    The scope is created before the write is applied, so a write that raises still
+    leaves its scope in ``memory`` (what verify hashes after reporting the problem).
+    """
+    if record.get("event") == "CALLBACK_MEMORY_WRITE":
+        scope = memory.setdefault(str(record.get("write_scope")), MemoryState())
+        apply_write(scope, record.get("payload") or {})
+
+
+def scope_hash(memory: Mapping[str, MemoryState], scope: str) -> str:
+    """The memory hash of one scope (the empty-state hash for a scope never written)."""
+    state = memory.get(scope)
+    return state.hash() if state is not None else EMPTY_MEMORY_HASH

@@ -21,7 +21,7 @@ from ledger import chain
 from ledger.backends.base import StreamHead, StreamQuery
 from ledger.errors import ConcurrencyError, NotFoundError
 from ledger.events import normalize_ts, parse_event
-from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.memory import MemoryState, apply_record, scope_hash
 from ledger.store import Store
 
 LINK_KIND = "replay_link"
@@ -140,15 +140,11 @@ class ReplayCheck:
         if record.get("seq") != expected:
             self.problem(version, "seq_mismatch",
                          f"replay event says seq {record.get('seq')}, expected {expected}")
-        scope_name = str(record.get("write_scope"))
-        scope = self.memory.get(scope_name)
-        if record.get("event") == "CALLBACK_MEMORY_WRITE":
-            scope = self.memory.setdefault(scope_name, MemoryState())
-            try:
-                apply_write(scope, record.get("payload") or {})
-            except Exception as exc:  # an altered payload may not even be a write
-                self.problem(version, "unreadable_record", f"memory write: {exc}")
-        computed = scope.hash() if scope is not None else EMPTY_MEMORY_HASH
+        try:
+            apply_record(self.memory, record)
+        except Exception as exc:  # an altered payload may not even be a write
+            self.problem(version, "unreadable_record", f"memory write: {exc}")
+        computed = scope_hash(self.memory, str(record.get("write_scope")))
         if record.get("ledger_memory_hash") != computed:
             self.problem(version, "ledger_memory_hash_mismatch",
                          f"replay record says {record.get('ledger_memory_hash')}, the source "
@@ -173,7 +169,4 @@ class ReplayCheck:
                          f"the replay forked from {source!r} after seq {fork - 1} with record "
                          f"hash {link.get('source_prev_hash')}; the source now gives {actual}")
         for row in rows:
-            record = chain.decode(row.state)
-            if record.get("event") == "CALLBACK_MEMORY_WRITE":
-                apply_write(self.memory.setdefault(record["write_scope"], MemoryState()),
-                            record["payload"])
+            apply_record(self.memory, chain.decode(row.state))

@@ -21,7 +21,7 @@ from ledger import chain
 from ledger.backends.base import StoredRow, StreamHead
 from ledger.errors import NotFoundError
 from ledger.events import DEFAULT_TENANT
-from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
+from ledger.memory import MemoryState, apply_record, scope_hash
 from ledger.replays import ReplayCheck
 from ledger.store import Store
 
@@ -185,14 +185,11 @@ class _StreamCheck:
                          f"record names tenant {tenant!r} trace {trace!r}, not this stream")
             return
         scope_name = str(record.get("write_scope"))
-        scope = self.memory.get(scope_name)
-        if record.get("event") == "CALLBACK_MEMORY_WRITE":
-            scope = self.memory.setdefault(scope_name, MemoryState())
-            try:
-                apply_write(scope, record.get("payload") or {})
-            except Exception as exc:  # an altered payload may not even be a write
-                self.problem(row.version, "unreadable_record", f"memory write: {exc}")
-        computed = scope.hash() if scope is not None else EMPTY_MEMORY_HASH
+        try:
+            apply_record(self.memory, record)
+        except Exception as exc:  # an altered payload may not even be a write
+            self.problem(row.version, "unreadable_record", f"memory write: {exc}")
+        computed = scope_hash(self.memory, scope_name)
         if record.get("ledger_memory_hash") != computed:
             self.problem(row.version, "ledger_memory_hash_mismatch",
                          f"record says {record.get('ledger_memory_hash')}, the logged writes "
