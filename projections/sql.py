@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -47,10 +47,9 @@ class ViewDB:
     def render(self, template: str) -> Any:
         raise NotImplementedError
 
-    @contextmanager
-    def transaction(self) -> Iterator[Cursor]:  # pragma: no cover - abstract
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        """A write transaction: committed when the block ends without an error."""
         raise NotImplementedError
-        yield
 
     def execute(self, cursor: Cursor, template: str, params: Sequence[Any] = ()) -> Cursor:
         cursor.execute(self.render(template), params)
@@ -66,10 +65,9 @@ class ViewDB:
             cursor.execute(self.render(template), params)
             return [tuple(r) for r in cursor.fetchall()]
 
-    @contextmanager
-    def read(self) -> Iterator[Cursor]:  # pragma: no cover - abstract
+    def read(self) -> AbstractContextManager[Cursor]:
+        """A read-only transaction (rolled back)."""
         raise NotImplementedError
-        yield
 
 
 class SQLiteViewDB(ViewDB):
@@ -85,18 +83,16 @@ class SQLiteViewDB(ViewDB):
     def render(self, template: str) -> str:
         return _render_sqlite(template)
 
-    @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
-        try:
-            with self.datastore.transaction(commit=True) as c:
-                yield c.sqlite_cursor
-        except (PersistenceError, sqlite3.Error) as exc:
-            raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        return self._txn(commit=True)
+
+    def read(self) -> AbstractContextManager[Cursor]:
+        return self._txn(commit=False)
 
     @contextmanager
-    def read(self) -> Iterator[Cursor]:
+    def _txn(self, *, commit: bool) -> Iterator[Cursor]:
         try:
-            with self.datastore.transaction(commit=False) as c:
+            with self.datastore.transaction(commit=commit) as c:
                 yield c.sqlite_cursor
         except (PersistenceError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
@@ -117,24 +113,20 @@ class PostgresViewDB(ViewDB):
     def render(self, template: str) -> Any:
         return _render_postgres(template, self.schema)
 
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        return self._txn(commit=True)
+
+    def read(self) -> AbstractContextManager[Cursor]:
+        return self._txn(commit=False)
+
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def _txn(self, *, commit: bool) -> Iterator[Cursor]:
         import psycopg
         from psycopg.rows import tuple_row
 
         try:
-            with self.datastore.get_connection() as conn, conn.transaction():
-                yield conn.cursor(row_factory=tuple_row)
-        except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL views: {exc}") from exc
-
-    @contextmanager
-    def read(self) -> Iterator[Cursor]:
-        import psycopg
-        from psycopg.rows import tuple_row
-
-        try:
-            with self.datastore.get_connection() as conn, conn.transaction(force_rollback=True):
+            with self.datastore.get_connection() as conn, conn.transaction(
+                    force_rollback=not commit):
                 yield conn.cursor(row_factory=tuple_row)
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL views: {exc}") from exc
