@@ -94,7 +94,7 @@ class Replayer:
             "source_prev_hash": source_hash_before(self.store, tenant, trace_id,
                                                    result.fork_seq),
             "policy_digest": policy.digest(), "policy": policy.text,
-            "outcome_sources": self._chain(tenant, trace_id, records, scripted, live).names,
+            "outcome_sources": _source_names(scripted, live),
             "by": by or _default_by(), "reason": reason,
             "replay_status": result.replay_status, "original_status": result.original_status,
             "agent_owner": records[0]["agent_owner"],
@@ -185,10 +185,9 @@ class Replayer:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
         return [chain.decode(r.state) for r in rows]
 
-    def _chain(self, tenant: str, trace_id: str, records: list[dict[str, Any]],
-               scripted: ScriptedOutcomes | None, live: LiveTools | None,
-               plan: Plan | None = None) -> OutcomeChain:
-        plan = plan or read_plan([chain.wire_part(r) for r in records])
+    def _chain(self, tenant: str, trace_id: str, plan: Plan, scripted: ScriptedOutcomes | None,
+               live: LiveTools | None) -> OutcomeChain:
+        """The outcome sources in their order (``_source_names`` lists the same)."""
         sources: list[Any] = [SourceOutcomes(plan.calls),
                               Cassette(self.store, tenant, exclude_trace=trace_id,
                                        index=self._index)]
@@ -209,7 +208,7 @@ class Replayer:
         if history is None:
             history = queries.memory_history(self.store, tenant, trace_id)
         memory = _memory_at(history, records, fork)
-        outcomes = self._chain(tenant, trace_id, records, scripted, live, plan)
+        outcomes = self._chain(tenant, trace_id, plan, scripted, live)
         engine = Engine(plan, policy, outcomes, tenant=tenant, trace_id=trace_id,
                         agent_owner=wire[0]["agent_owner"], memory=memory)
         emitted = engine.run(fork)
@@ -307,6 +306,12 @@ def _script_source(outcomes: Outcomes) -> Any:
     obj, _ = load_document(outcomes)
     ScriptedOutcomes(obj, source=str(outcomes))  # validate once, naming the file
     return obj
+
+
+def _source_names(scripted: ScriptedOutcomes | None, live: LiveTools | None) -> list[str]:
+    """The names of the outcome sources a replay consults, in order (for its link)."""
+    return [SourceOutcomes.name, Cassette.name,
+            *(s.name for s in (scripted, live) if s is not None)]
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:
