@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.payloads import is_failure_point
-from projections.analytics import args_digest
 
 CONTROL = frozenset({
     "REASONER_ACTION", "TOOL_EXEC", "CALLBACK_RESULT", "CALLBACK_RETRY", "CALLBACK_FALLBACK",
@@ -44,7 +43,7 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     step_of: list[int] = field(default_factory=list)  # per record: its step (-1 before any)
     anchors: list[Anchor | None] = field(default_factory=list)  # per record: carried anchor
-    calls: dict[tuple[int, str, int, str], dict[str, Any]] = field(default_factory=dict)
+    tool_execs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (step, payload)
     by_anchor: dict[Anchor, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
@@ -84,9 +83,7 @@ def read_plan(records: list[dict[str, Any]]) -> Plan:
         plan.step_of.append(step)
         plan.anchors.append(None)
         if event == "TOOL_EXEC":
-            p = r["payload"]
-            key = (step, p["tool"], int(p.get("attempt", 1)), args_digest(p.get("args")))
-            plan.calls.setdefault(key, p)
+            plan.tool_execs.append((step, r["payload"]))
     for j in pending:
         plan.anchors[j] = END
     for r, anchor in zip(records, plan.anchors, strict=True):

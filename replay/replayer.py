@@ -188,7 +188,7 @@ class Replayer:
     def _chain(self, tenant: str, trace_id: str, plan: Plan, scripted: ScriptedOutcomes | None,
                live: LiveTools | None) -> OutcomeChain:
         """The outcome sources in their order (``_source_names`` lists the same)."""
-        sources: list[Any] = [SourceOutcomes(plan.calls),
+        sources: list[Any] = [SourceOutcomes.from_payloads(plan.tool_execs),
                               Cassette(self.store, tenant, exclude_trace=trace_id,
                                        index=self._index)]
         if scripted is not None:
