@@ -124,47 +124,56 @@ class SourceOutcomes:
         return None if payload is None else Outcome.from_payload(payload)
 
 
-# The calls at the latest instant; ties are broken in Python (trace id, then seq, by code
-# point) so the pick does not depend on a PostgreSQL database's collation.
-_MATCH = "tenant = ? AND tool = ? AND args_digest = ?"
-_LATEST_CALLS = (
-    "SELECT trace_id, seq FROM {tool_calls} WHERE " + _MATCH + " AND ts = "
-    "(SELECT MAX(ts) FROM {tool_calls} WHERE " + _MATCH + ")"
-)
-_LATEST_CALLS_EXCEPT = (
-    "SELECT trace_id, seq FROM {tool_calls} WHERE " + _MATCH + " AND trace_id <> ? AND ts = "
-    "(SELECT MAX(ts) FROM {tool_calls} WHERE " + _MATCH + " AND trace_id <> ?)"
-)
-
-
 class CassetteIndex:
-    """Where a tenant's recorded calls are, loaded one tool at a time and shared.
+    """Where a tenant's recorded calls are, by (tool, args), and their outcomes; shared.
 
-    A backtest replays many traces that call the same tools: one query per tool
-    then answers every (tool, args) lookup, instead of one query per lookup.
+    One indexed query per distinct (tool, args) finds every recorded call of it;
+    one read per chosen call gives its outcome. A backtest shares one index across
+    its replays, so a call many traces make is looked up once.
     """
 
     def __init__(self, store: Store, tenant: str) -> None:
         self.store, self.tenant = store, tenant
         self._db = view_db(store.backend)
-        self._by_tool: dict[str, dict[str, list[tuple[str, str, int]]]] = {}
-        self.outcomes: dict[tuple[str, int], Outcome] = {}  # (trace, seq) -> its outcome
+        self._calls: dict[tuple[str, str], list[tuple[str, str, int]]] = {}
+        self._outcomes: dict[tuple[str, int], Outcome] = {}  # (trace, seq) -> its outcome
 
     def latest(self, tool: str, digest: str, exclude: str | None) -> tuple[str, int] | None:
-        """The most recent call (latest ts, then trace id, then seq) not in ``exclude``."""
-        calls = self._by_tool.get(tool)
+        """The most recent call (latest ts, then trace id, then seq) not in ``exclude``.
+
+        Ties are broken in Python (by code point), so the pick does not depend on a
+        PostgreSQL database's collation.
+        """
+        calls = self._calls.get((tool, digest))
         if calls is None:
-            calls = self._by_tool[tool] = {}
-            for d, ts, trace, seq in self._db.query(
-                    "SELECT args_digest, ts, trace_id, seq FROM {tool_calls} "
-                    "WHERE tenant = ? AND tool = ?", (self.tenant, tool)):
-                calls.setdefault(d, []).append((ts, str(trace), int(seq)))
-            for entries in calls.values():
-                entries.sort(reverse=True)
-        for _ts, trace, seq in calls.get(digest, ()):
+            calls = sorted(((str(ts), str(trace), int(seq)) for ts, trace, seq in self._db.query(
+                "SELECT ts, trace_id, seq FROM {tool_calls} "
+                "WHERE tenant = ? AND tool = ? AND args_digest = ?",
+                (self.tenant, tool, digest))), reverse=True)
+            self._calls[(tool, digest)] = calls
+        for _ts, trace, seq in calls:
             if trace != exclude:
                 return trace, seq
         return None
+
+    def outcome(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
+        """The outcome of the stored call at (trace, seq), checked to be that call."""
+        found = self._outcomes.get((trace_id, seq))
+        if found is None:
+            found = self._outcomes[(trace_id, seq)] = self._read(tool, digest, trace_id, seq)
+        return found
+
+    def _read(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
+        state = self.store.backend.read_state(chain.trace_stream_id(self.tenant, trace_id), seq)
+        record = chain.decode(state) if state is not None else {}
+        payload = record.get("payload") or {}
+        if (record.get("event") != "TOOL_EXEC" or payload.get("tool") != tool
+                or args_digest(payload.get("args")) != digest):
+            raise StoreError(
+                f"cassette: the analytics view names {trace_id!r} seq {seq} for a {tool} "
+                "call, but the stored event there is not that call (rebuild the views: "
+                "agentledger projections rebuild analytics)")
+        return Outcome.from_payload(payload)
 
 
 class Cassette:
@@ -180,49 +189,18 @@ class Cassette:
 
     def __init__(self, store: Store, tenant: str, *, exclude_trace: str | None = None,
                  index: CassetteIndex | None = None) -> None:
-        self.store, self.tenant, self.exclude_trace = store, tenant, exclude_trace
-        self.index = index
-        self._db = view_db(store.backend)
+        self.exclude_trace = exclude_trace
+        self.index = index if index is not None else CassetteIndex(store, tenant)
         self._cache: dict[tuple[str, str], Outcome | None] = {}
 
     def lookup(self, call: Call) -> Outcome | None:
         digest = args_digest(call.args)
         key = (call.tool, digest)
         if key not in self._cache:
-            self._cache[key] = self._find(call.tool, digest)
+            found = self.index.latest(call.tool, digest, self.exclude_trace)
+            self._cache[key] = None if found is None else self.index.outcome(
+                call.tool, digest, *found)
         return self._cache[key]
-
-    def _find(self, tool: str, digest: str) -> Outcome | None:
-        if self.index is not None:
-            found = self.index.latest(tool, digest, self.exclude_trace)
-            if found is None:
-                return None
-            if found not in self.index.outcomes:
-                self.index.outcomes[found] = self._read(tool, digest, *found)
-            return self.index.outcomes[found]
-        match = (self.tenant, tool, digest)
-        if self.exclude_trace is None:
-            rows = self._db.query(_LATEST_CALLS, match * 2)
-        else:
-            rows = self._db.query(_LATEST_CALLS_EXCEPT, (*match, self.exclude_trace) * 2)
-        if not rows:
-            return None
-        trace_id, seq = max((str(r[0]), int(r[1])) for r in rows)
-        return self._read(tool, digest, trace_id, seq)
-
-    def _read(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
-        """The outcome of the stored call at (trace, seq), checked to be that call."""
-        sid = chain.trace_stream_id(self.tenant, trace_id)
-        stored = self.store.backend.read_stream(sid, gt=seq - 1, lte=seq)
-        record = chain.decode(stored[0].state) if stored else {}
-        payload = record.get("payload") or {}
-        if (record.get("event") != "TOOL_EXEC" or payload.get("tool") != tool
-                or args_digest(payload.get("args")) != digest):
-            raise StoreError(
-                f"cassette: the analytics view names {trace_id!r} seq {seq} for a {tool} "
-                "call, but the stored event there is not that call (rebuild the views: "
-                "agentledger projections rebuild analytics)")
-        return Outcome.from_payload(payload)
 
 
 class ScriptedOutcome(BaseModel):

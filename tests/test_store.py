@@ -56,6 +56,18 @@ def test_catalog_head_is_upserted_with_the_events(store: Store) -> None:
     assert (head.last_seq, head.status) == (3, "terminated")
 
 
+def test_read_state_returns_one_events_stored_bytes(store: Store) -> None:
+    """read_state() is the stored state at (stream, version), None where there is none."""
+    store.backend.append(_events("t", "a", range(1, 4)), [_head("t", "a", 3)])
+    store.backend.append(_events("u", "a", range(1, 2)), [_head("u", "a", 1)])
+    sid = chain.trace_stream_id("t", "a")
+    assert store.backend.read_state(sid, 2) == b'{"seq":2}'
+    assert store.backend.read_state(sid, 4) is None
+    assert store.backend.read_state(chain.trace_stream_id("t", "b"), 1) is None
+    assert [store.backend.read_state(sid, v) for v in (1, 2, 3)] == [
+        e.state for e in store.backend.read_stream(sid)]
+
+
 def test_list_streams_filters_by_tenant_status_and_time(store: Store) -> None:
     """list_streams never crosses tenants and applies status/since/until."""
     for tenant, name, status, first, last in [

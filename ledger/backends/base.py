@@ -111,6 +111,10 @@ class Backend(ABC):
         """
 
     @abstractmethod
+    def read_state(self, stream_id: UUID, version: int) -> bytes | None:
+        """The stored state of one event (None when there is none): one indexed read."""
+
+    @abstractmethod
     def last_notification_id(self) -> int:
         """The highest notification id stored (0 for an empty log)."""
 

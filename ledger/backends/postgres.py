@@ -249,6 +249,15 @@ class PostgresBackend(Backend):
             c.execute(query, (after, limit))
             return [(r[0], r[1], r[2].hex, r[3], bytes(r[4])) for r in c.fetchall()]
 
+    def read_state(self, stream_id: UUID, version: int) -> bytes | None:
+        query = sql.SQL(
+            "SELECT state FROM {} WHERE originator_id = %s AND originator_version = %s"
+        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
+        with self._txn(commit=False) as c:
+            c.execute(query, (stream_id, version))
+            row = c.fetchone()
+            return None if row is None else bytes(row[0])
+
     def last_notification_id(self) -> int:
         query = sql.SQL("SELECT COALESCE(MAX(notification_id), 0) FROM {}").format(
             sql.Identifier(self.schema, catalog.EVENTS_TABLE))

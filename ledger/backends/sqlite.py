@@ -263,6 +263,14 @@ class SQLiteBackend(Backend):
                 "ORDER BY notification_id LIMIT ?", (after, limit))
             return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
 
+    def read_state(self, stream_id: UUID, version: int) -> bytes | None:
+        with self._txn(commit=False) as c:
+            c.execute("SELECT state FROM " + catalog.EVENTS_TABLE
+                      + " WHERE originator_id = ? AND originator_version = ?",
+                      (stream_id.hex, version))
+            row = c.fetchone()
+            return None if row is None else _as_bytes(row[0])
+
     def last_notification_id(self) -> int:
         with self._txn(commit=False) as c:
             c.execute("SELECT MAX(notification_id) FROM " + catalog.EVENTS_TABLE)
