@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ledger import chain
 from ledger.errors import NotFoundError, StoreError, UsageError
@@ -36,8 +36,10 @@ from replay.outcomes import (
 from replay.plan import Plan, default_fork, read_plan
 from replay.policy import Policy
 
+if TYPE_CHECKING:
+    from replay.backtest import BacktestJob, BacktestReport
+
 Outcomes = ScriptedOutcomes | dict[str, Any] | str | Path | None
-_BATCH = 500  # traces read per query in a backtest
 
 
 @dataclass
@@ -71,6 +73,19 @@ class Replayer:
         self.tool_timeout = tool_timeout
         self._views_current = False
         self._index: CassetteIndex | None = None  # shared by the replays of a backtest
+        self._workers: Any = None  # a backtest.WorkerPool, kept for the next backtest
+
+    def close(self) -> None:
+        """Stop the worker processes a parallel backtest started (the store stays open)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+
+    def __enter__(self) -> Replayer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def replay(self, tenant: str, trace_id: str, policy: Policy, *, from_seq: int | None = None,
                outcomes: Outcomes = None, tools: str | None = None, reason: str | None = None,
@@ -105,7 +120,7 @@ class Replayer:
     def backtest(self, tenant: str, policy: Policy, *, outcomes: Outcomes = None,
                  tools: str | None = None, since: str | None = None, until: str | None = None,
                  tool: str | None = None, agent: str | None = None, save: bool = False,
-                 reason: str | None = None, by: str | None = None,
+                 reason: str | None = None, by: str | None = None, workers: int = 1,
                  progress: ProgressFn | None = None) -> BacktestReport:
         """Replay every terminated trace from the failure that led to termination.
 
@@ -115,37 +130,39 @@ class Replayer:
         (a ``ScriptedOutcomes`` object is shared, its lists consumed across traces).
         ``extra_tool_calls`` is net: calls the replays made minus the source's calls
         from the fork, over the replays that did not stop for a missing outcome.
+
+        ``workers`` > 1 shares the traces, 100 at a time, between this process and
+        ``workers - 1`` spawned ones (each with its own connection) and sums their
+        reports: the same report as one process gives. It applies when nothing is
+        stored and scripted outcomes are not a shared ``ScriptedOutcomes`` object;
+        otherwise this process runs them all.
         """
+        from replay.backtest import BacktestJob, run_backtest, script_source
+
         self._catch_up()
-        traces = list_traces(self.store, tenant, status="terminated", since=since, until=until)
-        script = _script_source(outcomes)
-        live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
-        report = BacktestReport(tenant=tenant, policy_digest=policy.digest())
-        self._index = CassetteIndex(self.store, tenant)  # one cassette lookup per (tool, args)
-        done = 0
-        try:
-            for chunk in _chunks([t.trace_id for t in traces], _BATCH):
-                records_of = self._records_of(tenant, chunk)
-                history = self._histories(tenant, chunk)
-                for trace_id in chunk:
-                    records = records_of[trace_id]
-                    wire = [chain.wire_part(r) for r in records]
-                    fork = default_fork(wire)
-                    in_play = _tool_in_play(wire, fork)
-                    if (tool is None or in_play == tool) and (
-                            agent is None or wire[fork - 1]["executed_by"] == agent):
-                        result = self._run(tenant, trace_id, records, policy, fork,
-                                           _scripted(script), live, history.get(trace_id, []))
-                        if save:
-                            self._store(tenant, trace_id, records, policy, result,
-                                        _scripted(script), live, reason, by)
-                        report.add(in_play, result, _calls_from(wire, fork))
-                    done += 1
-                    if progress is not None:
-                        progress(done, len(traces))
-        finally:
-            self._index = None
-        return report
+        traces = [t.trace_id for t in list_traces(self.store, tenant, status="terminated",
+                                                  since=since, until=until)]
+        job = BacktestJob(tenant, policy, script_source(outcomes), tools, tool, agent, save,
+                          reason, by)
+        return run_backtest(self, job, traces, workers=workers, progress=progress)
+
+    def _backtest_trace(self, job: BacktestJob, trace_id: str, records: list[dict[str, Any]],
+                        history: list[Any], live: LiveTools | None) -> tuple[
+                            str | None, ReplayResult, int] | None:
+        """One trace of a backtest: (tool in play, replay, source calls from the fork), or
+        None when the job's tool/agent filter leaves it out."""
+        wire = [chain.wire_part(r) for r in records]
+        fork = default_fork(wire)
+        in_play = _tool_in_play(wire, fork)
+        if (job.tool is not None and in_play != job.tool) or (
+                job.agent is not None and wire[fork - 1]["executed_by"] != job.agent):
+            return None
+        result = self._run(job.tenant, trace_id, records, job.policy, fork,
+                           _scripted(job.script), live, history, wire)
+        if job.save:
+            self._store(job.tenant, trace_id, records, job.policy, result,
+                        _scripted(job.script), live, job.reason, job.by)
+        return in_play, result, sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC")
 
     def _records_of(self, tenant: str, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """The records of many traces in one scan."""
@@ -199,8 +216,10 @@ class Replayer:
 
     def _run(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
              from_seq: int | None, scripted: ScriptedOutcomes | None,
-             live: LiveTools | None, history: list[Any] | None = None) -> ReplayResult:
-        wire = [chain.wire_part(r) for r in records]
+             live: LiveTools | None, history: list[Any] | None = None,
+             wire: list[dict[str, Any]] | None = None) -> ReplayResult:
+        if wire is None:
+            wire = [chain.wire_part(r) for r in records]
         fork = default_fork(wire) if from_seq is None else from_seq
         if not 1 <= fork <= len(wire):
             raise UsageError(f"--from {fork} is outside trace {trace_id!r} (seq 1..{len(wire)})")
@@ -254,35 +273,6 @@ def _memory_at(history: list[Any], records: list[dict[str, Any]],
     return memory
 
 
-@dataclass
-class BacktestReport:
-    """A policy replayed over every terminated trace (the ``--json`` of ``backtest``)."""
-
-    tenant: str
-    policy_digest: str
-    terminated_traces: int = 0
-    recovered: int = 0
-    still_terminated: int = 0
-    needs_outcome: int = 0
-    by_tool: dict[str, dict[str, int]] = field(default_factory=dict)
-    extra_tool_calls: int = 0
-
-    def add(self, tool: str | None, result: ReplayResult, source_calls: int) -> None:
-        key = {"recovered": "recovered", "completed": "recovered",
-               "needs_outcome": "needs_outcome"}.get(result.replay_status, "still_terminated")
-        self.terminated_traces += 1
-        setattr(self, key, getattr(self, key) + 1)
-        row = self.by_tool.setdefault(tool or "(none)", {
-            "terminated_traces": 0, "recovered": 0, "still_terminated": 0, "needs_outcome": 0})
-        row["terminated_traces"] += 1
-        row[key] += 1
-        if result.replay_status != "needs_outcome":  # a stopped replay made fewer calls
-            self.extra_tool_calls += len(result.outcome_sources) - source_calls
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def _tool_in_play(wire: list[dict[str, Any]], fork: int) -> str | None:
     from projections.failures import named_tool
 
@@ -293,29 +283,10 @@ def _tool_in_play(wire: list[dict[str, Any]], fork: int) -> str | None:
     return None
 
 
-def _calls_from(wire: list[dict[str, Any]], fork: int) -> int:
-    return sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC")
-
-
-def _script_source(outcomes: Outcomes) -> Any:
-    """What to build a fresh ScriptedOutcomes from for each trace (lists restart per trace)."""
-    if outcomes is None or isinstance(outcomes, (dict, ScriptedOutcomes)):
-        return outcomes
-    from replay.policy import load_document
-
-    obj, _ = load_document(outcomes)
-    ScriptedOutcomes(obj, source=str(outcomes))  # validate once, naming the file
-    return obj
-
-
 def _source_names(scripted: ScriptedOutcomes | None, live: LiveTools | None) -> list[str]:
     """The names of the outcome sources a replay consults, in order (for its link)."""
     return [SourceOutcomes.name, Cassette.name,
             *(s.name for s in (scripted, live) if s is not None)]
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _scripted(outcomes: Outcomes) -> ScriptedOutcomes | None:
@@ -328,10 +299,9 @@ def _scripted(outcomes: Outcomes) -> ScriptedOutcomes | None:
 
 def _stamp(events: list[dict[str, Any]]) -> None:
     """Replay events happen now: increasing timestamps, 1 ms apart."""
-    start = datetime.now(UTC)
+    start = datetime.now(UTC).replace(tzinfo=None)
     for i, e in enumerate(events):
-        at = start + timedelta(milliseconds=i)
-        e["ts"] = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+        e["ts"] = (start + timedelta(milliseconds=i)).isoformat(timespec="milliseconds") + "Z"
 
 
 def _fold(wire: list[dict[str, Any]], before: int) -> dict[str, dict[str, Any]]:

@@ -336,6 +336,39 @@ def test_backtest_human_output(url: str, files: dict[str, str]) -> None:
     assert "Nothing stored" in out
 
 
+@pytest.mark.parametrize("policy", ["retry", "fallback"])
+def test_backtest_in_worker_processes_gives_the_same_report(
+        url: str, files: dict[str, str], policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers 3 shares the traces (one per chunk here) with two spawned processes:
+    the report is the one a single process gives, scripted outcomes restarting per trace."""
+    import replay.backtest
+
+    monkeypatch.setattr(replay.backtest, "CHUNK", 1)  # a chunk per trace: all shared out
+    args = ["backtest", "--tenant", "acme", "--policy", files[policy],
+            "--outcomes", files["outcomes"]]
+    alone = run_json(url, *args, "--workers", "1")
+    here = 0
+    in_process = replay.backtest.run_chunk
+
+    def counted(*a: Any, **kw: Any) -> Any:  # the chunks this process ran (not the workers)
+        nonlocal here
+        here += 1
+        return in_process(*a, **kw)
+
+    monkeypatch.setattr(replay.backtest, "run_chunk", counted)
+    shared = run_json(url, *args, "--workers", "3")
+    assert alone["terminated_traces"] >= 3 and alone["recovered"] > 0
+    assert shared == alone
+    assert here < alone["terminated_traces"]  # the workers ran some of the chunks
+    assert list(shared["by_tool"]) == sorted(shared["by_tool"])
+
+
+def test_backtest_workers_must_be_positive(url: str, files: dict[str, str]) -> None:
+    code, _, err = run(url, "backtest", "--tenant", "acme", "--policy", files["retry"],
+                       "--workers", "0")
+    assert code == 2 and "--workers" in err
+
+
 def test_backtest_bad_since_exits_2(url: str, files: dict[str, str]) -> None:
     """An unparseable --since is a usage error naming the option."""
     code, _, err = run(url, "backtest", "--tenant", "acme", "--policy", files["retry"],

@@ -1,0 +1,222 @@
+"""Backtests: one policy replayed over every terminated trace of a tenant.
+
+``Replayer.backtest`` (the API) lists the traces and calls :func:`run_backtest`,
+which reads them in chunks (one scan of their records and one memory-view query
+per chunk) and adds each replay to a :class:`BacktestReport`. With ``workers`` > 1
+the chunks are shared with worker processes: workers take them from the front,
+this process from the back, and the reports are summed, which gives the report a
+single process gives (docs/REPLAY.md, "Backtest").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from ledger.errors import LedgerError
+from ledger.store import Store
+from replay.outcomes import CassetteIndex, LiveTools, ScriptedOutcomes
+from replay.policy import Policy
+
+if TYPE_CHECKING:
+    from replay.replayer import Replayer, ReplayResult
+
+CHUNK = 100  # traces read per query, and the unit of work workers share
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class BacktestReport:
+    """A policy replayed over every terminated trace (the ``--json`` of ``backtest``)."""
+
+    tenant: str
+    policy_digest: str
+    terminated_traces: int = 0
+    recovered: int = 0
+    still_terminated: int = 0
+    needs_outcome: int = 0
+    by_tool: dict[str, dict[str, int]] = field(default_factory=dict)
+    extra_tool_calls: int = 0
+
+    def add(self, tool: str | None, result: ReplayResult, source_calls: int) -> None:
+        key = {"recovered": "recovered", "completed": "recovered",
+               "needs_outcome": "needs_outcome"}.get(result.replay_status, "still_terminated")
+        self.terminated_traces += 1
+        setattr(self, key, getattr(self, key) + 1)
+        row = self.by_tool.setdefault(tool or "(none)", {
+            "terminated_traces": 0, "recovered": 0, "still_terminated": 0, "needs_outcome": 0})
+        row["terminated_traces"] += 1
+        row[key] += 1
+        if result.replay_status != "needs_outcome":  # a stopped replay made fewer calls
+            self.extra_tool_calls += len(result.outcome_sources) - source_calls
+
+    def merge(self, other: BacktestReport) -> None:
+        """Add another part of the same backtest (the counts are sums)."""
+        for key in ("terminated_traces", "recovered", "still_terminated", "needs_outcome",
+                    "extra_tool_calls"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+        for tool, counts in other.by_tool.items():
+            row = self.by_tool.setdefault(tool, dict.fromkeys(counts, 0))
+            for key, n in counts.items():
+                row[key] += n
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BacktestJob:
+    """What every chunk of one backtest needs (sent as is to worker processes)."""
+
+    tenant: str
+    policy: Policy
+    script: Any  # None, a dict (restarts per trace), or a shared ScriptedOutcomes
+    tools: str | None
+    tool: str | None
+    agent: str | None
+    save: bool
+    reason: str | None
+    by: str | None
+    run: int = 0  # which parallel backtest this is (workers drop caches of another)
+
+
+def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, workers: int = 1,
+                 progress: ProgressFn | None = None) -> BacktestReport:
+    """Backtest ``traces`` (in chunks, shared with ``workers - 1`` processes if allowed).
+
+    Workers apply when nothing is stored (replays are written in order, by this
+    process) and scripted outcomes are not one shared ``ScriptedOutcomes`` object
+    (its lists are consumed across traces, in order).
+    """
+    chunks = [traces[i:i + CHUNK] for i in range(0, len(traces), CHUNK)]
+    shared = (workers > 1 and len(chunks) > 1 and not job.save
+              and not isinstance(job.script, ScriptedOutcomes))
+    report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, len(traces))
+
+    live = LiveTools.load(job.tools, timeout=replayer.tool_timeout) if job.tools else None
+    replayer._index = CassetteIndex(replayer.store, job.tenant)  # one lookup per (tool, args)
+    try:
+        if shared:
+            pool = replayer._workers
+            if pool is None or pool.size != workers - 1:
+                replayer.close()
+                pool = replayer._workers = WorkerPool(replayer.store.backend.url,
+                                                      replayer.tool_timeout, workers - 1)
+            for part in pool.share(replayer, job, chunks, live, tick):
+                report.merge(part)
+        else:
+            for chunk in chunks:
+                report.merge(run_chunk(replayer, job, chunk, live, tick))
+    finally:
+        replayer._index = None
+    report.by_tool = dict(sorted(report.by_tool.items()))
+    return report
+
+
+def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: LiveTools | None,
+              tick: Callable[[int], None] | None = None) -> BacktestReport:
+    """Backtest the traces of one chunk (read in one scan) into a report of its own."""
+    report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
+    records_of = replayer._records_of(job.tenant, chunk)
+    history = replayer._histories(job.tenant, chunk)
+    for trace_id in chunk:
+        done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
+                                        history.get(trace_id, []), live)
+        if done is not None:
+            report.add(*done)
+        if tick is not None:
+            tick(1)
+    return report
+
+
+class WorkerPool:
+    """Spawned worker processes, each with its own store connection, kept between runs.
+
+    Spawned, never forked: the parent holds open connections. A script that uses
+    them must start from ``if __name__ == '__main__':`` (Python's rule for spawn).
+    """
+
+    def __init__(self, url: str, tool_timeout: float, size: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.size = size
+        self._runs = 0
+        self._executor = ProcessPoolExecutor(
+            max_workers=size, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start, initargs=(url, tool_timeout))
+
+    def share(self, replayer: Replayer, job: BacktestJob, chunks: list[list[str]],
+              live: LiveTools | None, tick: Callable[[int], None]) -> Iterable[BacktestReport]:
+        """Each chunk's report, run by a worker or, from the back, by ``replayer`` here.
+
+        This process cancels each chunk before a worker starts it, so no chunk runs
+        twice, and the work begins at once while the workers are still starting.
+        """
+        from concurrent.futures import as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        self._runs += 1
+        job = replace(job, run=self._runs)
+        futures = {self._executor.submit(_worker_chunk, job, c): c for c in chunks}
+        try:
+            for future, chunk in reversed(futures.items()):
+                if future.cancel():  # no worker has started it: run it here
+                    yield run_chunk(replayer, job, chunk, live, tick)
+            for future in as_completed([f for f in futures if not f.cancelled()]):
+                yield future.result()
+                tick(len(futures[future]))
+        except BrokenProcessPool as exc:
+            raise LedgerError(
+                f"backtest: a worker process ended abruptly ({exc}); a script that asks "
+                "for workers > 1 must start from `if __name__ == '__main__':`") from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def script_source(outcomes: Any) -> Any:
+    """What to build a fresh ScriptedOutcomes from for each trace (lists restart per trace)."""
+    if outcomes is None or isinstance(outcomes, (dict, ScriptedOutcomes)):
+        return outcomes
+    from replay.policy import load_document
+
+    obj, _ = load_document(outcomes)
+    ScriptedOutcomes(obj, source=str(outcomes))  # validate once, naming the file
+    return obj
+
+
+_worker: dict[str, Any] = {}  # in a worker process: its replayer, run and live tools
+
+
+def _worker_start(url: str, tool_timeout: float) -> None:
+    from multiprocessing.util import Finalize
+
+    from replay.replayer import Replayer
+
+    store = Store.open(url, migrate=False)
+    Finalize(store, store.close, exitpriority=10)  # runs as the worker exits
+    replayer = Replayer(store, tool_timeout=tool_timeout)
+    replayer._views_current = True  # the parent brought them up to date
+    _worker["replayer"] = replayer
+
+
+def _worker_chunk(job: BacktestJob, chunk: list[str]) -> BacktestReport:
+    replayer: Replayer = _worker["replayer"]
+    if _worker.get("run") != job.run:  # another backtest: what was cached may be stale
+        _worker["run"] = job.run
+        _worker["live"] = (LiveTools.load(job.tools, timeout=replayer.tool_timeout)
+                           if job.tools else None)
+        replayer._index = CassetteIndex(replayer.store, job.tenant)
+    return run_chunk(replayer, job, chunk, _worker["live"])
