@@ -11,6 +11,7 @@ raw kept byte for byte, base64 where it is not UTF-8), so nothing is ever lost.
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +24,7 @@ import orjson
 from ledger.appender import Appender, Outcome
 from ledger.errors import ConcurrencyError, InputError, ValidationError
 from ledger.events import TraceEvent, parse_line
+from ledger.gcpause import paused_gc
 from ledger.store import Store
 
 STDIN = "-"
@@ -118,20 +120,24 @@ def ingest(
     sink = RejectSink(reject_file or default_reject_path())
     app = appender or Appender(store)
     try:
-        batch: list[_Line] = []
-        for src in sources:
-            label = STDIN_LABEL if src == STDIN else src
-            for number, raw, event_or_error in _read(src, progress):
-                summary.lines += 1
-                if isinstance(event_or_error, ValidationError):
-                    _reject(sink, summary, label, number, str(event_or_error), raw,
-                            _context(raw, event_or_error))
-                    continue
-                batch.append(_Line(label, number, raw, event_or_error))
-                if len(batch) >= batch_size:
-                    _commit(app, batch, sink, summary, reorder)
-                    batch = []
-        _commit(app, batch, sink, summary, reorder)
+        with paused_gc():  # collected by hand after each batch (and batch of rejects)
+            batch: list[_Line] = []
+            for src in sources:
+                label = STDIN_LABEL if src == STDIN else src
+                for number, raw, event_or_error in _read(src, progress):
+                    summary.lines += 1
+                    if isinstance(event_or_error, ValidationError):
+                        _reject(sink, summary, label, number, str(event_or_error), raw,
+                                _context(raw, event_or_error))
+                        if summary.rejected % batch_size == 0:
+                            gc.collect(1)
+                        continue
+                    batch.append(_Line(label, number, raw, event_or_error))
+                    if len(batch) >= batch_size:
+                        _commit(app, batch, sink, summary, reorder)
+                        batch = []
+                        gc.collect(1)  # young objects only: the batch's cycles are garbage
+            _commit(app, batch, sink, summary, reorder)
     finally:
         sink.close()
     if summary.rejected:

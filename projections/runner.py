@@ -9,11 +9,9 @@ so two projectors on one database never apply an entry twice.
 
 from __future__ import annotations
 
-import gc
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +20,7 @@ import orjson
 
 from ledger import chain
 from ledger.errors import StoreError, UsageError
+from ledger.gcpause import paused_gc
 from ledger.store import Store
 from projections.analytics import AnalyticsProjection
 from projections.attribution import AttributionProjection
@@ -118,7 +117,7 @@ class Projector:
     def catch_up(self, progress: Progress | None = None) -> int:
         """Apply every log entry the projections have not seen; return how many were read."""
         self._prepare()
-        with _no_cyclic_gc():
+        with paused_gc():
             for _ in range(_STALE_RETRIES):
                 try:
                     return self._run(progress)
@@ -301,23 +300,6 @@ class Projector:
         while len(cache) > self.context_cache:
             cache.popitem(last=False)
             self._complete.discard(name)
-
-
-@contextmanager
-def _no_cyclic_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while batches are applied.
-
-    Decoded records and contexts hold no reference cycles, yet the allocation rate
-    triggers collections that took over a third of a 1M-event rebuild
-    (docs/BENCHMARKS.md). Reference counting still frees everything.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _loader(cache: OrderedDict[str, dict[str, Any]]) -> Callable[[str], dict[str, Any]]:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ledger.errors import LedgerError
+from ledger.gcpause import paused_gc
 from ledger.store import Store
 from replay.outcomes import CassetteIndex, LiveTools, ScriptedOutcomes
 from replay.policy import Policy
@@ -125,15 +126,16 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
               tick: Callable[[int], None] | None = None) -> BacktestReport:
     """Backtest the traces of one chunk (read in one scan) into a report of its own."""
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
-    records_of = replayer._records_of(job.tenant, chunk)
-    history = replayer._histories(job.tenant, chunk)
-    for trace_id in chunk:
-        done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
-                                        history.get(trace_id, []), live)
-        if done is not None:
-            report.add(*done)
-        if tick is not None:
-            tick(1)
+    with paused_gc():
+        records_of = replayer._records_of(job.tenant, chunk)
+        history = replayer._histories(job.tenant, chunk)
+        for trace_id in chunk:
+            done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
+                                            history.get(trace_id, []), live)
+            if done is not None:
+                report.add(*done)
+            if tick is not None:
+                tick(1)
     return report
 
 

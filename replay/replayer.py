@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger import chain
 from ledger.errors import NotFoundError, StoreError, UsageError
+from ledger.gcpause import paused_gc
 from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
 from ledger.reader import list_traces
@@ -92,10 +93,11 @@ class Replayer:
                by: str | None = None, dry_run: bool = False) -> ReplayResult:
         """Replay ``trace_id`` from ``from_seq`` (default: see docs/REPLAY.md) under ``policy``."""
         self._catch_up()
-        records = self._records(tenant, trace_id)
         scripted = _scripted(outcomes)
         live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
-        result = self._run(tenant, trace_id, records, policy, from_seq, scripted, live)
+        with paused_gc():
+            records = self._records(tenant, trace_id)
+            result = self._run(tenant, trace_id, records, policy, from_seq, scripted, live)
         if not dry_run:
             self._store(tenant, trace_id, records, policy, result, scripted, live, reason, by)
         result.dry_run = dry_run
