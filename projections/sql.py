@@ -119,6 +119,19 @@ class PostgresViewDB(ViewDB):
     def read(self) -> AbstractContextManager[Cursor]:
         return self._txn(commit=False)
 
+    def query(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement on an autocommit connection: one round trip, no BEGIN/ROLLBACK."""
+        import psycopg
+        from psycopg.rows import tuple_row
+
+        try:
+            with self.datastore.get_connection() as conn:
+                cursor = conn.cursor(row_factory=tuple_row)
+                cursor.execute(self.render(template), params)
+                return [tuple(r) for r in cursor.fetchall()]
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL views: {exc}") from exc
+
     @contextmanager
     def _txn(self, *, commit: bool) -> Iterator[Cursor]:
         import psycopg

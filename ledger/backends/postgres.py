@@ -253,10 +253,13 @@ class PostgresBackend(Backend):
         query = sql.SQL(
             "SELECT state FROM {} WHERE originator_id = %s AND originator_version = %s"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        with self._txn(commit=False) as c:
-            c.execute(query, (stream_id, version))
-            row = c.fetchone()
-            return None if row is None else bytes(row[0])
+        try:  # one statement on an autocommit connection: one round trip
+            with self.datastore.get_connection() as conn:
+                row = conn.cursor(row_factory=tuple_row).execute(
+                    query, (stream_id, version)).fetchone()
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        return None if row is None else bytes(row[0])
 
     def last_notification_id(self) -> int:
         query = sql.SQL("SELECT COALESCE(MAX(notification_id), 0) FROM {}").format(
