@@ -256,8 +256,11 @@ class Projector:
                 mine = by_topics[p.topics] = [e for e in entries if e.topic in p.topics]
             if positions[p.name] >= first:  # this projection has seen part of the batch
                 mine = [e for e in mine if e.notification_id > positions[p.name]]
-            if p.name not in self._complete:
-                self._load_contexts(p.name, {e.stream for e in mine})
+            if p.name not in self._complete:  # streams first seen at version 1 have none
+                earliest: dict[str, int] = {}
+                for e in mine:
+                    earliest.setdefault(e.stream, e.version)
+                self._load_contexts(p.name, {s for s, v in earliest.items() if v > 1})
             cache = self._caches.setdefault(p.name, OrderedDict())
             batch = Batch(load_context=_loader(cache), query=self.db.query)
             p.apply(mine, batch)
