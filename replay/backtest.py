@@ -87,12 +87,15 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
     """Backtest ``traces`` (in chunks, shared with ``workers - 1`` processes if allowed).
 
     Workers apply when nothing is stored (replays are written in order, by this
-    process) and scripted outcomes are not one shared ``ScriptedOutcomes`` object
-    (its lists are consumed across traces, in order).
+    process), scripted outcomes are not one shared ``ScriptedOutcomes`` object
+    (its lists are consumed across traces, in order), and the store is not an
+    in-memory SQLite database (another process cannot open it).
     """
     chunks = [traces[i:i + CHUNK] for i in range(0, len(traces), CHUNK)]
+    url = replayer.store.backend.url
     shared = (workers > 1 and len(chunks) > 1 and not job.save
-              and not isinstance(job.script, ScriptedOutcomes))
+              and not isinstance(job.script, ScriptedOutcomes)
+              and ":memory:" not in url and "mode=memory" not in url)  # not shareable
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
     done = 0
 
@@ -109,8 +112,7 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
             pool = replayer._workers
             if pool is None or pool.size != workers - 1:
                 replayer.close()
-                pool = replayer._workers = WorkerPool(replayer.store.backend.url,
-                                                      replayer.tool_timeout, workers - 1)
+                pool = replayer._workers = WorkerPool(url, replayer.tool_timeout, workers - 1)
             for part in pool.share(replayer, job, chunks, live, tick):
                 report.merge(part)
         else:

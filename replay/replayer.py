@@ -137,7 +137,7 @@ class Replayer:
         ``workers - 1`` spawned ones (each with its own connection) and sums their
         reports: the same report as one process gives. It applies when nothing is
         stored and scripted outcomes are not a shared ``ScriptedOutcomes`` object;
-        otherwise this process runs them all.
+        otherwise (or for an in-memory SQLite store) this process runs them all.
         """
         from replay.backtest import BacktestJob, run_backtest, script_source
 

@@ -499,3 +499,23 @@ def test_chain_of_real_sources_names_each(live: LiveTools) -> None:
                           live])
     answers = [chain.resolve(c) for c in (call(), call(step=9), call(step=9), call("echo"))]
     assert [a.source if a else None for a in answers] == ["source", "scripted", None, "live"]
+
+
+def test_an_in_memory_store_backtests_in_this_process(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """Worker processes could not open an in-memory database: one process runs it all."""
+    import replay.backtest
+    from ledger.workload import demo_events
+    from replay import Policy, Replayer
+
+    monkeypatch.setattr(replay.backtest, "CHUNK", 1)
+    source = tmp_path / "demo.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
+    policy = Policy.from_obj({"retry": {"max_attempts": 3}})
+    with Store.open("sqlite:///:memory:") as store:
+        ingest(store, [str(source)], reject_file=str(tmp_path / "r.jsonl"))
+        alone = Replayer(store).backtest("acme", policy)
+        with Replayer(store) as replayer:
+            shared = replayer.backtest("acme", policy, workers=2)
+            assert replayer._workers is None
+    assert shared == alone and alone.terminated_traces >= 3
