@@ -179,6 +179,7 @@ class WorkerPool:
                 yield future.result()
                 tick(len(futures[future]))
         except BrokenProcessPool as exc:
+            self.size = 0  # unusable: the next backtest starts a new pool
             raise LedgerError(
                 f"backtest: a worker process ended abruptly ({exc}); a script that asks "
                 "for workers > 1 must start from `if __name__ == '__main__':`") from None
