@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import click
-import orjson
 import pytest
 from click.testing import CliRunner
+from clirun import run, write_demo
 
 from ledger.cli.main import main
 from ledger.workload import demo_bad_lines, demo_events
@@ -20,16 +20,9 @@ from ledger.workload import demo_bad_lines, demo_events
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(url: str, *args: str, input: bytes | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--store", url, *args], input=input)
-    return result.exit_code, result.stdout, result.stderr
-
-
 @pytest.fixture
 def demo_file(tmp_path: Path) -> Path:
-    path = tmp_path / "demo.jsonl"
-    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
-    return path
+    return write_demo(tmp_path / "demo.jsonl")
 
 
 def test_init_reports_the_schema_version(store_url: str) -> None:

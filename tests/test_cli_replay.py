@@ -14,15 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import rawdb
-from click.testing import CliRunner
+from clirun import run, run_json, write_demo
 
 from ledger import chain
-from ledger.cli.main import main
 from ledger.store import Store
-from ledger.workload import demo_events
 
 TRACE = "contract-fetch"
 ARCHIVE_DOC = {"url": "https://archive.internal/contracts/initech-msa", "bytes": 48211}
@@ -37,22 +34,10 @@ BACKTEST_FIELDS = {"tenant", "policy_digest", "terminated_traces", "recovered",
                    "still_terminated", "needs_outcome", "by_tool", "extra_tool_calls"}
 
 
-def run(url: str, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--store", url, *args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def run_json(url: str, *args: str) -> Any:
-    code, out, err = run(url, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
-
-
 @pytest.fixture
 def url(store_url: str, tmp_path: Path) -> str:
     """A store holding the demo workload."""
-    source = tmp_path / "demo.jsonl"
-    source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
+    source = write_demo(tmp_path / "demo.jsonl")
     code, _, err = run(store_url, "ingest", str(source), "--reject-file",
                        str(tmp_path / "r.jsonl"))
     assert code == 0, err

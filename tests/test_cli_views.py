@@ -19,7 +19,7 @@ import click
 import orjson
 import pytest
 import rawdb
-from click.testing import CliRunner
+from clirun import run, run_json
 
 from ledger import chain
 from ledger.cli.main import main
@@ -34,17 +34,6 @@ BETA_MARKS = ("beta", "pilot", "scout", "throttled")
 
 WRITE_FIELDS = {"tenant", "trace_id", "seq", "ts", "scope", "key", "op", "executed_by",
                 "agent_owner", "cross_agent", "authorized", "basis"}
-
-
-def run(url: str, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--store", url, *args])
-    return result.exit_code, result.stdout, result.stderr
-
-
-def run_json(url: str, *args: str) -> Any:
-    code, out, err = run(url, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def beta_events() -> list[dict[str, Any]]:

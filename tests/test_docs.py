@@ -10,13 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import orjson
 import pytest
+from clirun import write_demo
 
 from ledger.ingest import ingest
 from ledger.schema import trace_event_schema
 from ledger.store import Store
-from ledger.workload import demo_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,8 +36,7 @@ def test_shipped_json_schema_is_generated_from_the_models() -> None:
 @pytest.fixture(scope="module")
 def demo_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("audit")
-    source = folder / "demo.jsonl"
-    source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
+    source = write_demo(folder / "demo.jsonl")
     with Store.open(f"sqlite:///{folder / 'ledger.db'}") as store:
         ingest(store, [str(source)], reject_file=str(folder / "r.jsonl"))
     return folder / "ledger.db"

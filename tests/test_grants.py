@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 import rawdb
-from click.testing import CliRunner
+from clirun import run
 
 from ledger import chain
-from ledger.cli.main import main
 from ledger.errors import ConcurrencyError, NotFoundError, UsageError
 from ledger.grants import Grant, add_grant, list_grants, revoke_grant
 from ledger.reader import list_traces
@@ -39,11 +38,6 @@ def grant(store: Store, tenant: str = TENANT, **kwargs: Any) -> Grant:
                             "reason": "cover for planner", **kwargs}
     return add_grant(store, tenant, args.pop("agent", "writer"),
                      args.pop("scope", "memory/planner"), **args)
-
-
-def run(url: str, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, ["--store", url, *args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 # -- the library API --------------------------------------------------------------

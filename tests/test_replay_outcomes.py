@@ -504,13 +504,13 @@ def test_chain_of_real_sources_names_each(live: LiveTools) -> None:
 def test_an_in_memory_store_backtests_in_this_process(monkeypatch: pytest.MonkeyPatch,
                                                        tmp_path: Path) -> None:
     """Worker processes could not open an in-memory database: one process runs it all."""
+    from clirun import write_demo
+
     import replay.backtest
-    from ledger.workload import demo_events
     from replay import Policy, Replayer
 
     monkeypatch.setattr(replay.backtest, "CHUNK", 1)
-    source = tmp_path / "demo.jsonl"
-    source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
+    source = write_demo(tmp_path / "demo.jsonl")
     policy = Policy.from_obj({"retry": {"max_attempts": 3}})
     with Store.open("sqlite:///:memory:") as store:
         ingest(store, [str(source)], reject_file=str(tmp_path / "r.jsonl"))
