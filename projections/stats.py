@@ -123,15 +123,21 @@ def _rate(n: int, calls: int) -> float | None:
     return n / calls if calls else None
 
 
-def _window(tenant: str, lo: str | None, hi: str | None) -> tuple[str, tuple[Any, ...]]:
-    where, params = " WHERE tenant = ?", [tenant]
+def _between(column: str, lo: str | None, hi: str | None) -> tuple[str, list[str]]:
+    """`` AND column >= ? AND column <= ?`` for the bounds that are given, and their values."""
+    sql, params = "", []
     if lo is not None:
-        where += " AND ts >= ?"
+        sql += f" AND {column} >= ?"
         params.append(lo)
     if hi is not None:
-        where += " AND ts <= ?"
+        sql += f" AND {column} <= ?"
         params.append(hi)
-    return where, tuple(params)
+    return sql, params
+
+
+def _window(tenant: str, lo: str | None, hi: str | None) -> tuple[str, tuple[Any, ...]]:
+    bounds, params = _between("ts", lo, hi)
+    return " WHERE tenant = ?" + bounds, (tenant, *params)
 
 
 def _exec_counts(db: ViewDB, tenant: str, column: str, lo: str | None,
@@ -171,14 +177,8 @@ def _counts(db: ViewDB, tenant: str, lo: str | None, hi: str | None, rollup_sql:
     if first is not None and last is not None and first > last:
         from_rows(lo, hi)  # no whole hour inside the window
         return out
-    hours, params = "", [tenant]
-    if first is not None:
-        hours += " AND hour >= ?"
-        params.append(first)
-    if last is not None:
-        hours += " AND hour <= ?"
-        params.append(last)
-    add(db.query(rollup_sql.replace("{hours}", hours), tuple(params)), rollup_key)
+    hours, params = _between("hour", first, last)
+    add(db.query(rollup_sql.replace("{hours}", hours), (tenant, *params)), rollup_key)
     if lo is not None and first is not None and lo[:13] != first:
         from_rows(lo, lo[:13] + _HOUR_END)
     if hi is not None and last is not None and hi[:13] != last:
