@@ -10,11 +10,10 @@ replay stream unless ``dry_run``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ledger import chain
 from ledger.errors import NotFoundError, StoreError, UsageError
@@ -25,6 +24,7 @@ from ledger.reader import list_traces
 from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
 from ledger.store import Store
 from projections import Projector, queries
+from replay.backtest import BacktestJob, BacktestReport, ProgressFn, run_backtest, script_source
 from replay.engine import Engine
 from replay.outcomes import (
     Cassette,
@@ -36,9 +36,6 @@ from replay.outcomes import (
 )
 from replay.plan import Plan, default_fork, read_plan
 from replay.policy import Policy
-
-if TYPE_CHECKING:
-    from replay.backtest import BacktestJob, BacktestReport
 
 Outcomes = ScriptedOutcomes | dict[str, Any] | str | Path | None
 
@@ -139,8 +136,6 @@ class Replayer:
         stored and scripted outcomes are not a shared ``ScriptedOutcomes`` object;
         otherwise (or for an in-memory SQLite store) this process runs them all.
         """
-        from replay.backtest import BacktestJob, run_backtest, script_source
-
         self._catch_up()
         traces = [t.trace_id for t in list_traces(self.store, tenant, status="terminated",
                                                   since=since, until=until)]
@@ -366,5 +361,3 @@ def _default_by() -> str:
     except (KeyError, OSError):
         return "user:" + os.environ.get("USER", "unknown")
 
-
-ProgressFn = Callable[[int, int], None]
