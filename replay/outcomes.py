@@ -181,7 +181,7 @@ class Cassette:
 
     Strict: args must be equal as JSON (``projections.analytics.args_digest``).
     Reads the ``analytics`` view (kept current by a projector) for where the call
-    is, then the stored event itself for its outcome. Answers are cached per
+    is, then the stored event itself for its outcome. The index caches both per
     (tool, args), so one replay sees one answer for a call.
     """
 
@@ -191,16 +191,11 @@ class Cassette:
                  index: CassetteIndex | None = None) -> None:
         self.exclude_trace = exclude_trace
         self.index = index if index is not None else CassetteIndex(store, tenant)
-        self._cache: dict[tuple[str, str], Outcome | None] = {}
 
     def lookup(self, call: Call) -> Outcome | None:
         digest = args_digest(call.args)
-        key = (call.tool, digest)
-        if key not in self._cache:
-            found = self.index.latest(call.tool, digest, self.exclude_trace)
-            self._cache[key] = None if found is None else self.index.outcome(
-                call.tool, digest, *found)
-        return self._cache[key]
+        found = self.index.latest(call.tool, digest, self.exclude_trace)
+        return None if found is None else self.index.outcome(call.tool, digest, *found)
 
 
 class ScriptedOutcome(BaseModel):
