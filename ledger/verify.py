@@ -14,16 +14,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 from uuid import UUID
 
 from ledger import chain
-from ledger.backends.base import StoredRow, StreamHead
+from ledger.backends.base import IdRange, RowTuple, StreamHead
 from ledger.errors import NotFoundError
 from ledger.events import DEFAULT_TENANT
-from ledger.memory import MemoryState, apply_record, scope_hash
+from ledger.gcpause import paused_gc
+from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record
 from ledger.replays import ReplayCheck
 from ledger.store import Store
+from ledger.workers import share, shareable, spawn_pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,42 +53,119 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def add(self, other: VerifyReport) -> None:
+        """Append the report of the next range of streams."""
+        self.streams += other.streams
+        self.events += other.events
+        self.problems += other.problems
+        self.findings += other.findings
+
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "streams": self.streams, "events": self.events,
                 "problems": [asdict(p) for p in self.problems],
                 "findings": [asdict(p) for p in self.findings]}
 
 
+EVENTS_PER_WORKER = 50_000
+"""Below this many logged events per process, extra processes cost more than they save."""
+PARTS_PER_WORKER = 4  # ranges of stream ids per process, so that fast processes take more
+
+
 def verify(
     store: Store, *, tenant: str | None = None, trace_id: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, workers: int = 1,
 ) -> VerifyReport:
-    """Check the chains and memory hashes of all streams (or one tenant's, or one trace)."""
+    """Check the chains and memory hashes of all streams (or one tenant's, or one trace).
+
+    With ``workers`` > 1 the streams are split into ranges of ids, shared with up to
+    ``workers - 1`` spawned processes (one per ``EVENTS_PER_WORKER`` logged events at
+    most). The report is the same whatever the number: problems come by stream id.
+    """
     backend = store.backend
-    catalog = {h.stream_id: h for h in backend.iter_catalog(tenant)}
-    ids: list[UUID] | None = None
     if trace_id is not None:
         sid = chain.trace_stream_id(tenant or DEFAULT_TENANT, trace_id)
-        if sid not in catalog:
+        heads = list(backend.load_heads([sid]).values())
+        if not heads:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
-        catalog = {sid: catalog[sid]}
-        ids = [sid]
-    elif tenant is not None:
-        ids = list(catalog)
+        return _verify_streams(store, heads, backend.scan_streams([sid]), progress)
+    workers = min(workers, backend.last_notification_id() // EVENTS_PER_WORKER)
+    if workers <= 1 or not shareable(backend.url):
+        return verify_range(store, tenant, None, progress)
+    ranges = id_ranges(workers * PARTS_PER_WORKER)
+    reports: list[VerifyReport | None] = [None] * len(ranges)
+    with spawn_pool(workers - 1, _worker_start, (backend.url,)) as pool:
+        for index, part, here in share(pool, ranges, partial(_worker_range, tenant),
+                                       lambda r: verify_range(store, tenant, r, progress),
+                                       what="verify"):
+            reports[index] = part
+            if not here and progress is not None:
+                progress(part.events)
     report = VerifyReport()
-    seen: set[UUID] = set()
-    for sid, rows in _by_stream(backend.iter_rows(ids)):
-        seen.add(sid)
-        count = _StreamCheck(sid, catalog.get(sid), report, store).run(rows)
+    for done in reports:
+        assert done is not None
+        report.add(done)
+    return report
+
+
+def id_ranges(n: int) -> list[IdRange]:
+    """``n`` contiguous ranges of stream ids, of equal width, covering every id."""
+    bounds = [UUID(int=(k << 128) // n) for k in range(n)]
+    return [(lo, hi) for lo, hi in zip(bounds, [*bounds[1:], None], strict=True)]
+
+
+def verify_range(store: Store, tenant: str | None, id_range: IdRange | None,
+                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Verify the streams (of one tenant, or all) whose ids lie in ``id_range``."""
+    backend = store.backend
+    heads = list(backend.iter_catalog(tenant, id_range=id_range))
+    ids = [h.stream_id for h in heads] if tenant is not None else None
+    with paused_gc():
+        return _verify_streams(store, heads, backend.scan_streams(ids, id_range=id_range),
+                               progress)
+
+
+def _verify_streams(store: Store, heads: list[StreamHead],
+                    streams: Iterator[tuple[UUID, list[RowTuple]]],
+                    progress: Callable[[int], None] | None) -> VerifyReport:
+    """Check ``streams`` (by stream id) against catalog ``heads`` (by stream id)."""
+    report = VerifyReport()
+    catalog = iter(heads)
+    head = next(catalog, None)
+    for sid, group in streams:
+        while head is not None and head.stream_id < sid:
+            _missing(report, head)
+            head = next(catalog, None)
+        mine = head if head is not None and head.stream_id == sid else None
+        if mine is not None:
+            head = next(catalog, None)
+        count = _StreamCheck(sid, mine, report, store).run(group)
         report.streams += 1
         report.events += count
         if progress is not None:
             progress(count)
-    for sid, head in catalog.items():
-        if sid not in seen:
-            report.problems.append(Problem(head.tenant, head.name, None, "missing_stream",
-                                           f"catalog lists {head.last_seq} event(s), none stored"))
+    while head is not None:
+        _missing(report, head)
+        head = next(catalog, None)
     return report
+
+
+def _missing(report: VerifyReport, head: StreamHead) -> None:
+    report.problems.append(Problem(head.tenant, head.name, None, "missing_stream",
+                                   f"catalog lists {head.last_seq} event(s), none stored"))
+
+
+_worker: dict[str, Store] = {}  # in a worker process: its own connection to the store
+
+
+def _worker_start(url: str) -> None:
+    from multiprocessing.util import Finalize
+
+    store = _worker["store"] = Store.open(url, migrate=False)
+    Finalize(store, store.close, exitpriority=10)  # runs as the worker exits
+
+
+def _worker_range(tenant: str | None, id_range: IdRange) -> VerifyReport:
+    return verify_range(_worker["store"], tenant, id_range)
 
 
 _TENANT_STREAMS: dict[str, tuple[Callable[[str], UUID], str, str]] = {
@@ -95,109 +175,116 @@ _TENANT_STREAMS: dict[str, tuple[Callable[[str], UUID], str, str]] = {
 """Topics of the per-tenant streams: (stream id of a tenant, stream name, what a row is)."""
 
 
-def _by_stream(rows: Iterator[StoredRow]) -> Iterator[tuple[UUID, list[StoredRow]]]:
-    current: UUID | None = None
-    group: list[StoredRow] = []
-    for row in rows:
-        if row.stream_id != current:
-            if current is not None:
-                yield current, group
-            current, group = row.stream_id, []
-        group.append(row)
-    if current is not None:
-        yield current, group
-
-
 class _StreamCheck:
     """Walks one stream's rows in version order, collecting problems."""
 
     def __init__(self, sid: UUID, head: StreamHead | None, report: VerifyReport,
                  store: Store) -> None:
         self.sid = sid
-        self.replay = ReplayCheck(store, self.problem)
+        self.store = store
         self.head = head
         self.report = report
         self.tenant: str | None = head.tenant if head else None
         self.name: str | None = head.name if head else None
         self.memory: dict[str, MemoryState] = {}
         self.terminated = False
+        self.identity: tuple[Any, Any] | None = None  # (tenant, trace_id) checked against sid
+        self._replay: ReplayCheck | None = None
 
     def problem(self, seq: int | None, kind: str, detail: str) -> None:
         self.report.problems.append(Problem(self.tenant, self.name, seq, kind, detail))
 
-    def run(self, rows: list[StoredRow]) -> int:
+    @property
+    def replay(self) -> ReplayCheck:
+        if self._replay is None:
+            self._replay = ReplayCheck(self.store, self.problem)
+        return self._replay
+
+    def run(self, rows: list[RowTuple]) -> int:
         prev, expected, last_nid = chain.GENESIS_HASH, 1, 0
-        for row in rows:
-            if row.version != expected:
+        for _, version, nid, topic, state in rows:
+            if version != expected:
                 self.problem(expected, "missing_event",
-                             f"versions {expected}..{row.version - 1} are not stored")
-            if row.notification_id <= last_nid:
-                self.problem(row.version, "order_mismatch",
-                             f"notification id {row.notification_id} is not after {last_nid}")
-            self.check_row(row, prev)
-            prev, expected, last_nid = chain.record_hash(row.state), row.version + 1, max(
-                last_nid, row.notification_id)
+                             f"versions {expected}..{version - 1} are not stored")
+            if nid <= last_nid:
+                self.problem(version, "order_mismatch",
+                             f"notification id {nid} is not after {last_nid}")
+            else:
+                last_nid = nid
+            self.check_row(version, topic, state, prev)
+            prev, expected = chain.record_hash(state), version + 1
         self.check_head(expected - 1, prev)
         return len(rows)
 
-    def check_row(self, row: StoredRow, prev: str) -> None:
+    def check_row(self, version: int, topic: str, state: bytes, prev: str) -> None:
         try:
-            record = chain.decode(row.state)
+            record = chain.decode(state)
         except ValueError as exc:
-            self.problem(row.version, "unreadable_record", f"stored bytes are not a record: {exc}")
+            self.problem(version, "unreadable_record", f"stored bytes are not a record: {exc}")
             return
-        tenant_stream = _TENANT_STREAMS.get(row.topic)
         if self.tenant is None:
+            tenant_stream = _TENANT_STREAMS.get(topic)
             self.tenant = record.get("tenant")
             self.name = tenant_stream[1] if tenant_stream else record.get(
                 "replay_trace_id", record.get("trace_id"))
         if record.get("prev_hash") != prev:
-            self.problem(row.version, "chain_broken",
+            self.problem(version, "chain_broken",
                          f"prev_hash is {record.get('prev_hash')}, the previous record hashes "
                          f"to {prev}")
-        if row.topic == chain.EVENT_TOPIC:
-            self.check_event(row, record)
-        elif row.topic == chain.REPLAY_TOPIC:
-            name = record.get("replay_trace_id" if row.version == 1 else "trace_id")
+        if topic == chain.EVENT_TOPIC:
+            self.check_event(version, record)
+        else:
+            self.check_other(version, topic, record)
+
+    def check_other(self, version: int, topic: str, record: dict[str, Any]) -> None:
+        if topic == chain.REPLAY_TOPIC:
+            name = record.get("replay_trace_id" if version == 1 else "trace_id")
             if chain.replay_stream_id(str(record.get("tenant")), str(name)) != self.sid:
-                self.problem(row.version, "identity_mismatch",
+                self.problem(version, "identity_mismatch",
                              f"replay record names tenant {record.get('tenant')!r} replay "
                              f"{name!r}, not this stream")
-            self.replay.row(row.version, record)
-        elif tenant_stream is not None:
+            self.replay.row(version, record)
+        elif (tenant_stream := _TENANT_STREAMS.get(topic)) is not None:
             stream_of, name, what = tenant_stream
             if stream_of(str(record.get("tenant"))) != self.sid:
-                self.problem(row.version, "identity_mismatch",
+                self.problem(version, "identity_mismatch",
                              f"{what} is not stored in its tenant's {name} stream")
         else:
-            self.problem(row.version, "unknown_topic", f"topic {row.topic!r}")
+            self.problem(version, "unknown_topic", f"topic {topic!r}")
 
-    def check_event(self, row: StoredRow, record: dict[str, Any]) -> None:
-        if record.get("seq") != row.version:
-            self.problem(row.version, "seq_mismatch",
-                         f"record says seq {record.get('seq')}, stored at position {row.version}")
-        self.terminated = self.terminated or record.get("event") == "EXEC_TERMINATED"
-        tenant, trace = record.get("tenant"), record.get("trace_id")
-        if not isinstance(tenant, str) or not isinstance(trace, str) or (
-            chain.trace_stream_id(tenant, trace) != self.sid
-        ):
-            self.problem(row.version, "identity_mismatch",
-                         f"record names tenant {tenant!r} trace {trace!r}, not this stream")
-            return
-        scope_name = str(record.get("write_scope"))
-        try:
-            apply_record(self.memory, record)
-        except Exception as exc:  # an altered payload may not even be a write
-            self.problem(row.version, "unreadable_record", f"memory write: {exc}")
-        computed = scope_hash(self.memory, scope_name)
-        if record.get("ledger_memory_hash") != computed:
-            self.problem(row.version, "ledger_memory_hash_mismatch",
-                         f"record says {record.get('ledger_memory_hash')}, the logged writes "
+    def check_event(self, version: int, record: dict[str, Any]) -> None:
+        get = record.get
+        if get("seq") != version:
+            self.problem(version, "seq_mismatch",
+                         f"record says seq {get('seq')}, stored at position {version}")
+        event = get("event")
+        if event == "EXEC_TERMINATED":
+            self.terminated = True
+        tenant, trace = get("tenant"), get("trace_id")
+        if (tenant, trace) != self.identity:  # checked once per stream, unless it changes
+            if not isinstance(tenant, str) or not isinstance(trace, str) or (
+                chain.trace_stream_id(tenant, trace) != self.sid
+            ):
+                self.problem(version, "identity_mismatch",
+                             f"record names tenant {tenant!r} trace {trace!r}, not this stream")
+                return
+            self.identity = (tenant, trace)
+        scope_name = str(get("write_scope"))
+        if event == "CALLBACK_MEMORY_WRITE":
+            try:
+                apply_record(self.memory, record)
+            except Exception as exc:  # an altered payload may not even be a write
+                self.problem(version, "unreadable_record", f"memory write: {exc}")
+        state = self.memory.get(scope_name)
+        computed = state.hash() if state is not None else EMPTY_MEMORY_HASH
+        if get("ledger_memory_hash") != computed:
+            self.problem(version, "ledger_memory_hash_mismatch",
+                         f"record says {get('ledger_memory_hash')}, the logged writes "
                          f"of {scope_name} give {computed}")
-        claimed = record.get("memory_hash")
+        claimed = get("memory_hash")
         if claimed is not None and claimed != computed:
             self.report.findings.append(Problem(
-                tenant, trace, row.version, "memory_hash_mismatch",
+                tenant, trace, version, "memory_hash_mismatch",
                 f"runtime claimed {claimed} for {scope_name}; its logged writes give {computed}"))
 
     def check_head(self, last: int, last_hash: str) -> None:
@@ -205,7 +292,9 @@ class _StreamCheck:
             self.problem(None, "orphan_stream", "stored events have no catalog entry")
             return
         head = self.head
-        if chain.stream_id(head.kind, head.tenant, head.name) != self.sid:
+        named = (chain.trace_stream_id(head.tenant, head.name) if head.kind == chain.TRACE_KIND
+                 else chain.stream_id(head.kind, head.tenant, head.name))  # the former cached
+        if named != self.sid:
             self.problem(None, "catalog_mismatch",
                          f"catalog names {head.kind} {head.name!r} of tenant {head.tenant!r}, "
                          "which is not this stream")

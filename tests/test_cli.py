@@ -164,6 +164,20 @@ def test_verify_reports_the_runtime_memory_hash_finding(store_url: str, demo_fil
         ("pricing-memo", "memory_hash_mismatch")]
 
 
+def test_verify_workers_option(store_url: str, demo_file: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers N gives the report of one process; N must be positive."""
+    import ledger.verify
+
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    monkeypatch.setattr(ledger.verify, "EVENTS_PER_WORKER", 1)  # the demo log still shares
+    one = run(store_url, "verify", "--workers", "1", "--json")
+    assert one[0] == 0 and json.loads(one[1])["events"] > 1000
+    assert run(store_url, "verify", "--workers", "2", "--json") == one
+    code, _, err = run(store_url, "verify", "--workers", "0")
+    assert code == 2 and "--workers" in err
+
+
 def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
     """demo ingests, shows a failed chain, verifies, and exits 0."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"

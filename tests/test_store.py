@@ -11,6 +11,7 @@ from ledger import chain
 from ledger.backends.base import SCHEMA_VERSION, StreamHead, StreamQuery
 from ledger.errors import ConcurrencyError, SchemaVersionError, UsageError
 from ledger.store import Store, open_backend
+from ledger.verify import id_ranges
 
 
 def _head(tenant: str, name: str, n: int, **kw: object) -> StreamHead:
@@ -66,6 +67,39 @@ def test_read_state_returns_one_events_stored_bytes(store: Store) -> None:
     assert store.backend.read_state(chain.trace_stream_id("t", "b"), 1) is None
     assert [store.backend.read_state(sid, v) for v in (1, 2, 3)] == [
         e.state for e in store.backend.read_stream(sid)]
+
+
+def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(store: Store) -> None:
+    """scan_streams() yields every stream once, by stream id, its rows in version order;
+    ids ranges split the streams without loss or overlap, and so does the catalog."""
+    names = [f"trace-{i}" for i in range(12)]
+    for i, name in enumerate(names):  # interleaved appends: log order is not stream order
+        store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])
+    for name in reversed(names):
+        store.backend.append(_events("t", name, range(3, 4)), [_head("t", name, 3)])
+    store.backend.append(_events("u", "other", range(1, 2)), [_head("u", "other", 1)])
+    scanned = list(store.backend.scan_streams())
+    sids = [sid for sid, _ in scanned]
+    assert sids == sorted(sids) and len(sids) == 13
+    for sid, rows in scanned:
+        assert [r[1] for r in rows] == list(range(1, len(rows) + 1))
+        assert [r[4] for r in rows] == [e.state for e in store.backend.read_stream(sid)]
+        assert [r[3] for r in rows] == [chain.EVENT_TOPIC] * len(rows)
+        nids = [r[2] for r in rows]
+        assert nids == sorted(nids)
+    wanted = [chain.trace_stream_id("t", "trace-3"), chain.trace_stream_id("u", "other")]
+    assert [sid for sid, _ in store.backend.scan_streams(wanted)] == sorted(wanted)
+
+    ranges = id_ranges(5)
+    parts = [[sid for sid, _ in store.backend.scan_streams(id_range=r)] for r in ranges]
+    assert [sid for part in parts for sid in part] == sids
+    for (lo, hi), part in zip(ranges, parts, strict=True):
+        assert all(lo <= sid and (hi is None or sid < hi) for sid in part)
+    heads = [[h.stream_id for h in store.backend.iter_catalog(id_range=r)] for r in ranges]
+    assert heads == parts
+    only_t = [h.stream_id for r in ranges for h in store.backend.iter_catalog("t", id_range=r)]
+    assert only_t == [sid for sid in sids if sid != chain.trace_stream_id("u", "other")]
+    assert [row.version for row in store.backend.iter_rows(wanted[:1])] == [1, 2, 3]
 
 
 def test_list_streams_filters_by_tenant_status_and_time(store: Store) -> None:

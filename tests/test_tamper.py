@@ -185,3 +185,47 @@ def test_tampering_does_not_implicate_other_tenants(ledger: Store, store_url: st
     """Another tenant's traces still verify when one tenant's trace was altered."""
     rawdb.delete_event(store_url, SID, 5)
     assert verify(ledger, tenant=OTHER_TENANT).ok
+
+
+def test_verify_in_worker_processes_gives_the_same_report(
+    ledger: Store, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams shared out by id ranges to spawned workers give exactly the report of one
+    process: same problems, in the same order, tampering spread over several streams."""
+    import time
+
+    import ledger.verify as verify_module
+
+    more = tmp_path / "more.jsonl"  # 40 more traces: every range of ids holds some
+    more.write_bytes(b"".join(synthetic_lines(400, seed=2, tenants=2)))
+    assert ingest(ledger, [str(more)], reject_file=str(tmp_path / "rejected.jsonl")).accepted
+    heads = [h for h in ledger.backend.iter_catalog() if h.kind == chain.TRACE_KIND]
+    assert len(heads) == TRACES + 40
+    altered, broken, orphan, emptied = (h.stream_id for h in heads[::11])
+    rawdb.delete_event(store_url, altered, 5)
+    rawdb.set_state(store_url, broken, 3,
+                    flip_byte(rawdb.get_state(store_url, broken, 3), b'"ts":"'))
+    rawdb.execute(store_url, "DELETE FROM {streams} WHERE stream_id = ?",
+                  (rawdb.key(store_url, orphan),))
+    for seq in range(1, PER_TRACE + 1):
+        rawdb.delete_event(store_url, emptied, seq)
+    alone = verify(ledger, workers=1).as_json()
+    assert {p["kind"] for p in alone["problems"]} >= {
+        "missing_event", "chain_broken", "orphan_stream", "missing_stream"}
+
+    here = 0
+    in_process = verify_module.verify_range
+
+    def slowed(*args: object, **kwargs: object) -> VerifyReport:  # counts parts run here
+        nonlocal here
+        here += 1
+        time.sleep(0.25)  # leaves the workers time to start and take parts
+        return in_process(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "EVENTS_PER_WORKER", 1)  # a tiny log still shares
+    monkeypatch.setattr(verify_module, "verify_range", slowed)
+    assert verify(ledger, workers=3).as_json() == alone
+    parts = 3 * verify_module.PARTS_PER_WORKER
+    assert here < parts  # the workers ran some of the ranges
+    assert verify(ledger, tenant=TENANT, workers=3).as_json() == verify(
+        ledger, tenant=TENANT, workers=1).as_json()

@@ -50,6 +50,13 @@ class StoredRow:
     state: bytes
 
 
+RowTuple = tuple[Any, int, int, str, bytes]
+"""A stored row as a backend scans it: (stream key, version, notification id, topic, state)."""
+
+IdRange = tuple[UUID, UUID | None]
+"""Stream ids ``lo <= id < hi`` (``hi`` None: no upper bound), in UUID byte order."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamQuery:
     """Filters for listing streams (all optional but the tenant)."""
@@ -95,12 +102,25 @@ class Backend(ABC):
         """Catalog rows matching the query, ordered by first_ts then name."""
 
     @abstractmethod
-    def iter_rows(self, stream_ids: Sequence[UUID] | None = None) -> Iterator[StoredRow]:
+    def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        """Each stored stream (or each of the given ones) with its rows in version order,
+        by stream id; ``id_range`` keeps only streams whose id lies in it.
+
+        Rows are plain tuples, built by the driver: the scan verify makes of every row.
+        """
+
+    def iter_rows(self, stream_ids: Sequence[UUID] | None = None, *,
+                  id_range: IdRange | None = None) -> Iterator[StoredRow]:
         """Every stored row (or those of the given streams), by stream then version."""
+        for sid, rows in self.scan_streams(stream_ids, id_range=id_range):
+            for _, version, nid, topic, state in rows:
+                yield StoredRow(sid, version, nid, topic, state)
 
     @abstractmethod
-    def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
-        """Every catalog row (of one tenant), by stream id."""
+    def iter_catalog(self, tenant: str | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
+        """Every catalog row (of one tenant, of streams in ``id_range``), by stream id."""
 
     @abstractmethod
     def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:

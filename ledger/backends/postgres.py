@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
@@ -26,10 +28,27 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 
 from ledger.backends import catalog
-from ledger.backends.base import SCHEMA_VERSION, Backend, StoredRow, StreamHead, StreamQuery
+from ledger.backends.base import (
+    SCHEMA_VERSION,
+    Backend,
+    IdRange,
+    RowTuple,
+    StreamHead,
+    StreamQuery,
+)
 from ledger.errors import ConcurrencyError, SchemaVersionError, StoreError, UsageError
 
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
+
+
+def _id_bounds(column: str, id_range: IdRange | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) keeping ids inside ``id_range``."""
+    if id_range is None:
+        return [], []
+    lo, hi = id_range
+    if hi is None:
+        return [f"{column} >= %s"], [lo]
+    return [f"{column} >= %s", f"{column} < %s"], [lo, hi]
 
 
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
@@ -209,31 +228,36 @@ class PostgresBackend(Backend):
             c.execute(self._sql(template), params)
             return [catalog.head_from_row(r, r[0]) for r in c.fetchall()]
 
-    def iter_rows(self, stream_ids: Sequence[UUID] | None = None) -> Iterator[StoredRow]:
+    def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
         query = sql.SQL(
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        params: tuple[Any, ...] = ()
+        where, params = _id_bounds("originator_id", id_range)
         if stream_ids is not None:
-            query += sql.SQL(" WHERE originator_id = ANY(%s)")
-            params = (list(stream_ids),)
+            where, params = [*where, "originator_id = ANY(%s)"], [*params, list(stream_ids)]
+        if where:
+            query += sql.SQL(" WHERE " + " AND ".join(where))
         query += sql.SQL(" ORDER BY originator_id, originator_version")
         try:
             with self.datastore.get_connection() as conn, conn.transaction():
                 cur = conn.cursor(name="agentledger_scan", row_factory=tuple_row)
                 cur.itersize = 5000
                 cur.execute(query, params)
-                for r in cur:
-                    yield StoredRow(r[0], r[1], r[2], r[3], bytes(r[4]))
+                for sid, rows in groupby(cur, itemgetter(0)):
+                    yield sid, [(sid, v, nid, topic, bytes(state))
+                                for _, v, nid, topic, state in rows]
         except PersistenceError as exc:
             raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
-    def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
+    def iter_catalog(self, tenant: str | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
         query = self._sql(catalog.SELECT_STREAMS)
-        params: tuple[Any, ...] = ()
+        where, params = _id_bounds("stream_id", id_range)
         if tenant is not None:
-            query += sql.SQL(" WHERE tenant = %s")
-            params = (tenant,)
+            where, params = [*where, "tenant = %s"], [*params, tenant]
+        if where:
+            query += sql.SQL(" WHERE " + " AND ".join(where))
         with self._txn(commit=False) as c:
             c.execute(query + sql.SQL(" ORDER BY stream_id"), params)
             rows = c.fetchall()

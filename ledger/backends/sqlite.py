@@ -13,6 +13,9 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
+from itertools import chain, groupby
+from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
@@ -32,7 +35,8 @@ from ledger.backends import catalog
 from ledger.backends.base import (
     SCHEMA_VERSION,
     Backend,
-    StoredRow,
+    IdRange,
+    RowTuple,
     StreamHead,
     StreamQuery,
 )
@@ -138,6 +142,16 @@ def _sql(template: str) -> str:
     return catalog.render_sqlite(template)
 
 
+def _id_bounds(column: str, id_range: IdRange | None) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their parameters) keeping ids inside ``id_range``."""
+    if id_range is None:
+        return [], []
+    lo, hi = id_range
+    if hi is None:
+        return [f"{column} >= ?"], [lo.hex]
+    return [f"{column} >= ?", f"{column} < ?"], [lo.hex, hi.hex]
+
+
 def _key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
@@ -223,32 +237,36 @@ class SQLiteBackend(Backend):
             c.execute(_sql(sql), params)
             return [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
 
-    def iter_rows(self, stream_ids: Sequence[UUID] | None = None) -> Iterator[StoredRow]:
-        sql = (
-            "SELECT originator_id, originator_version, notification_id, topic, state FROM "
-            + catalog.EVENTS_TABLE
+    def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        sql = (  # CAST: a state edited by hand into TEXT still comes back as its bytes
+            "SELECT originator_id, originator_version, notification_id, topic, "
+            "CAST(state AS BLOB) FROM " + catalog.EVENTS_TABLE
         )
+        bounds, bound_params = _id_bounds("originator_id", id_range)
         batches: list[list[str] | None] = [None]
         if stream_ids is not None:
             keys = sorted(s.hex for s in stream_ids)
             batches = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
         for batch in batches:
-            where = ""
+            where = list(bounds)
             if batch is not None:
-                where = " WHERE originator_id IN (" + ",".join("?" * len(batch)) + ")"
+                where.append("originator_id IN (" + ",".join("?" * len(batch)) + ")")
             with self._txn(commit=False) as c:
-                c.execute(sql + where + " ORDER BY originator_id, originator_version", batch or [])
-                key, sid = "", UUID(int=0)
-                while rows := c.sqlite_cursor.fetchmany(5000):
-                    for r in rows:
-                        if r[0] != key:  # rows come by stream: parse each id once
-                            key, sid = r[0], UUID(r[0])
-                        yield StoredRow(sid, r[1], r[2], r[3], _as_bytes(r[4]))
+                cursor = c.sqlite_cursor
+                cursor.execute(sql + (" WHERE " + " AND ".join(where) if where else "")
+                               + " ORDER BY originator_id, originator_version",
+                               bound_params + (batch or []))
+                fetched = chain.from_iterable(iter(partial(cursor.fetchmany, 5000), []))
+                for key, rows in groupby(fetched, itemgetter(0)):
+                    yield UUID(key), list(rows)
 
-    def iter_catalog(self, tenant: str | None = None) -> Iterator[StreamHead]:
-        sql, params = _sql(catalog.SELECT_STREAMS), []
+    def iter_catalog(self, tenant: str | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
+        where, params = _id_bounds("stream_id", id_range)
         if tenant is not None:
-            sql, params = sql + " WHERE tenant = ?", [tenant]
+            where, params = [*where, "tenant = ?"], [*params, tenant]
+        sql = _sql(catalog.SELECT_STREAMS) + (" WHERE " + " AND ".join(where) if where else "")
         with self._txn(commit=False) as c:
             c.execute(sql + " ORDER BY stream_id", params)
             rows = c.fetchall()

@@ -102,16 +102,21 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
 @tenant_option(required=False)
 @click.option("--trace", "trace_id",
               help="Verify only this trace (of --tenant, default 'default').")
+@click.option("--workers", type=click.IntRange(min=1), metavar="N",
+              help="Processes sharing the streams (default: one per CPU, fewer for a small "
+                   "log; 1: this one only).")
 @json_option
 @click.pass_context
 @handle_errors
-def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, as_json: bool) -> None:
+def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers: int | None,
+           as_json: bool) -> None:
     """Re-derive every hash chain and memory hash; report anything altered.
 
     Exit 0 when every record is intact, 4 when any problem is found.
     """
     from ledger.verify import verify as run_verify
 
+    processes = workers or os.cpu_count() or 1
     with open_store(ctx) as store:
         if is_terminal() and not as_json:
             bar: Any
@@ -119,9 +124,10 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, as_json
                         if trace_id is None or h.name == trace_id)
             with click.progressbar(length=max(total, 1), label="Verifying",
                                    file=sys.stderr) as bar:
-                report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update)
+                report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update,
+                                    workers=processes)
         else:
-            report = run_verify(store, tenant=tenant, trace_id=trace_id)
+            report = run_verify(store, tenant=tenant, trace_id=trace_id, workers=processes)
     if as_json:
         emit_json(report.as_json())
     else:
