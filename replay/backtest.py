@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import LedgerError
 from ledger.gcpause import paused_gc
 from ledger.store import Store
+from ledger.workers import WorkerError, share, shareable, spawn_pool
 from replay.outcomes import CassetteIndex, LiveTools, ScriptedOutcomes
 from replay.policy import Policy
 
@@ -94,8 +95,7 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
     chunks = [traces[i:i + CHUNK] for i in range(0, len(traces), CHUNK)]
     url = replayer.store.backend.url
     shared = (workers > 1 and len(chunks) > 1 and not job.save
-              and not isinstance(job.script, ScriptedOutcomes)
-              and ":memory:" not in url and "mode=memory" not in url)  # not shareable
+              and not isinstance(job.script, ScriptedOutcomes) and shareable(url))
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
     done = 0
 
@@ -142,50 +142,30 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
 
 
 class WorkerPool:
-    """Spawned worker processes, each with its own store connection, kept between runs.
-
-    Spawned, never forked: the parent holds open connections. A script that uses
-    them must start from ``if __name__ == '__main__':`` (Python's rule for spawn).
-    """
+    """Spawned worker processes, each with its own store connection, kept between runs
+    (see ``ledger.workers`` for how parts are shared)."""
 
     def __init__(self, url: str, tool_timeout: float, size: int) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         self.size = size
         self._runs = 0
-        self._executor = ProcessPoolExecutor(
-            max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_start, initargs=(url, tool_timeout))
+        self._executor = spawn_pool(size, _worker_start, (url, tool_timeout))
 
     def share(self, replayer: Replayer, job: BacktestJob, chunks: list[list[str]],
               live: LiveTools | None, tick: Callable[[int], None]) -> Iterable[BacktestReport]:
-        """Each chunk's report, run by a worker or, from the back, by ``replayer`` here.
-
-        This process cancels each chunk before a worker starts it, so no chunk runs
-        twice, and the work begins at once while the workers are still starting.
-        """
-        from concurrent.futures import as_completed
-        from concurrent.futures.process import BrokenProcessPool
-
+        """Each chunk's report, run by a worker or, from the back, by ``replayer`` here."""
         self._runs += 1
         job = replace(job, run=self._runs)
-        futures = {self._executor.submit(_worker_chunk, job, c): c for c in chunks}
         try:
-            for future, chunk in reversed(futures.items()):
-                if future.cancel():  # no worker has started it: run it here
-                    yield run_chunk(replayer, job, chunk, live, tick)
-            for future in as_completed([f for f in futures if not f.cancelled()]):
-                yield future.result()
-                tick(len(futures[future]))
-        except BrokenProcessPool as exc:
+            for index, report, here in share(
+                self._executor, chunks, partial(_worker_chunk, job),
+                lambda chunk: run_chunk(replayer, job, chunk, live, tick), what="backtest",
+            ):
+                if not here:
+                    tick(len(chunks[index]))
+                yield report
+        except WorkerError:
             self.size = 0  # unusable: the next backtest starts a new pool
-            raise LedgerError(
-                f"backtest: a worker process ended abruptly ({exc}); a script that asks "
-                "for workers > 1 must start from `if __name__ == '__main__':`") from None
-        finally:
-            for future in futures:
-                future.cancel()
+            raise
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
