@@ -211,6 +211,9 @@ class _StreamCheck:
                              f"notification id {nid} is not after {last_nid}")
             else:
                 last_nid = nid
+            if state is None:  # only where the column allows NULL (PostgreSQL)
+                self.problem(version, "unreadable_record", "stored state is NULL")
+                state = b""
             self.check_row(version, topic, state, prev)
             prev, expected = chain.record_hash(state), version + 1
         self.check_head(expected - 1, prev)

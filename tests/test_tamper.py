@@ -80,6 +80,18 @@ def test_unparseable_record_is_reported(ledger: Store, store_url: str) -> None:
     assert ("unreadable_record", 5) in found
 
 
+def test_emptied_record_is_reported(ledger: Store, store_url: str) -> None:
+    """A record emptied to NULL (PostgreSQL's column allows it) or, where the column
+    forbids NULL (SQLite), to no bytes, is reported as unreadable at its seq."""
+    try:
+        rawdb.set_state(store_url, SID, 5, None)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - SQLite: NOT NULL constraint
+        assert not rawdb.is_postgres(store_url)
+        rawdb.set_state(store_url, SID, 5, b"")
+    found = problems(verify(ledger))
+    assert ("unreadable_record", 5) in found
+
+
 def test_changed_memory_write_mismatches_ledger_memory_hash(
     ledger: Store, store_url: str
 ) -> None:
