@@ -18,6 +18,8 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from ledger import chain
 from ledger.backends.base import IdRange, RowTuple, StreamHead
 from ledger.errors import NotFoundError
@@ -175,6 +177,27 @@ _TENANT_STREAMS: dict[str, tuple[Callable[[str], UUID], str, str]] = {
 """Topics of the per-tenant streams: (stream id of a tenant, stream name, what a row is)."""
 
 
+def _decode(topic: str, state: bytes) -> dict[str, Any]:
+    """A stored record, decoded exactly where exact integers matter.
+
+    orjson reads an integer beyond 64 bits as a float, which changes nothing verify
+    compares in a trace event but a memory write's values (hashed) and the other
+    topics' records: only those take ``chain.decode``'s exact path when their bytes
+    may hold such an integer. Any altered byte still breaks the chain.
+    """
+    try:
+        record = orjson.loads(state)
+    except orjson.JSONDecodeError:
+        return chain.decode(state)  # the stdlib may still read it; else ValueError
+    if not isinstance(record, dict):
+        raise ValueError("stored state is not a JSON object")
+    if (topic != chain.EVENT_TOPIC or record.get("event") == "CALLBACK_MEMORY_WRITE") and (
+        chain.may_hold_big_int(state)
+    ):
+        return chain.decode(state)
+    return record
+
+
 class _StreamCheck:
     """Walks one stream's rows in version order, collecting problems."""
 
@@ -221,7 +244,7 @@ class _StreamCheck:
 
     def check_row(self, version: int, topic: str, state: bytes, prev: str) -> None:
         try:
-            record = chain.decode(state)
+            record = _decode(topic, state)
         except ValueError as exc:
             self.problem(version, "unreadable_record", f"stored bytes are not a record: {exc}")
             return

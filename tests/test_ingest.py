@@ -338,6 +338,7 @@ def test_integer_beyond_64_bits_is_stored_verbatim(
     assert summary.accepted == 1
     [record] = stored(store, "default", "t1")
     assert type(record["payload"]["n"]) is int and record["payload"]["n"] == big
+    assert verify(store).ok  # verify reads it back without a false problem
 
 
 @pytest.mark.parametrize("value", [2**53, 2**64, -(2**70)], ids=["2^53", "2^64", "-2^70"])
