@@ -349,14 +349,18 @@ def _read_states(url: str, batch: int, decode: bool) -> int:
                     [loads(state) for _, state in rows]
                 last, count = rows[-1][0], count + len(rows)
         return count
-    query = (f"SELECT notification_id, state FROM {EVENTS_TABLE} WHERE notification_id > %s "
-             "ORDER BY notification_id LIMIT %s")
-    with psycopg.connect(url, autocommit=True) as conn:
-        while rows := conn.execute(query, (last, batch), prepare=True).fetchall():
+    query = (f"COPY (SELECT notification_id, state FROM {EVENTS_TABLE} WHERE notification_id > "
+             "%s ORDER BY notification_id LIMIT %s) TO STDOUT (FORMAT BINARY)")
+    with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        while True:  # binary COPY: the fastest read psycopg offers (what read_log uses)
+            with cur.copy(query, (last, batch)) as copy:
+                copy.set_types(["int8", "bytea"])
+                rows = list(copy.rows())
+            if not rows:
+                return count
             if decode:
                 [loads(state) for _, state in rows]
             last, count = rows[-1][0], count + len(rows)
-    return count
 
 
 def _select_notifications(store: Store, batch: int) -> int:
