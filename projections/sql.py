@@ -8,6 +8,7 @@ table's name; PostgreSQL with the schema-qualified identifier, and turns ``?`` i
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -119,6 +120,18 @@ class PostgresViewDB(ViewDB):
     def read(self) -> AbstractContextManager[Cursor]:
         return self._txn(commit=False)
 
+    def executemany(self, cursor: Cursor, template: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Plain INSERTs go by COPY (one stream, no statement per row); others as given."""
+        if not rows:
+            return
+        copy = _copy_statement(template, self.schema)
+        if copy is None:
+            cursor.executemany(self.render(template), rows)
+            return
+        with cursor.copy(copy) as out:  # type: ignore[attr-defined]
+            for row in rows:
+                out.write_row(row)
+
     def query(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on an autocommit connection: one round trip, no BEGIN/ROLLBACK."""
         import psycopg
@@ -162,6 +175,23 @@ _SQLITE_SLOTS = {name: PREFIX + name for name in VIEW_TABLES} | {
 @lru_cache(maxsize=512)
 def _render_sqlite(template: str) -> str:
     return template.format(**_SQLITE_SLOTS)
+
+
+_PLAIN_INSERT = re.compile(r"INSERT INTO \{(\w+)\} \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)")
+
+
+@lru_cache(maxsize=512)
+def _copy_statement(template: str, schema: str) -> Any:
+    """``COPY table (columns) FROM STDIN`` for a plain INSERT template (no conflict
+    clause, only placeholders), else None."""
+    from psycopg import sql
+
+    match = _PLAIN_INSERT.fullmatch(template)
+    if match is None or match.group(1) not in VIEW_TABLES:
+        return None
+    columns = [sql.Identifier(c.strip()) for c in match.group(2).split(",")]
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(schema, PREFIX + match.group(1)), sql.SQL(", ").join(columns))
 
 
 @lru_cache(maxsize=512)
