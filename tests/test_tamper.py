@@ -85,7 +85,7 @@ def test_emptied_record_is_reported(ledger: Store, store_url: str) -> None:
     forbids NULL (SQLite), to no bytes, is reported as unreadable at its seq."""
     try:
         rawdb.set_state(store_url, SID, 5, None)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - SQLite: NOT NULL constraint
+    except Exception:  # SQLite: NOT NULL constraint
         assert not rawdb.is_postgres(store_url)
         rawdb.set_state(store_url, SID, 5, b"")
     found = problems(verify(ledger))

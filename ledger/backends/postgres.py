@@ -39,6 +39,7 @@ from ledger.backends.base import (
 from ledger.errors import ConcurrencyError, SchemaVersionError, StoreError, UsageError
 
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
+_SCAN_IDS = 2000  # stream ids per scan statement
 
 
 def _id_bounds(column: str, id_range: IdRange | None) -> tuple[list[str], list[Any]]:
@@ -234,18 +235,22 @@ class PostgresBackend(Backend):
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
         where, params = _id_bounds("originator_id", id_range)
-        if stream_ids is not None:
-            where, params = [*where, "originator_id = ANY(%s)"], [*params, list(stream_ids)]
+        batches: list[list[UUID] | None] = [None]
+        if stream_ids is not None:  # COPY binds parameters into its text: keep lists short
+            where.append("originator_id = ANY(%s)")
+            ids = sorted(stream_ids)
+            batches = [ids[i : i + _SCAN_IDS] for i in range(0, len(ids), _SCAN_IDS)]
         if where:
             query += sql.SQL(" WHERE " + " AND ".join(where))
         query += sql.SQL(" ORDER BY originator_id, originator_version")
         copy = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)
         try:  # binary COPY streams the rows and decodes them ~2.5x faster than a cursor
-            with (self.datastore.get_connection() as conn, conn.cursor() as cur,
-                  cur.copy(copy, params) as rows):
-                rows.set_types(["uuid", "int8", "int8", "text", "bytea"])
-                for sid, group in groupby(rows.rows(), itemgetter(0)):
-                    yield sid, list(group)
+            for batch in batches:
+                with (self.datastore.get_connection() as conn, conn.cursor() as cur,
+                      cur.copy(copy, params + ([batch] if batch is not None else [])) as rows):
+                    rows.set_types(["uuid", "int8", "int8", "text", "bytea"])
+                    for sid, group in groupby(rows.rows(), itemgetter(0)):
+                        yield sid, list(group)
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
