@@ -21,6 +21,7 @@ from ledger.cli.common import (
     open_store,
     table,
     tenant_option,
+    workers_option,
 )
 
 
@@ -102,13 +103,11 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
 @tenant_option(required=False)
 @click.option("--trace", "trace_id",
               help="Verify only this trace (of --tenant, default 'default').")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Processes sharing the streams (default: one per CPU, fewer for a small "
-                   "log; 1: this one only).")
+@workers_option("streams", " A log under 50,000 events per process uses fewer.")
 @json_option
 @click.pass_context
 @handle_errors
-def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers: int | None,
+def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers: int,
            as_json: bool) -> None:
     """Re-derive every hash chain and memory hash; report anything altered.
 
@@ -116,7 +115,6 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers
     """
     from ledger.verify import verify as run_verify
 
-    processes = workers or os.cpu_count() or 1
     with open_store(ctx) as store:
         if is_terminal() and not as_json:
             bar: Any
@@ -125,9 +123,9 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers
             with click.progressbar(length=max(total, 1), label="Verifying",
                                    file=sys.stderr) as bar:
                 report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update,
-                                    workers=processes)
+                                    workers=workers)
         else:
-            report = run_verify(store, tenant=tenant, trace_id=trace_id, workers=processes)
+            report = run_verify(store, tenant=tenant, trace_id=trace_id, workers=workers)
     if as_json:
         emit_json(report.as_json())
     else:

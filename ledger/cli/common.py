@@ -35,6 +35,15 @@ def json_option(f: Callable[P, R]) -> Callable[P, R]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
+def workers_option(shared: str, note: str = "") -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``--workers N``: processes sharing the work; the command gets N (default: one per CPU)."""
+    return click.option(
+        "--workers", type=click.IntRange(min=1), metavar="N",
+        callback=lambda _ctx, _param, value: value or os.cpu_count() or 1,
+        help=f"Processes sharing the {shared} (default: one per CPU; 1: this one only).{note}",
+    )
+
+
 def tenant_option(required: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``--tenant T``: the isolation boundary every read is confined to."""
     return click.option(

@@ -23,6 +23,7 @@ from ledger.cli.common import (
     open_store,
     table,
     tenant_option,
+    workers_option,
 )
 from ledger.cli.views import catch_up, progress_bar, short
 
@@ -206,28 +207,25 @@ def replay_show(ctx: click.Context, replay_id: str, tenant: str, as_json: bool) 
 @click.option("--tool", help="Only traces whose fork is a failure of this tool (in play).")
 @click.option("--agent", help="Only traces whose fork event was executed by this agent.")
 @click.option("--save", is_flag=True, help="Store every replay (default: store nothing).")
-@click.option("--workers", type=click.IntRange(min=1), metavar="N",
-              help="Processes sharing the traces (default: one per CPU; 1: this one only). "
-                   "A backtest with --save runs in one process.")
+@workers_option("traces", " A backtest with --save runs in one process.")
 @json_option
 @click.pass_context
 @handle_errors
 def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: str | None,
              tools: str | None, tool_timeout: float, reason: str | None, by: str | None,
              since: str | None, until: str | None, tool: str | None, agent: str | None,
-             save: bool, workers: int | None, as_json: bool) -> None:
+             save: bool, workers: int, as_json: bool) -> None:
     """Replay every terminated trace from the failure that led to termination.
 
     Exit 0, 2 for a bad policy or outcomes file or option value.
     """
-    import os
 
     policy, _ = _load(policy_path, outcomes_path)  # the file is re-read per trace
     with (open_store(ctx) as store, _replayer(store, tool_timeout) as replayer,
           progress_bar("Backtesting") as progress):
         report = replayer.backtest(tenant, policy, outcomes=outcomes_path, tools=tools,
                                    since=since, until=until, tool=tool, agent=agent, save=save,
-                                   reason=reason, by=by, workers=workers or os.cpu_count() or 1,
+                                   reason=reason, by=by, workers=workers,
                                    progress=progress)
     if as_json:
         emit_json(report.as_json())
