@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from ledger.backends.base import StreamHead, StreamQuery
+from ledger.backends.base import IdRange, StreamHead, StreamQuery
 
 EVENTS_TABLE = "agentledger_events"
 STREAMS_TABLE = "agentledger_streams"
@@ -101,3 +101,15 @@ def head_from_row(row: Sequence[Any], stream_id: UUID) -> StreamHead:
         stream_id=stream_id, kind=row[1], tenant=row[2], name=row[3], last_seq=int(row[4]),
         head_hash=row[5], status=row[6], agent_owner=row[7], first_ts=row[8], last_ts=row[9],
     )
+
+
+def id_bounds(column: str, id_range: IdRange | None, mark: str) -> tuple[list[str], list[UUID]]:
+    """SQL conditions keeping ``column`` inside ``id_range`` (``mark``: the driver's
+    placeholder), and their parameters; each backend converts the ids as it stores them."""
+    if id_range is None:
+        return [], []
+    lo, hi = id_range
+    if hi is None:
+        return [f"{column} >= {mark}"], [lo]
+    return [f"{column} >= {mark}", f"{column} < {mark}"], [lo, hi]
+

@@ -42,16 +42,6 @@ _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _SCAN_IDS = 2000  # stream ids per scan statement
 
 
-def _id_bounds(column: str, id_range: IdRange | None) -> tuple[list[str], list[Any]]:
-    """SQL conditions (and their parameters) keeping ids inside ``id_range``."""
-    if id_range is None:
-        return [], []
-    lo, hi = id_range
-    if hi is None:
-        return [f"{column} >= %s"], [lo]
-    return [f"{column} >= %s", f"{column} < %s"], [lo, hi]
-
-
 class LedgerPostgresRecorder(PostgresApplicationRecorder):
     """Application recorder that inserts with COPY and upserts the stream catalog."""
 
@@ -234,7 +224,8 @@ class PostgresBackend(Backend):
         query = sql.SQL(
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        where, params = _id_bounds("originator_id", id_range)
+        where, lo_hi = catalog.id_bounds("originator_id", id_range, "%s")
+        params: list[Any] = list(lo_hi)
         batches: list[list[UUID] | None] = [None]
         if stream_ids is not None:  # COPY binds parameters into its text: keep lists short
             where.append("originator_id = ANY(%s)")
@@ -257,7 +248,8 @@ class PostgresBackend(Backend):
     def iter_catalog(self, tenant: str | None = None, *,
                      id_range: IdRange | None = None) -> Iterator[StreamHead]:
         query = self._sql(catalog.SELECT_STREAMS)
-        where, params = _id_bounds("stream_id", id_range)
+        where, lo_hi = catalog.id_bounds("stream_id", id_range, "%s")
+        params: list[Any] = list(lo_hi)
         if tenant is not None:
             where, params = [*where, "tenant = %s"], [*params, tenant]
         if where:

@@ -142,16 +142,6 @@ def _sql(template: str) -> str:
     return catalog.render_sqlite(template)
 
 
-def _id_bounds(column: str, id_range: IdRange | None) -> tuple[list[str], list[Any]]:
-    """SQL conditions (and their parameters) keeping ids inside ``id_range``."""
-    if id_range is None:
-        return [], []
-    lo, hi = id_range
-    if hi is None:
-        return [f"{column} >= ?"], [lo.hex]
-    return [f"{column} >= ?", f"{column} < ?"], [lo.hex, hi.hex]
-
-
 def _key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
@@ -243,7 +233,8 @@ class SQLiteBackend(Backend):
             "SELECT originator_id, originator_version, notification_id, topic, "
             "CAST(state AS BLOB) FROM " + catalog.EVENTS_TABLE
         )
-        bounds, bound_params = _id_bounds("originator_id", id_range)
+        bounds, lo_hi = catalog.id_bounds("originator_id", id_range, "?")
+        bound_params: list[Any] = [u.hex for u in lo_hi]
         batches: list[list[str] | None] = [None]
         if stream_ids is not None:
             keys = sorted(s.hex for s in stream_ids)
@@ -263,7 +254,8 @@ class SQLiteBackend(Backend):
 
     def iter_catalog(self, tenant: str | None = None, *,
                      id_range: IdRange | None = None) -> Iterator[StreamHead]:
-        where, params = _id_bounds("stream_id", id_range)
+        where, lo_hi = catalog.id_bounds("stream_id", id_range, "?")
+        params: list[Any] = [u.hex for u in lo_hi]
         if tenant is not None:
             where, params = [*where, "tenant = ?"], [*params, tenant]
         sql = _sql(catalog.SELECT_STREAMS) + (" WHERE " + " AND ".join(where) if where else "")
