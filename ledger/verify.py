@@ -90,7 +90,8 @@ def verify(
         if not heads:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
         return _verify_streams(store, heads, backend.scan_streams([sid]), progress)
-    workers = min(workers, backend.last_notification_id() // EVENTS_PER_WORKER)
+    if workers > 1:  # the log's size caps it (one query, only when it could matter)
+        workers = min(workers, backend.last_notification_id() // EVENTS_PER_WORKER)
     if workers <= 1 or not shareable(backend.url):
         return verify_range(store, tenant, None, progress)
     ranges = id_ranges(workers * PARTS_PER_WORKER)
