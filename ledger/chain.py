@@ -18,6 +18,8 @@ from typing import Any, Final
 
 import orjson
 
+from ledger.errors import UnreadableRecordError
+
 RECORD_VERSION: Final = 1
 GENESIS_HASH: Final = "sha256:" + "0" * 64
 EVENT_TOPIC: Final = "agentledger.trace_event.v1"
@@ -92,8 +94,15 @@ def encode(record: Any, *, sort_keys: bool = False) -> bytes:
                           sort_keys=sort_keys).encode()
 
 
-def decode(state: bytes) -> dict[str, Any]:
-    """Parse stored bytes back into a record (raises ValueError if they are not one)."""
+def decode(state: bytes | None) -> dict[str, Any]:
+    """Parse stored bytes back into a record (raises ValueError if they are not one).
+
+    ``None`` is what PostgreSQL gives for a state set to NULL behind the ledger's back.
+    """
+    if not state:
+        raise ValueError("stored state is empty (NULL or no bytes)")
+    if not isinstance(state, bytes | bytearray | memoryview):
+        raise ValueError(f"stored state is {type(state).__name__}, not bytes")
     try:  # orjson would read an integer beyond 64 bits as a float: json keeps it exact
         value = json.loads(state) if may_hold_big_int(state) else orjson.loads(state)
     except orjson.JSONDecodeError:
@@ -101,6 +110,15 @@ def decode(state: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("stored state is not a JSON object")
     return value
+
+
+def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int) -> dict[str, Any]:
+    """:func:`decode` for a reader that shows a stream: an unreadable record is an
+    :class:`~ledger.errors.UnreadableRecordError` naming tenant, stream name and seq."""
+    try:
+        return decode(state)
+    except ValueError as exc:
+        raise UnreadableRecordError(tenant, name, seq, str(exc)) from None
 
 
 def event_record(

@@ -65,6 +65,19 @@ class SequenceError(ValidationError):
     """An event's seq would leave a gap in its trace (out of order)."""
 
 
+class UnreadableRecordError(LedgerError):
+    """A stored record can no longer be read: its bytes were altered or emptied behind
+    the ledger's back. Names where: tenant, stream name (the trace id) and seq."""
+
+    exit_code = 4
+
+    def __init__(self, tenant: str, name: str, seq: int, reason: str) -> None:
+        self.tenant, self.name, self.seq, self.reason = tenant, name, seq, reason
+        super().__init__(
+            f"tenant {tenant!r} trace {name!r} seq {seq}: the stored record cannot be read "
+            f"({reason}); it was changed outside the ledger: run `agentledger verify`")
+
+
 class ConflictError(LedgerError):
     """An event for an existing (tenant, trace_id, seq) differs from the stored one."""
 

@@ -65,7 +65,8 @@ def get_trace(store: Store, tenant: str, trace_id: str) -> TraceView:
     head = store.backend.load_heads([sid]).get(sid)
     if head is None:
         raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
-    records = [chain.decode(e.state) for e in store.backend.read_stream(sid)]
+    records = [chain.decode_stored(e.state, tenant=tenant, name=trace_id, seq=e.originator_version)
+               for e in store.backend.read_stream(sid)]
     return TraceView(TraceSummary.from_head(head), records)
 
 
@@ -98,4 +99,6 @@ def list_findings(store: Store, tenant: str) -> list[dict[str, Any]]:
     """The integrity findings the ledger recorded for a tenant, oldest first."""
     stored = store.backend.read_stream(chain.findings_stream_id(tenant))
     keys = ("tenant", "trace_id", "seq", "finding", "detail", "recorded_at")
-    return [{k: r.get(k) for k in keys} for r in (chain.decode(e.state) for e in stored)]
+    records = (chain.decode_stored(e.state, tenant=tenant, name=chain.FINDINGS_STREAM_NAME,
+                                   seq=e.originator_version) for e in stored)
+    return [{k: r.get(k) for k in keys} for r in records]

@@ -106,7 +106,7 @@ def list_replays(store: Store, tenant: str, *, source: str | None = None) -> lis
     for head in heads:
         rows = store.backend.read_stream(head.stream_id, lte=1)
         if rows:
-            link = chain.decode(rows[0].state)
+            link = chain.decode_stored(rows[0].state, tenant=tenant, name=head.name, seq=1)
             if source is None or link.get("source_trace_id") == source:
                 links.append(link)
     return links
@@ -118,7 +118,8 @@ def read_replay(store: Store, tenant: str, name: str) -> StoredReplay:
     rows = store.backend.read_stream(sid)
     if not rows:
         raise NotFoundError(f"no replay {name!r} in tenant {tenant!r}")
-    records = [chain.decode(r.state) for r in rows]
+    records = [chain.decode_stored(r.state, tenant=tenant, name=name, seq=r.originator_version)
+               for r in rows]
     return StoredReplay(name, records[0], [chain.wire_part(r) for r in records[1:]])
 
 

@@ -193,7 +193,7 @@ def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
         if ts is not None and not _within(ts, lo, hi):
             continue  # an unreadable time is exported: verification says why
         yield {"type": "event", **{k: v for k, v in record.items() if k not in _RESERVED},
-               "record_hash": chain.record_hash(stored.state),
+               "record_hash": None if stored.state is None else chain.record_hash(stored.state),
                "verification": statuses.get((head.name, stored.version), OK)}
 
 

@@ -281,7 +281,19 @@ def audit_writes(store: Store, tenant: str, *, scope: str | None = None, by: str
             for r in view_db(store.backend).query(sql, tuple(params))]
 
 
-FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write")
+FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write", "unreadable_record")
+
+
+def unreadable_entries(store: Store, tenant: str,
+                       trace_id: str | None = None) -> list[tuple[str | None, int, str]]:
+    """(trace_id, seq, reason) of the tenant's stored records the views left out because
+    they cannot be read (altered behind the ledger's back), in trace and seq order."""
+    trace_filter, params = ("", (tenant,)) if trace_id is None else (
+        " AND trace_id = ?", (tenant, trace_id))
+    rows = view_db(store.backend).query(
+        "SELECT trace_id, seq, min(reason) FROM {unreadable_entries} WHERE tenant = ?"
+        + trace_filter + " GROUP BY trace_id, seq ORDER BY trace_id, seq", params)
+    return [(t, int(s), r) for t, s, r in rows]
 
 
 def audit_findings(store: Store, tenant: str, *, kind: str | None = None,
@@ -307,6 +319,12 @@ def audit_findings(store: Store, tenant: str, *, kind: str | None = None,
             tenant, trace, seq, "unauthorized_write",
             f"{by} wrote {key!r} to {scope} with neither an earlier in-trace permission "
             "nor a tenant grant covering it", ts) for trace, seq, ts, scope, key, by in writes]
+    if kind in (None, "unreadable_record"):
+        rows += [FindingRow(
+            tenant, trace, seq, "unreadable_record",
+            f"the stored record cannot be read ({reason}); the views leave it out: "
+            "run `agentledger verify`", None)
+            for trace, seq, reason in unreadable_entries(store, tenant, trace_id)]
     return sorted(rows, key=lambda f: (f.trace_id or "", f.seq or 0, f.kind))
 
 

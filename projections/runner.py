@@ -14,12 +14,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 import orjson
 
 from ledger import chain
-from ledger.errors import StoreError, UsageError
+from ledger.errors import UsageError
 from ledger.gcpause import paused_gc
 from ledger.store import Store
 from projections.analytics import AnalyticsProjection
@@ -42,6 +43,16 @@ _DDL = (
     "stream TEXT NOT NULL, context TEXT NOT NULL, PRIMARY KEY (projection, stream))",
     "CREATE TABLE IF NOT EXISTS {projection_state} (name TEXT PRIMARY KEY, "
     "version INTEGER NOT NULL, rebuilt_at TEXT)",
+    # Log entries a projection passed over because their stored bytes cannot be read.
+    "CREATE TABLE IF NOT EXISTS {unreadable_entries} (projection TEXT NOT NULL, "
+    "notification_id {bigint} NOT NULL, tenant TEXT, trace_id TEXT, seq {bigint} NOT NULL, "
+    "reason TEXT NOT NULL, PRIMARY KEY (projection, notification_id))",
+    "CREATE INDEX IF NOT EXISTS agentledger_unreadable_tenant "
+    "ON {unreadable_entries} (tenant, trace_id, seq)",
+)
+_SKIP = (
+    "INSERT INTO {unreadable_entries} (projection, notification_id, tenant, trace_id, seq, "
+    "reason) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_CONTEXT = (
     "INSERT INTO {projection_context} (projection, stream, context) VALUES (?, ?, ?) "
@@ -72,6 +83,7 @@ class ProjectionStatus:
     log_head: int
     lag: int
     rebuild_needed: bool
+    unreadable: int  # log entries left out because their stored record cannot be read
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,10 +162,12 @@ class Projector:
         positions = self._positions()
         built = self._built_versions()
         head = self.store.backend.last_notification_id()
+        unreadable = dict(self.db.query(
+            "SELECT projection, count(*) FROM {unreadable_entries} GROUP BY projection"))
         return [ProjectionStatus(
             p.name, p.description, p.version, built.get(p.name), positions.get(p.name, 0), head,
-            max(0, head - positions.get(p.name, 0)), built.get(p.name) != p.version)
-            for p in self.projections]
+            max(0, head - positions.get(p.name, 0)), built.get(p.name) != p.version,
+            int(unreadable.get(p.name, 0))) for p in self.projections]
 
     def follow(self, *, interval: float = 1.0, stop: Callable[[], bool] = lambda: False,
                on_batch: Callable[[int], None] | None = None) -> None:
@@ -195,6 +209,7 @@ class Projector:
         for statement in p.ddl:
             self.db.execute(cur, statement)
         self.db.execute(cur, "DELETE FROM {projection_context} WHERE projection = ?", (p.name,))
+        self.db.execute(cur, "DELETE FROM {unreadable_entries} WHERE projection = ?", (p.name,))
         self.db.execute(cur, "DELETE FROM {tracking} WHERE application_name = ?", (p.name,))
         self.db.execute(cur, "DELETE FROM {projection_state} WHERE name = ?", (p.name,))
         self.db.execute(cur, "INSERT INTO {projection_state} (name, version, rebuilt_at) "
@@ -229,14 +244,16 @@ class Projector:
             if not rows:
                 return read
             last = rows[-1][0]
-            entries = _entries(rows)
+            entries, unreadable = _entries(rows)
             behind = [p for p in self.projections if positions[p.name] < last]
             batches = self._apply(behind, entries, positions)
+            skipped = self._skipped(behind, unreadable, positions)
             with self.db.transaction() as cur:
                 for p in behind:
                     self._advance(cur, p.name, positions[p.name], last)
                 for p in behind:
                     self._write(cur, p, batches[p.name])
+                self.db.executemany(cur, _SKIP, skipped)
             for p in behind:
                 positions[p.name] = self._known[p.name] = last
                 self._keep(p.name, batches[p.name])
@@ -266,6 +283,26 @@ class Projector:
             p.apply(mine, batch)
             batches[p.name] = batch
         return batches
+
+    def _skipped(self, behind: Sequence[Projection], unreadable: Sequence[Unreadable],
+                 positions: dict[str, int]) -> list[tuple[Any, ...]]:
+        """Rows recording the unreadable entries each projection now passes over.
+
+        They are left out of the views, never guessed at; ``projections status``,
+        ``audit findings`` and the read commands say so (where: from the catalog).
+        """
+        if not unreadable:
+            return []
+        streams = {UUID(hex=u.stream) for u in unreadable}
+        heads = self.store.backend.load_heads(list(streams))
+        rows = []
+        for u in unreadable:
+            head = heads.get(UUID(hex=u.stream))
+            tenant, name = (head.tenant, head.name) if head else (None, None)
+            rows += [(p.name, u.notification_id, tenant, name, u.version, u.reason)
+                     for p in behind
+                     if u.topic in p.topics and u.notification_id > positions[p.name]]
+        return rows
 
     def _load_contexts(self, name: str, streams: set[str]) -> None:
         cache = self._caches.setdefault(name, OrderedDict())
@@ -316,21 +353,34 @@ def _copy(context: dict[str, Any] | None) -> dict[str, Any]:
     return orjson.loads(orjson.dumps(context)) if context else {}
 
 
-def _entries(rows: Sequence[tuple[int, str, str, int, bytes]]) -> list[Entry]:
-    """Decode log rows of the projected topics (the hot loop of a rebuild)."""
+class Unreadable(NamedTuple):
+    """A log entry whose stored state is not a record (altered behind the ledger's back)."""
+
+    notification_id: int
+    topic: str
+    stream: str
+    version: int
+    reason: str
+
+
+def _entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
+             ) -> tuple[list[Entry], list[Unreadable]]:
+    """Decode log rows of the projected topics (the hot loop of a rebuild), and set
+    aside those that are not records."""
     topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
     try:
-        return [Entry(nid, topic, key, version,
-                      chain.decode(state) if risky(state) else loads(state))
-                for nid, topic, key, version, state in rows if topic in topics]
-    except (ValueError, TypeError):  # find the bad row and name it
-        out = []
-        for nid, topic, key, version, state in rows:
-            if topic in topics:
-                try:
-                    record = chain.decode(state)
-                except (ValueError, TypeError) as exc:
-                    raise StoreError(f"log entry {nid} is not a readable record ({exc}); "
-                                     "run `agentledger verify`") from None
-                out.append(Entry(nid, topic, key, version, record))
-        return out
+        entries = [Entry(nid, topic, key, version,
+                         chain.decode(state) if risky(state) else loads(state))  # type: ignore[arg-type]
+                   for nid, topic, key, version, state in rows if topic in topics]
+        if all(type(e.record) is dict for e in entries):
+            return entries, []
+    except (ValueError, TypeError, AttributeError):  # not JSON, or NULL: sort them out
+        pass
+    out, bad = [], []
+    for nid, topic, key, version, state in rows:
+        if topic in topics:
+            try:
+                out.append(Entry(nid, topic, key, version, chain.decode(state)))
+            except ValueError as exc:
+                bad.append(Unreadable(nid, topic, key, version, str(exc)))
+    return out, bad

@@ -165,7 +165,8 @@ class CassetteIndex:
 
     def _read(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
         state = self.store.backend.read_state(chain.trace_stream_id(self.tenant, trace_id), seq)
-        record = chain.decode(state) if state is not None else {}
+        record = {} if state is None else chain.decode_stored(
+            state, tenant=self.tenant, name=trace_id, seq=seq)
         payload = record.get("payload") or {}
         if (record.get("event") != "TOOL_EXEC" or payload.get("tool") != tool
                 or args_digest(payload.get("args")) != digest):

@@ -166,7 +166,9 @@ class Replayer:
         ids = {chain.trace_stream_id(tenant, t): t for t in trace_ids}
         out: dict[str, list[dict[str, Any]]] = {t: [] for t in trace_ids}
         for row in self.store.backend.iter_rows(list(ids)):
-            out[ids[row.stream_id]].append(chain.decode(row.state))
+            trace_id = ids[row.stream_id]
+            out[trace_id].append(
+                chain.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version))
         return out
 
     def _histories(self, tenant: str, trace_ids: list[str]) -> dict[str, list[Any]]:
@@ -197,7 +199,8 @@ class Replayer:
         rows = self.store.backend.read_stream(sid)
         if not rows:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
-        return [chain.decode(r.state) for r in rows]
+        return [chain.decode_stored(r.state, tenant=tenant, name=trace_id, seq=r.originator_version)
+                for r in rows]
 
     def _chain(self, tenant: str, trace_id: str, plan: Plan, scripted: ScriptedOutcomes | None,
                live: LiveTools | None) -> OutcomeChain:

@@ -93,7 +93,7 @@ def test_projections_status_after_ingest_shows_no_lag(loaded: str) -> None:
     assert [r["name"] for r in rows] == ["memory", "failures", "attribution", "analytics",
                                          "findings"]
     assert set(rows[0]) == {"name", "description", "version", "built_version", "position",
-                            "log_head", "lag", "rebuild_needed"}
+                            "log_head", "lag", "rebuild_needed", "unreadable"}
     assert all(r["lag"] == 0 and r["position"] == r["log_head"] > 0 for r in rows)
     code, out, _ = run(loaded, "projections", "status")
     assert code == 0 and out.startswith("name") and "attribution" in out

@@ -58,6 +58,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id FROM {} WHERE notification_id > %s ORDER BY notification_id"
         ).format(table)
         self._upsert = pg_sql(catalog.UPSERT_STREAM, self.datastore.schema)
+        # The library reads state with bytes(), which fails on a NULL set behind the
+        # ledger's back; empty bytes instead reach the readers, which name the record.
+        self.select_events_statement = sql.SQL(
+            "SELECT originator_id, originator_version, topic, COALESCE(state, ''::bytea) AS state "
+            "FROM {} WHERE originator_id = %s").format(table)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

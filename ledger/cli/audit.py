@@ -21,7 +21,7 @@ from ledger.cli.common import (
 )
 from ledger.cli.views import catch_up, open_views, progress_bar, short
 
-FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write")
+FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write", "unreadable_record")
 
 
 @click.group("audit")

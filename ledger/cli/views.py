@@ -72,10 +72,29 @@ def attach_views(store: Store) -> Projector:
 
 @contextmanager
 def open_views(ctx: click.Context) -> Iterator[Store]:
-    """Open the store with its projections brought up to date."""
+    """Open the store with its projections brought up to date.
+
+    When the command's tenant has log entries the views had to leave out (their
+    stored record cannot be read), a warning on stderr says which.
+    """
+    from projections.queries import unreadable_entries
+
     with open_store(ctx) as store:
         catch_up(store)
+        tenant = ctx.params.get("tenant")
+        if isinstance(tenant, str):
+            warn_unreadable(unreadable_entries(store, tenant))
         yield store
+
+
+def warn_unreadable(entries: list[tuple[str | None, int, str]]) -> None:
+    """One stderr warning naming the (trace, seq) the views leave out, if any."""
+    if not entries:
+        return
+    where = ", ".join(f"trace {t!r} seq {s}" for t, s, _ in entries[:5])
+    more = f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+    click.echo(f"warning: the views leave out {len(entries)} stored record(s) that cannot "
+               f"be read ({where}{more}); run `agentledger verify`", err=True)
 
 
 def short(value: Any, width: int = 60) -> str:
@@ -116,9 +135,14 @@ def projections_status(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(table([[r.name, f"{r.position:,}", f"{r.lag:,}", str(r.version),
                        "" if r.built_version is None else str(r.built_version),
-                       "yes" if r.rebuild_needed else "", r.description] for r in rows],
-                     ["name", "position", "lag", "version", "built", "rebuild",
+                       "yes" if r.rebuild_needed else "",
+                       f"{r.unreadable:,}" if r.unreadable else "", r.description]
+                      for r in rows],
+                     ["name", "position", "lag", "version", "built", "rebuild", "unreadable",
                       "description"]))
+    if any(r.unreadable for r in rows):
+        click.echo("\nunreadable: log entries left out of the views because their stored "
+                   "record cannot be read; `agentledger verify` names them.")
 
 
 @projections_group.command("rebuild")
