@@ -55,9 +55,6 @@ class AnalyticsProjection(Projection):
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
         "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
         "error_class TEXT, args_digest TEXT NOT NULL, PRIMARY KEY (tenant, trace_id, seq))",
-        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "  # covers the cassette
-        "ON {tool_calls} (tenant, tool, args_digest, ts, trace_id, seq)",
         "CREATE TABLE IF NOT EXISTS {tool_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
         "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
         "failures {bigint} NOT NULL, PRIMARY KEY (tenant, hour, tool, executed_by))",
@@ -66,6 +63,11 @@ class AnalyticsProjection(Projection):
         "tool TEXT NOT NULL, fallback_tool TEXT, attempt {bigint}, executed_by TEXT NOT NULL, "
         "recovered INTEGER NOT NULL, recovered_seq {bigint}, "
         "PRIMARY KEY (tenant, trace_id, seq))",
+    )
+    query_indexes = (
+        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "  # covers the cassette
+        "ON {tool_calls} (tenant, tool, args_digest, ts, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_recoveries_ts "
         "ON {recoveries} (tenant, kind, ts)",
     )

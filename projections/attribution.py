@@ -60,20 +60,22 @@ class AttributionProjection(Projection):
         "key TEXT NOT NULL, op TEXT NOT NULL, executed_by TEXT NOT NULL, "
         "agent_owner TEXT NOT NULL, cross_agent INTEGER NOT NULL, authorized INTEGER NOT NULL, "
         "basis TEXT, PRIMARY KEY (tenant, trace_id, seq))",
-        "CREATE INDEX IF NOT EXISTS agentledger_writes_ts ON {write_attribution} (tenant, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_writes_scope "
-        "ON {write_attribution} (tenant, scope, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_writes_by "
+        "CREATE INDEX IF NOT EXISTS agentledger_writes_by "  # re-evaluating grants uses it
         "ON {write_attribution} (tenant, executed_by, scope, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_writes_key "
-        "ON {write_attribution} (tenant, key, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_writes_unauthorized "
-        "ON {write_attribution} (tenant, authorized, trace_id, seq)",
         "CREATE TABLE IF NOT EXISTS {grants} (tenant TEXT NOT NULL, grant_id TEXT NOT NULL, "
         "agent TEXT NOT NULL, scope TEXT NOT NULL, valid_from TEXT NOT NULL, valid_until TEXT, "
         "granted_by TEXT, reason TEXT, recorded_at TEXT, revoked_at TEXT, revoked_by TEXT, "
         "revoke_reason TEXT, PRIMARY KEY (tenant, grant_id))",
         "CREATE INDEX IF NOT EXISTS agentledger_grants_target ON {grants} (tenant, agent, scope)",
+    )
+    query_indexes = (
+        "CREATE INDEX IF NOT EXISTS agentledger_writes_ts ON {write_attribution} (tenant, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_writes_scope "
+        "ON {write_attribution} (tenant, scope, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_writes_key "
+        "ON {write_attribution} (tenant, key, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_writes_unauthorized "
+        "ON {write_attribution} (tenant, authorized, trace_id, seq)",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:

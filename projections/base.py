@@ -84,7 +84,10 @@ class Projection(ABC):
     version: ClassVar[int] = 1
     topics: ClassVar[frozenset[str]]
     tables: ClassVar[tuple[str, ...]]  # slot names, see projections.sql.VIEW_TABLES
-    ddl: ClassVar[tuple[str, ...]]
+    ddl: ClassVar[tuple[str, ...]]  # tables, and the indexes ``apply``'s own statements use
+    # Indexes only the read queries use: a full rebuild creates them after loading the
+    # rows, which sorts once instead of updating them row by row.
+    query_indexes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
 
     @abstractmethod

@@ -59,15 +59,17 @@ class FailureProjection(Projection):
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL, tool TEXT, "
         "executed_by TEXT NOT NULL, reason TEXT, error_class TEXT, error_code TEXT, "
         "PRIMARY KEY (tenant, trace_id, seq))",
+        "CREATE TABLE IF NOT EXISTS {failure_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
+        "tool TEXT NOT NULL, reason TEXT NOT NULL, executed_by TEXT NOT NULL, "
+        "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
+        "PRIMARY KEY (tenant, hour, tool, reason, executed_by))",
+    )
+    query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_failures_ts ON {failures} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_tool ON {failures} (tenant, tool, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_agent "
         "ON {failures} (tenant, executed_by, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_event ON {failures} (tenant, event, ts)",
-        "CREATE TABLE IF NOT EXISTS {failure_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
-        "tool TEXT NOT NULL, reason TEXT NOT NULL, executed_by TEXT NOT NULL, "
-        "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
-        "PRIMARY KEY (tenant, hour, tool, reason, executed_by))",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:

@@ -29,6 +29,8 @@ class FindingsProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {findings} (tenant TEXT NOT NULL, finding_seq {bigint} "
         "NOT NULL, kind TEXT NOT NULL, trace_id TEXT, seq {bigint}, detail TEXT, "
         "recorded_at TEXT, PRIMARY KEY (tenant, finding_seq))",
+    )
+    query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_findings_trace "
         "ON {findings} (tenant, trace_id, seq)",
     )

@@ -31,6 +31,8 @@ class MemoryProjection(Projection):
         "op TEXT NOT NULL, value TEXT, memory_hash TEXT NOT NULL, ts TEXT NOT NULL, "
         "executed_by TEXT NOT NULL, agent_owner TEXT NOT NULL, "
         "PRIMARY KEY (tenant, trace_id, seq))",
+    )
+    query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_memory_writes_scope "
         "ON {memory_writes} (tenant, trace_id, scope, seq)",
     )

@@ -64,6 +64,8 @@ _START = "INSERT INTO {tracking} (application_name, notification_id) VALUES (?, 
          "ON CONFLICT (application_name) DO NOTHING"
 _POSITIONS = "SELECT application_name, notification_id FROM {tracking}"
 _CHUNK = 400
+CATCH_UP_BATCH = 10_000  # log entries per transaction
+REBUILD_BATCH = 50_000
 _STALE_RETRIES = 20
 
 
@@ -101,14 +103,19 @@ def select(names: Iterable[str] | None) -> list[Projection]:
 
 
 class Projector:
-    """Keeps some (default: all) projections of one store up to date."""
+    """Keeps some (default: all) projections of one store up to date.
+
+    ``batch_size``: log entries applied per transaction (default 10,000 when catching
+    up, ``REBUILD_BATCH`` in a rebuild, where fewer and larger commits pay off).
+    """
 
     def __init__(self, store: Store, names: Iterable[str] | None = None, *,
-                 batch_size: int = 10_000, context_cache: int = 50_000) -> None:
+                 batch_size: int | None = None, context_cache: int = 50_000) -> None:
         self.store = store
         self.db: ViewDB = view_db(store.backend)
         self.projections = select(names)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or CATCH_UP_BATCH
+        self.rebuild_batch_size = batch_size or REBUILD_BATCH
         self.context_cache = context_cache
         self._caches: dict[str, OrderedDict[str, dict[str, Any]]] = {}
         self._complete: set[str] = set()  # caches known to hold every context there is
@@ -126,34 +133,45 @@ class Projector:
     def _committed(self) -> None:
         self.catch_up()
 
-    def catch_up(self, progress: Progress | None = None) -> int:
+    def catch_up(self, progress: Progress | None = None, *, batch_size: int | None = None) -> int:
         """Apply every log entry the projections have not seen; return how many were read."""
         self._prepare()
         with paused_gc():
             for _ in range(_STALE_RETRIES):
                 try:
-                    return self._run(progress)
+                    return self._run(progress, batch_size or self.batch_size)
                 except StaleError:
                     self._forget()
         raise StaleError("tracking positions kept moving under this projector")
 
     def rebuild(self, names: Iterable[str] | None = None,
                 progress: Progress | None = None) -> int:
-        """Drop the named projections (default: all of this projector's) and replay from 0."""
+        """Drop the named projections (default: all of this projector's) and replay from 0.
+
+        The indexes only queries use are built after the rows are loaded (also when
+        the rebuild is interrupted; after a crash, the next projector builds them).
+        """
         self._prepare()
         wanted = None if names is None else {p.name for p in select(names)}  # checks names
         chosen = [p for p in self.projections if wanted is None or p.name in wanted]
         with self.db.transaction() as cur:
             for p in chosen:
-                self._reset(cur, p)
+                self._reset(cur, p, query_indexes=False)
         for p in chosen:
             self._caches.pop(p.name, None)
             self._complete.add(p.name)
             self._known[p.name] = 0
-        read = self.catch_up(progress)
-        if self.db.dialect == "sqlite":  # SQLite has no statistics until asked: without them
-            with self.db.transaction() as cur:  # it picks poor indexes for windowed stats
-                cur.execute("ANALYZE")
+        try:
+            read = self.catch_up(progress, batch_size=self.rebuild_batch_size)
+        finally:
+            with self.db.transaction() as cur:
+                for p in chosen:
+                    for statement in p.query_indexes:
+                        self.db.execute(cur, statement)
+        with self.db.transaction() as cur:  # statistics for the new tables and indexes:
+            for p in chosen:                 # without them the planner picks poor indexes
+                for table in p.tables:       # (SQLite has none until asked)
+                    self.db.execute(cur, "ANALYZE {" + table + "}")
         return read
 
     def status(self) -> list[ProjectionStatus]:
@@ -195,18 +213,18 @@ class Projector:
             for p in self.projections:
                 if p in stale:  # its tables may have an older layout: never touch them
                     self._reset(cur, p)
-                else:
-                    for statement in p.ddl:
+                else:  # also builds indexes a crashed rebuild left out
+                    for statement in p.ddl + p.query_indexes:
                         self.db.execute(cur, statement)
         for p in stale:
             self._complete.add(p.name)
             self._known[p.name] = 0
         self._ready = True
 
-    def _reset(self, cur: Cursor, p: Projection) -> None:
+    def _reset(self, cur: Cursor, p: Projection, *, query_indexes: bool = True) -> None:
         for table in p.tables:
             self.db.execute(cur, "DROP TABLE IF EXISTS {" + table + "}")
-        for statement in p.ddl:
+        for statement in p.ddl + (p.query_indexes if query_indexes else ()):
             self.db.execute(cur, statement)
         self.db.execute(cur, "DELETE FROM {projection_context} WHERE projection = ?", (p.name,))
         self.db.execute(cur, "DELETE FROM {unreadable_entries} WHERE projection = ?", (p.name,))
@@ -227,7 +245,7 @@ class Projector:
         self._complete.clear()
         self._known.clear()
 
-    def _run(self, progress: Progress | None) -> int:
+    def _run(self, progress: Progress | None, batch_size: int) -> int:
         positions = {p.name: 0 for p in self.projections} | {
             k: v for k, v in self._positions().items() if k in NAMES}
         for name, position in positions.items():
@@ -240,7 +258,7 @@ class Projector:
         total = max(0, backend.last_notification_id() - start) if progress else 0
         read = 0
         while True:
-            rows = backend.read_log(start, self.batch_size)
+            rows = backend.read_log(start, batch_size)
             if not rows:
                 return read
             last = rows[-1][0]

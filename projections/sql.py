@@ -50,7 +50,11 @@ class ViewDB:
         raise NotImplementedError
 
     def transaction(self) -> AbstractContextManager[Cursor]:
-        """A write transaction: committed when the block ends without an error."""
+        """A write transaction: committed when the block ends without an error.
+
+        View transactions may trade durability (never atomicity) for speed: views are
+        derived, and their tracking position rolls back with them.
+        """
         raise NotImplementedError
 
     def execute(self, cursor: Cursor, template: str, params: Sequence[Any] = ()) -> Cursor:
@@ -94,8 +98,24 @@ class SQLiteViewDB(ViewDB):
     @contextmanager
     def _txn(self, *, commit: bool) -> Iterator[Cursor]:
         try:
-            with self.datastore.transaction(commit=commit) as c:
-                yield c.sqlite_cursor
+            with self.datastore.get_connection(commit=commit) as conn:
+                if not commit:
+                    with conn.transaction(commit=False) as c:
+                        yield c.sqlite_cursor
+                    return
+                # synchronous=NORMAL for this commit only: in WAL mode a power loss can
+                # then undo the latest view commits, never half of one (their tracking
+                # position goes with them) and never a ledger commit, which keeps the
+                # connection's own setting and syncs the log up to and including itself.
+                pragma = conn.cursor()
+                pragma.execute("PRAGMA synchronous")
+                previous = int(pragma.fetchone()[0])
+                pragma.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    with conn.transaction(commit=True) as c:
+                        yield c.sqlite_cursor
+                finally:
+                    pragma.execute(f"PRAGMA synchronous = {previous}")
         except (PersistenceError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
 

@@ -17,7 +17,6 @@ import argparse
 import cProfile
 import gc
 import hashlib
-import inspect
 import math
 import os
 import pstats
@@ -55,6 +54,7 @@ from ledger.store import Store  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from ledger.workload import synthetic_lines  # noqa: E402
 from projections import Projector, queries  # noqa: E402
+from projections.runner import REBUILD_BATCH  # noqa: E402
 from projections.sql import view_db  # noqa: E402
 
 T = TypeVar("T")
@@ -308,9 +308,8 @@ def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Pa
 # -- projections: ingest with the projector attached, rebuild, queries -------------------
 
 def projector_batch() -> int:
-    """The projector's default batch size (the raw log reads page by the same)."""
-    default = inspect.signature(Projector).parameters["batch_size"].default
-    return int(default)
+    """The rebuild's batch size (the raw log reads page by the same)."""
+    return REBUILD_BATCH
 
 
 def bench_ingest_projections(backend: str, args: argparse.Namespace, work: Path, jsonl: Path,

@@ -33,8 +33,8 @@ from ledger.payloads import is_failure_point
 from ledger.store import Store
 from ledger.workload import demo_events, synthetic_lines
 from projections import Projector
-from projections.runner import NAMES
-from projections.sql import Cursor, ViewDB, view_db
+from projections.runner import NAMES, PROJECTIONS
+from projections.sql import Cursor, PostgresViewDB, ViewDB, view_db
 
 N_SYNTHETIC = 20_000  # plus the demo's traces, spread among them
 INGEST_BATCH = 200
@@ -367,6 +367,7 @@ def assert_complete_and_equal_to_rebuild(store: Store) -> None:
     incremental = dump(store)
     Projector(store).rebuild()
     assert dump(store) == incremental
+    assert query_indexes() <= index_names(store)
 
 
 # -- the tests ----------------------------------------------------------------------------
@@ -435,6 +436,24 @@ def test_rebuild_killed_midway_leaves_views_at_their_positions(
         if landed == KILLS:
             break
     assert landed == KILLS, f"only {landed} kills landed mid-rebuild"
+    assert query_indexes() - index_names(store), "a rebuild builds them after the rows"
     Projector(store).catch_up()
+    assert query_indexes() <= index_names(store), "the next projector builds them"
     assert dump(store) == built
     assert_complete_and_equal_to_rebuild(store)
+
+
+def query_indexes() -> set[str]:
+    """Names of the indexes the projections' queries use."""
+    return {statement.split("EXISTS ")[1].split()[0]
+            for p in PROJECTIONS for statement in p.query_indexes}
+
+
+def index_names(store: Store) -> set[str]:
+    """Names of the AgentLedger indexes in the store's database."""
+    db = view_db(store.backend)
+    if isinstance(db, PostgresViewDB):  # this test's schema only
+        rows = db.query("SELECT indexname FROM pg_indexes WHERE schemaname = ?", (db.schema,))
+    else:
+        rows = db.query("SELECT name FROM sqlite_master WHERE type = 'index'")
+    return {name for (name,) in rows}
