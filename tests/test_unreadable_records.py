@@ -17,6 +17,7 @@ import rawdb
 from clirun import run, run_json
 
 from ledger import chain
+from ledger.errors import UnreadableRecordError
 from ledger.ingest import ingest
 from ledger.store import Store
 from ledger.workload import synthetic_lines
@@ -139,3 +140,16 @@ def test_export_keeps_the_unreadable_record_as_evidence(ledger: str, how: str,
     else:
         stored = rawdb.get_state(ledger, SID, SEQ)
         assert stored != original and row["record_hash"] == chain.record_hash(stored)
+
+
+@HOW
+def test_backend_reads_give_bytes_for_an_unreadable_record(store: Store, ledger: str,
+                                                           how: str) -> None:
+    """read_state and read_stream hand the bytes (none for NULL) to the reader, which
+    names the record; neither fails in the driver."""
+    spoil(ledger, how)
+    state = store.backend.read_state(SID, SEQ)
+    [row] = [e for e in store.backend.read_stream(SID) if e.originator_version == SEQ]
+    assert isinstance(state, bytes) and state == row.state
+    with pytest.raises(UnreadableRecordError, match=f"trace {TRACE!r} seq {SEQ}"):
+        chain.decode_stored(state, tenant=TENANT, name=TRACE, seq=SEQ)

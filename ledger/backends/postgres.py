@@ -281,7 +281,8 @@ class PostgresBackend(Backend):
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         query = sql.SQL(
-            "SELECT state FROM {} WHERE originator_id = %s AND originator_version = %s"
+            "SELECT COALESCE(state, ''::bytea) FROM {} "  # NULL: see select_events_statement
+            "WHERE originator_id = %s AND originator_version = %s"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
         try:  # one statement on an autocommit connection: one round trip
             with self.datastore.get_connection() as conn:
