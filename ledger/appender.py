@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from hashlib import sha256
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
@@ -25,11 +26,11 @@ from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_wr
 from ledger.store import Store
 
 Status = Literal["accepted", "duplicate", "rejected"]
+_Key = tuple[str, str]  # (tenant, trace_id): how the appender finds a trace's stream
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one submitted event."""
+class Outcome(NamedTuple):
+    """What became of one submitted event (a named tuple: one is made per event)."""
 
     status: Status
     reason: str | None = None
@@ -52,13 +53,20 @@ class _Stream:
     first_ts: str | None
     last_ts: str | None
     memory: dict[str, MemoryState] | None = None  # None until folded from the store
-    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> wire record
+    pending: dict[int, bytes] = field(default_factory=dict)  # seq -> staged wire JSON
     owned: set[str] = field(default_factory=set)  # scopes copied for this batch
 
     @classmethod
     def from_head(cls, head: StreamHead, memory: dict[str, MemoryState] | None) -> _Stream:
         return cls(head.stream_id, head.tenant, head.name, head.last_seq, head.head_hash,
                    head.status, head.agent_owner, head.first_ts, head.last_ts, memory)
+
+    def copy(self) -> _Stream:
+        """A copy to stage changes in: memory scopes shared until written (``owned``)."""
+        assert self.memory is not None
+        return _Stream(self.stream_id, self.tenant, self.name, self.last_seq, self.head_hash,
+                       self.status, self.agent_owner, self.first_ts, self.last_ts,
+                       dict(self.memory))
 
     def head(self) -> StreamHead:
         return StreamHead(self.stream_id, chain.TRACE_KIND, self.tenant, self.name,
@@ -73,8 +81,9 @@ class Appender:
         self.store = store
         self.backend = store.backend
         self.cache_size = cache_size
-        self._cache: OrderedDict[UUID, _Stream] = OrderedDict()
-        self._dirty: dict[UUID, _Stream] = {}
+        # Streams keyed by (tenant, trace_id): a tuple of two strings hashes in C.
+        self._cache: OrderedDict[_Key, _Stream] = OrderedDict()
+        self._dirty: dict[_Key, _Stream] = {}
         self._staged: list[StoredEvent] = []
         self._findings: list[dict[str, Any]] = []
 
@@ -90,10 +99,11 @@ class Appender:
 
     def next_seq(self, tenant: str, trace_id: str) -> int:
         """The seq the trace's next event must have (counting staged events)."""
-        sid = chain.trace_stream_id(tenant, trace_id)
-        stream = self._dirty.get(sid) or self._cache.get(sid)
+        key = (tenant, trace_id)
+        stream = self._dirty.get(key) or self._cache.get(key)
         if stream is not None:
             return stream.last_seq + 1
+        sid = chain.trace_stream_id(tenant, trace_id)
         head = self.backend.load_heads([sid]).get(sid)
         return (head.last_seq if head else 0) + 1
 
@@ -101,24 +111,25 @@ class Appender:
         self, events: Sequence[TraceEvent], *, fill_memory_hash: bool = False
     ) -> list[Outcome]:
         """Classify and queue events; nothing is written until :meth:`flush`."""
-        ids = [chain.trace_stream_id(e.tenant, e.trace_id) for e in events]
-        views = self._load(ids, events)
+        keys = [(e.tenant, e.trace_id) for e in events]
+        views = self._load(keys, events)
+        dirty = self._dirty
         outcomes: list[Outcome | None] = []
         to_compare: list[tuple[int, UUID]] = []
-        for i, (sid, event) in enumerate(zip(ids, events, strict=True)):
-            stream = self._dirty.get(sid) or views[sid]
+        for i, (key, event) in enumerate(zip(keys, events, strict=True)):
+            stream = dirty.get(key) or views[key]
             last = stream.last_seq
             if event.seq == last + 1:
-                if sid not in self._dirty:
-                    stream = self._open_for_write(sid, stream)
+                if key not in dirty:
+                    stream = self._open_for_write(key, stream)
                 outcomes.append(self._accept(stream, event, fill_memory_hash))
             elif event.seq > last + 1:
                 outcomes.append(Outcome("rejected", _gap_reason(event, last), "gap"))
             elif event.seq in stream.pending:
-                outcomes.append(self._compare(event, stream.pending[event.seq]))
+                outcomes.append(self._compare(event, chain.decode(stream.pending[event.seq])))
             else:
                 outcomes.append(None)
-                to_compare.append((i, sid))
+                to_compare.append((i, stream.stream_id))
         for i, record in self._stored_records(to_compare, events).items():
             outcomes[i] = self._compare(events[i], chain.wire_part(record))
         return [o for o in outcomes if o is not None]
@@ -142,10 +153,10 @@ class Appender:
         except BaseException:  # ConcurrencyError included: the caller re-stages
             self.discard()
             raise
-        for sid, stream in self._dirty.items():
+        for key, stream in self._dirty.items():
             stream.pending.clear()
             stream.owned.clear()
-            self._remember(sid, stream)
+            self._remember(key, stream)
         written = len(self._staged)
         self._dirty.clear()
         self._staged.clear()
@@ -155,8 +166,8 @@ class Appender:
 
     def discard(self) -> None:
         """Drop staged work and forget the streams it touched."""
-        for sid in self._dirty:
-            self._cache.pop(sid, None)
+        for key in self._dirty:
+            self._cache.pop(key, None)
         self._dirty.clear()
         self._staged.clear()
         self._findings.clear()
@@ -174,46 +185,48 @@ class Appender:
 
     # -- internals ---------------------------------------------------------------
 
-    def _load(self, ids: Sequence[UUID], events: Sequence[TraceEvent]) -> dict[UUID, _Stream]:
+    def _load(self, keys: Sequence[_Key], events: Sequence[TraceEvent]) -> dict[_Key, _Stream]:
         """The streams of a batch, from the cache or the catalog (new ones created)."""
-        views: dict[UUID, _Stream] = {}
-        missing: list[UUID] = []
-        for sid in dict.fromkeys(ids):
-            cached = self._cache.get(sid)
+        views: dict[_Key, _Stream] = {}
+        missing: list[_Key] = []
+        cache = self._cache
+        for key in dict.fromkeys(keys):
+            cached = cache.get(key)
             if cached is None:
-                missing.append(sid)
+                missing.append(key)
             else:
-                self._cache.move_to_end(sid)
-                views[sid] = cached
+                cache.move_to_end(key)
+                views[key] = cached
         if missing:
-            found = self.backend.load_heads(missing)
+            ids = [chain.trace_stream_id(*key) for key in missing]
+            found = self.backend.load_heads(ids)
             wanted = set(missing)
-            firsts: dict[UUID, TraceEvent] = {}  # a new stream's owner is its first event's
-            for sid, e in zip(ids, events, strict=True):
-                if sid in wanted:
-                    firsts.setdefault(sid, e)
-            for sid in missing:
+            firsts: dict[_Key, TraceEvent] = {}  # a new stream's owner is its first event's
+            for key, e in zip(keys, events, strict=True):
+                if key in wanted:
+                    firsts.setdefault(key, e)
+            for key, sid in zip(missing, ids, strict=True):
                 head = found.get(sid)
                 if head is None:
-                    e = firsts[sid]
+                    e = firsts[key]
                     head = StreamHead(sid, chain.TRACE_KIND, e.tenant, e.trace_id, 0,
                                       chain.GENESIS_HASH, agent_owner=e.agent_owner)
-                views[sid] = _Stream.from_head(head, {} if head.last_seq == 0 else None)
-                self._remember(sid, views[sid])
+                views[key] = _Stream.from_head(head, {} if head.last_seq == 0 else None)
+                self._remember(key, views[key])
         return views
 
-    def _remember(self, sid: UUID, stream: _Stream) -> None:
-        self._cache[sid] = stream
-        self._cache.move_to_end(sid)
+    def _remember(self, key: _Key, stream: _Stream) -> None:
+        self._cache[key] = stream
+        self._cache.move_to_end(key)
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _open_for_write(self, sid: UUID, base: _Stream) -> _Stream:
+    def _open_for_write(self, key: _Key, base: _Stream) -> _Stream:
         """Copy-on-write: staged changes go to a copy until the flush succeeds."""
         if base.memory is None:
-            base.memory = self._fold_memory(sid)
-        stream = replace(base, memory=dict(base.memory), pending={}, owned=set())
-        self._dirty[sid] = stream
+            base.memory = self._fold_memory(base.stream_id)
+        stream = base.copy()
+        self._dirty[key] = stream
         return stream
 
     def _fold_memory(self, sid: UUID) -> dict[str, MemoryState]:
@@ -223,38 +236,43 @@ class Appender:
         return memory
 
     def _accept(self, stream: _Stream, event: TraceEvent, fill_memory_hash: bool) -> Outcome:
-        assert stream.memory is not None
+        memory = stream.memory
+        assert memory is not None
         scope_name = event.write_scope
-        state = stream.memory.get(scope_name)
+        state = memory.get(scope_name)
         if event.event == "CALLBACK_MEMORY_WRITE":
             if scope_name not in stream.owned:
                 state = state.copy() if state is not None else MemoryState()
-                stream.memory[scope_name] = state
+                memory[scope_name] = state
                 stream.owned.add(scope_name)
             assert state is not None
             apply_write(state, event.payload)
         ledger_hash = state.hash() if state is not None else EMPTY_MEMORY_HASH
-        wire = event.record()
-        if fill_memory_hash and wire["memory_hash"] is None:
-            wire["memory_hash"] = ledger_hash
-        elif wire["memory_hash"] is not None and wire["memory_hash"] != ledger_hash:
+        claim, wire_json = event.memory_hash, event.wire_json
+        if claim is None:
+            if fill_memory_hash:
+                wire_json = chain.encode({**event.record(), "memory_hash": ledger_hash})
+        elif claim != ledger_hash:
             self.record_finding(
                 event.tenant, "memory_hash_mismatch", trace_id=event.trace_id, seq=event.seq,
-                detail=f"runtime claimed {wire['memory_hash']} for {scope_name} but its logged "
+                detail=f"runtime claimed {claim} for {scope_name} but its logged "
                        f"writes imply {ledger_hash}",
             )
-        record = chain.event_record(wire, ledger_memory_hash=ledger_hash,
-                                    prev_hash=stream.head_hash)
-        state_bytes = chain.encode(record)
-        digest = chain.record_hash(state_bytes)
+        state_bytes = chain.event_state(wire_json, ledger_memory_hash=ledger_hash,
+                                        prev_hash=stream.head_hash)
+        digest = "sha256:" + sha256(state_bytes).hexdigest()  # chain.record_hash, inlined
         ts = event.ts_utc
         stream.last_seq, stream.head_hash = event.seq, digest
         if event.event == "EXEC_TERMINATED":
             stream.status = "terminated"
-        stream.agent_owner = stream.agent_owner or event.agent_owner
-        stream.first_ts = ts if stream.first_ts is None else min(stream.first_ts, ts)
-        stream.last_ts = ts if stream.last_ts is None else max(stream.last_ts, ts)
-        stream.pending[event.seq] = wire
+        if stream.agent_owner is None:
+            stream.agent_owner = event.agent_owner
+        first, last = stream.first_ts, stream.last_ts
+        if first is None or ts < first:
+            stream.first_ts = ts
+        if last is None or ts > last:
+            stream.last_ts = ts
+        stream.pending[event.seq] = wire_json
         self._staged.append(StoredEvent(stream.stream_id, event.seq, chain.EVENT_TOPIC,
                                         state_bytes))
         return Outcome("accepted", memory_hash=ledger_hash, record_hash=digest)

@@ -13,16 +13,15 @@ import functools
 import json
 import math
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger.canonical import canonicalize
-from ledger.chain import may_hold_big_int
+from ledger.chain import encode, may_hold_big_int
 from ledger.errors import ValidationError
 from ledger.payloads import payload_model
 
@@ -59,9 +58,12 @@ class EventEnvelope(BaseModel):
     payload: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    """One validated event, defaults filled in; ``payload`` is kept verbatim."""
+class TraceEvent(NamedTuple):
+    """One validated event, defaults filled in; ``payload`` is kept verbatim.
+
+    A named tuple rather than a frozen dataclass: ingest makes one per line, and a
+    tuple is built several times faster.
+    """
 
     tenant: str
     trace_id: str
@@ -74,6 +76,7 @@ class TraceEvent:
     memory_hash: str | None
     payload: dict[str, Any]
     ts_utc: str  # ``ts`` normalised to UTC (``...ffffffZ``), so strings compare as instants
+    wire_json: bytes  # ``chain.encode(self.record())``: what the stored record is built from
 
     def record(self) -> dict[str, Any]:
         """The event as a plain dict in wire shape, the unit of duplicate detection."""
@@ -198,14 +201,14 @@ def validate_event(obj: Any) -> TraceEvent:
     if not isinstance(obj, dict):
         raise ValidationError(f"expected a JSON object, got {_json_type(obj)}")
     try:
-        env = EventEnvelope.model_validate(obj)
+        env = _validate_envelope(obj)
     except pydantic.ValidationError as exc:
         raise _translate(exc, prefix="") from None
     model = payload_model(env.event)
     if model is None:
         raise ValidationError(f"unknown event type {env.event!r}", field="event")
     try:
-        model.model_validate(env.payload)
+        model.__pydantic_validator__.validate_python(env.payload)  # model_validate, unwrapped
     except pydantic.ValidationError as exc:
         raise _translate(exc, prefix="payload") from None
     ts_utc = _checked_timestamp(env.ts)
@@ -216,19 +219,17 @@ def validate_event(obj: Any) -> TraceEvent:
         canonicalize(env.payload["key"], path="payload.key")
         if "value" in env.payload:
             canonicalize(env.payload["value"], path="payload.value")
-    return TraceEvent(
-        tenant=env.tenant,
-        trace_id=env.trace_id,
-        seq=env.seq,
-        event=env.event,
-        ts=env.ts,
-        agent_owner=env.agent_owner,
-        executed_by=env.executed_by,
-        write_scope=write_scope or f"memory/{env.agent_owner}",
-        memory_hash=env.memory_hash,
-        payload=obj["payload"],
-        ts_utc=ts_utc,
-    )
+    write_scope = write_scope or f"memory/{env.agent_owner}"
+    payload = obj["payload"]
+    wire = {"tenant": env.tenant, "trace_id": env.trace_id, "seq": env.seq, "event": env.event,
+            "ts": env.ts, "agent_owner": env.agent_owner, "executed_by": env.executed_by,
+            "write_scope": write_scope, "memory_hash": env.memory_hash, "payload": payload}
+    return TraceEvent(env.tenant, env.trace_id, env.seq, env.event, env.ts, env.agent_owner,
+                      env.executed_by, write_scope, env.memory_hash, payload, ts_utc,
+                      encode(wire))
+
+
+_validate_envelope = EventEnvelope.__pydantic_validator__.validate_python  # unwrapped
 
 
 def _checked_timestamp(ts: str) -> str:

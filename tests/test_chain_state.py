@@ -1,0 +1,53 @@
+"""``chain.event_state`` builds a stored record from the encoded wire event, byte for byte
+what encoding the whole record gives (the chain hashes those bytes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger import chain
+from ledger.events import parse_event
+
+HASH = "sha256:" + "ab" * 32
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=8),
+    st.integers(min_value=-(2**70), max_value=2**70),  # beyond 64 bits: the stdlib encoder
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+def _wire(payload: dict[str, Any], trace_id: str, memory_hash: str | None) -> dict[str, Any]:
+    return {"tenant": "ténant", "trace_id": trace_id, "seq": 3, "event": "EXEC_NEXT",
+            "ts": "2026-11-20T10:00:00Z", "agent_owner": "a", "executed_by": "b",
+            "write_scope": "memory/a", "memory_hash": memory_hash, "payload": payload}
+
+
+@settings(max_examples=300)
+@given(payload=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
+       trace_id=st.text(min_size=1, max_size=10), claim=st.sampled_from([None, HASH]))
+def test_event_state_is_the_encoded_record(payload: dict[str, Any], trace_id: str,
+                                           claim: str | None) -> None:
+    wire = _wire(payload, trace_id, claim)
+    expected = chain.encode(chain.event_record(wire, ledger_memory_hash=HASH,
+                                               prev_hash=chain.GENESIS_HASH))
+    built = chain.event_state(chain.encode(wire), ledger_memory_hash=HASH,
+                              prev_hash=chain.GENESIS_HASH)
+    assert built == expected
+
+
+def test_validated_event_carries_its_encoded_wire_form() -> None:
+    event = parse_event({"trace_id": "t", "seq": 1, "event": "EXEC_NEXT", "ts":
+                         "2026-11-20T10:00:00+01:00", "agent_owner": "a", "executed_by": "a",
+                         "payload": {"n": 2**65, "s": "ü"}})
+    assert event.wire_json == chain.encode(event.record())
+    assert chain.decode(event.wire_json)["payload"]["n"] == 2**65
