@@ -13,8 +13,7 @@ from __future__ import annotations
 import base64
 import gc
 import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -22,13 +21,13 @@ from typing import IO, Any
 import orjson
 
 from ledger.appender import Appender, Outcome
-from ledger.errors import ConcurrencyError, InputError, ValidationError
-from ledger.events import TraceEvent, parse_line
+from ledger.errors import ConcurrencyError, ValidationError
+from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
+from ledger.sources import STDIN, STDIN_LABEL, Line, Part, check_sources, read_lines
 from ledger.store import Store
 
-STDIN = "-"
-STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
+__all__ = ["STDIN", "STDIN_LABEL", "IngestSummary", "RejectSink", "check_sources", "ingest"]
 _RETRIES = 5
 
 
@@ -46,14 +45,6 @@ class IngestSummary:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    source: str
-    number: int
-    raw: bytes
-    event: TraceEvent
 
 
 class RejectSink:
@@ -91,19 +82,6 @@ def default_reject_path() -> str:
     return datetime.now(UTC).strftime("rejected-%Y%m%dT%H%M%SZ.jsonl")
 
 
-def check_sources(sources: Sequence[str]) -> None:
-    """Raise InputError (before anything is ingested) for an unreadable source."""
-    for src in sources:
-        if src == STDIN:
-            continue
-        if not os.path.exists(src):
-            raise InputError(f"{src}: no such file")
-        if os.path.isdir(src):
-            raise InputError(f"{src}: is a directory")
-        if not os.access(src, os.R_OK):
-            raise InputError(f"{src}: permission denied")
-
-
 def ingest(
     store: Store,
     sources: Sequence[str],
@@ -113,30 +91,59 @@ def ingest(
     reorder: bool = False,
     progress: Callable[[int], None] | None = None,
     appender: Appender | None = None,
+    workers: int = 1,
 ) -> IngestSummary:
-    """Ingest JSONL sources (paths or ``-`` for stdin) into the store."""
+    """Ingest JSONL sources (paths or ``-`` for stdin) into the store.
+
+    With ``workers`` > 1 the streams are shared out between this process and up to
+    ``workers - 1`` spawned ones (``ledger.ingest_processes``: files only, and one
+    process per ``BYTES_PER_PROCESS`` of input at most); the result is the same.
+    """
     check_sources(sources)
+    path = reject_file or default_reject_path()
+    if workers > 1:
+        from ledger.ingest_processes import ingest_in_processes, process_count
+
+        count = process_count(store, sources, workers)
+        if count > 1:
+            return ingest_in_processes(store, sources, count, reject_file=path,
+                                       batch_size=batch_size, reorder=reorder, progress=progress)
+    return ingest_part(store, sources, reject_file=path, batch_size=batch_size, reorder=reorder,
+                       progress=progress, appender=appender)
+
+
+def ingest_part(
+    store: Store,
+    sources: Sequence[str],
+    *,
+    reject_file: str,
+    batch_size: int,
+    reorder: bool,
+    progress: Callable[[int], None] | None = None,
+    appender: Appender | None = None,
+    part: Part | None = None,
+) -> IngestSummary:
+    """Ingest the lines of one part's streams (every line when ``part`` is None)."""
     summary = IngestSummary(sources=list(sources))
-    sink = RejectSink(reject_file or default_reject_path())
+    sink = RejectSink(reject_file)
     app = appender or Appender(store)
     try:
         with paused_gc():  # collected by hand after each batch (and batch of rejects)
-            batch: list[_Line] = []
-            for src in sources:
-                label = STDIN_LABEL if src == STDIN else src
-                for number, raw, event_or_error in _read(src, progress):
-                    summary.lines += 1
-                    if isinstance(event_or_error, ValidationError):
-                        _reject(sink, summary, label, number, str(event_or_error), raw,
-                                _context(raw, event_or_error))
-                        if summary.rejected % batch_size == 0:
-                            gc.collect(1)
-                        continue
-                    batch.append(_Line(label, number, raw, event_or_error))
-                    if len(batch) >= batch_size:
-                        _commit(app, batch, sink, summary, reorder)
-                        batch = []
-                        gc.collect(1)  # young objects only: the batch's cycles are garbage
+            batch: list[tuple[Line, TraceEvent]] = []
+            for line in read_lines(sources, progress, part=part):
+                summary.lines += 1
+                event = line.event
+                if isinstance(event, ValidationError):
+                    _reject(sink, summary, line.source, line.number, str(event), line.raw,
+                            _context(line.raw, event))
+                    if summary.rejected % batch_size == 0:
+                        gc.collect(1)
+                    continue
+                batch.append((line, event))
+                if len(batch) >= batch_size:
+                    _commit(app, batch, sink, summary, reorder)
+                    batch = []
+                    gc.collect(1)  # young objects only: the batch's cycles are garbage
             _commit(app, batch, sink, summary, reorder)
     finally:
         sink.close()
@@ -145,40 +152,14 @@ def ingest(
     return summary
 
 
-def _read(
-    src: str, progress: Callable[[int], None] | None
-) -> Iterator[tuple[int, bytes, TraceEvent | ValidationError]]:
-    fh: IO[bytes]
-    try:
-        fh = sys.stdin.buffer if src == STDIN else open(src, "rb")  # noqa: SIM115
-    except OSError as exc:
-        raise InputError(f"{src}: {exc.strerror}") from None
-    try:
-        for number, line in enumerate(fh, 1):
-            if progress is not None:
-                progress(len(line))
-            raw = line.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            try:
-                yield number, raw, parse_line(raw)
-            except ValidationError as exc:
-                yield number, raw, exc
-    except OSError as exc:
-        raise InputError(f"{src}: read failed: {exc}") from None
-    finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
-
-
-def _commit(app: Appender, batch: list[_Line], sink: RejectSink, summary: IngestSummary,
-            reorder: bool) -> None:
+def _commit(app: Appender, batch: list[tuple[Line, TraceEvent]], sink: RejectSink,
+            summary: IngestSummary, reorder: bool) -> None:
     if not batch:
         return
     if reorder:
-        batch.sort(key=lambda ln: (ln.event.tenant, ln.event.trace_id, ln.event.seq))
+        batch.sort(key=lambda item: (item[1].tenant, item[1].trace_id, item[1].seq))
     for attempt in range(_RETRIES):
-        outcomes = app.stage([ln.event for ln in batch])
+        outcomes = app.stage([event for _, event in batch])
         findings = app.pending_findings
         try:
             app.flush(notify=False)  # listeners run once the rejects are safe
@@ -187,19 +168,21 @@ def _commit(app: Appender, batch: list[_Line], sink: RejectSink, summary: Ingest
             if attempt == _RETRIES - 1:
                 raise
     summary.findings += findings
-    for ln, outcome in zip(batch, outcomes, strict=True):
-        _count(summary, sink, ln, outcome)
+    for item, outcome in zip(batch, outcomes, strict=True):
+        _count(summary, sink, item, outcome)
     sink.flush()
     app.store.committed()
 
 
-def _count(summary: IngestSummary, sink: RejectSink, ln: _Line, outcome: Outcome) -> None:
+def _count(summary: IngestSummary, sink: RejectSink, item: tuple[Line, TraceEvent],
+           outcome: Outcome) -> None:
     if outcome.status == "accepted":
         summary.accepted += 1
     elif outcome.status == "duplicate":
         summary.duplicates += 1
     else:
-        context = {"tenant": ln.event.tenant, "trace_id": ln.event.trace_id, "seq": ln.event.seq}
+        ln, event = item
+        context = {"tenant": event.tenant, "trace_id": event.trace_id, "seq": event.seq}
         _reject(sink, summary, ln.source, ln.number, outcome.reason or "rejected", ln.raw, context)
 
 

@@ -33,11 +33,14 @@ DEADLINE_S = 120.0
 
 CHILD = """
 import sys
+from ledger import ingest_processes
 from ledger.ingest import ingest
 from ledger.store import Store
-url, src, rejects, batch = sys.argv[1:]
-with Store.open(url) as store:
-    ingest(store, [src], reject_file=rejects, batch_size=int(batch))
+if __name__ == "__main__":
+    url, src, rejects, batch, workers = sys.argv[1:]
+    ingest_processes.BYTES_PER_PROCESS = 1  # share the input out even though it is small
+    with Store.open(url) as store:
+        ingest(store, [src], reject_file=rejects, batch_size=int(batch), workers=int(workers))
 """
 
 pytestmark = pytest.mark.slow
@@ -59,12 +62,38 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[st
     return path, events, bad
 
 
-def kill_midway(url: str, src: Path, rejects: Path) -> int:
-    """Start the child ingest, SIGKILL it once KILL_AFTER rows are stored; return rows stored."""
+def children_of(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; only its exit status is left
+
+
+def kill_midway(url: str, src: Path, rejects: Path, workers: int = 1) -> int:
+    """Start the child ingest, SIGKILL it once KILL_AFTER rows are stored; return rows stored
+    once every process of that ingest has stopped."""
+    script = src.parent / "child_ingest.py"  # a file: spawned processes re-import __main__
+    script.write_text(CHILD)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, str(src), str(rejects), str(CHILD_BATCH)],
+        [sys.executable, str(script), url, str(src), str(rejects), str(CHILD_BATCH),
+         str(workers)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
+    spawned: set[int] = set()
     try:
         deadline = time.monotonic() + DEADLINE_S
         while rawdb.count(url) < KILL_AFTER:
@@ -74,6 +103,7 @@ def kill_midway(url: str, src: Path, rejects: Path) -> int:
             if time.monotonic() > deadline:
                 pytest.fail("child ingest stored too few rows in time")
             time.sleep(0.01)
+        spawned = children_of(child.pid)
         child.send_signal(signal.SIGKILL)
     finally:
         if child.poll() is None:
@@ -82,15 +112,23 @@ def kill_midway(url: str, src: Path, rejects: Path) -> int:
         if child.stderr:
             child.stderr.close()
     assert child.returncode == -signal.SIGKILL, "the child finished before it was killed"
+    assert len(spawned) >= workers - 1, f"expected {workers - 1} spawned ingest processes"
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in spawned) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in spawned), "spawned ingest processes outlived the kill"
     return rawdb.count(url)
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 def test_rerun_after_sigkill_stores_every_event_exactly_once(
-    store: Store, store_url: str, source: tuple[Path, list[dict[str, Any]], int], tmp_path: Path
+    store: Store, store_url: str, source: tuple[Path, list[dict[str, Any]], int], tmp_path: Path,
+    workers: int,
 ) -> None:
-    """After a SIGKILLed ingest, a re-run stores each valid event once and the ledger verifies."""
+    """After a SIGKILLed ingest (one process, or three sharing the streams), a re-run stores
+    each valid event once and the ledger verifies."""
     src, events, bad = source
-    committed = kill_midway(store_url, src, tmp_path / "rejected-killed.jsonl")
+    committed = kill_midway(store_url, src, tmp_path / "rejected-killed.jsonl", workers)
     assert 0 < committed < N_EVENTS
 
     summary = ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"),

@@ -57,11 +57,13 @@ def init(ctx: click.Context, as_json: bool) -> None:
               help="Hold and reorder events by seq within each batch instead of rejecting gaps.")
 @click.option("--no-projections", is_flag=True,
               help="Do not update the read models (then: agentledger projections run --once).")
+@workers_option("streams", " Files under 8 MB per process (and stdin) use fewer.")
 @json_option
 @click.pass_context
 @handle_errors
 def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
-           batch_size: int, reorder: bool, no_projections: bool, as_json: bool) -> None:
+           batch_size: int, reorder: bool, no_projections: bool, workers: int,
+           as_json: bool) -> None:
     """Append JSONL trace events from FILES (- for stdin) to the ledger.
 
     Exit 0 when every line was stored or was a duplicate, 3 when some lines were
@@ -81,10 +83,11 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
             with click.progressbar(length=total, label="Ingesting", file=sys.stderr,
                                    show_pos=False, show_percent=True, show_eta=True) as bar:
                 summary = run_ingest(store, files, reject_file=reject_file,
-                                     batch_size=batch_size, reorder=reorder, progress=bar.update)
+                                     batch_size=batch_size, reorder=reorder, progress=bar.update,
+                                     workers=workers)
         else:
             summary = run_ingest(store, files, reject_file=reject_file, batch_size=batch_size,
-                                 reorder=reorder)
+                                 reorder=reorder, workers=workers)
     if as_json:
         emit_json(summary.as_json())
     else:

@@ -1,0 +1,232 @@
+"""Ingest shared out between processes (``workers`` > 1) gives the ledger one process gives.
+
+Every test runs on SQLite and PostgreSQL. ``BYTES_PER_PROCESS`` is lowered so that
+small inputs are shared out for real (spawned processes, their own connections).
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import rawdb
+
+from ledger import chain, ingest_processes
+from ledger.ingest import ingest
+from ledger.memory import memory_hash
+from ledger.sources import Part, read_lines, stream_part
+from ledger.store import Store
+from ledger.verify import verify
+
+WRONG_HASH = "sha256:" + "f" * 64
+
+
+def _event(tenant: str | None, trace: str, seq: int, event: str, payload: dict[str, Any],
+           **extra: Any) -> dict[str, Any]:
+    obj = {"trace_id": trace, "seq": seq, "event": event,
+           "ts": f"2026-11-20T10:{seq // 60:02d}:{seq % 60:02d}.000Z",
+           "agent_owner": "planner", "executed_by": "planner", "payload": payload, **extra}
+    if tenant is not None:
+        obj["tenant"] = tenant
+    return obj
+
+
+def mixed_lines() -> list[bytes]:
+    """Traces of three tenants interleaved, with every kind of line ingest must judge:
+    memory writes (right and wrong claimed hashes), duplicates, a conflict, a gap,
+    malformed, non-UTF-8, non-object and streamless lines, blank lines."""
+    lines: list[bytes] = []
+    traces = [(tenant, f"trace-{i}") for i in range(12) for tenant in ("acme", "globex", None)]
+    for seq in range(1, 7):
+        for n, (tenant, trace) in enumerate(traces):
+            if seq == 1:
+                obj = _event(tenant, trace, 1, "EXEC_START", {"context_id": f"ctx {n}"})
+            elif seq == 2:
+                value = {"n": n, "note": "ünïcode"}
+                claim = memory_hash({"k": value}) if n % 2 else WRONG_HASH
+                obj = _event(tenant, trace, 2, "CALLBACK_MEMORY_WRITE",
+                             {"key": "k", "value": value}, memory_hash=claim,
+                             write_scope="memory/planner")
+            elif seq == 6 and n % 5 == 0:
+                obj = _event(tenant, trace, 6, "EXEC_TERMINATED", {"reason": "done"})
+            else:
+                obj = _event(tenant, trace, seq, "TOOL_EXEC",
+                             {"tool": "search", "args": {"q": n}, "success": seq % 3 != 0})
+            lines.append(orjson.dumps(obj))
+        if seq == 3:
+            lines += [b'{"trace_id": "cut off', b"\xff\xfe not utf-8", b"[1, 2]", b"",
+                      b'{"seq": 1}', b'{"trace_id": 7, "seq": 1}', b"   "]
+    lines += lines[:10]  # duplicates of stored events
+    conflict = orjson.loads(lines[0])
+    conflict["payload"] = {"context_id": "rewritten"}
+    lines.append(orjson.dumps(conflict))
+    lines.append(orjson.dumps(_event("acme", "trace-1", 9, "TOOL_EXEC",
+                                     {"tool": "x", "args": {}, "success": True})))  # a gap
+    return lines
+
+
+def write(path: Path, lines: list[bytes]) -> str:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return str(path)
+
+
+def other_url(store_url: str, tmp_path: Path) -> str:
+    """A second empty store on the same backend."""
+    if store_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'other.db'}"
+    return store_url.split("?")[0] + f"?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+def snapshot(url: str, reject_file: Path) -> dict[str, Any]:
+    """What an ingest leaves: trace rows, findings (without their clock), rejected lines."""
+    rows = rawdb.rows(url)
+    traces = sorted((r.stream_id.hex, r.version, r.state) for r in rows
+                    if r.topic == chain.EVENT_TOPIC)
+    findings = sorted(
+        (f["tenant"], f["finding"], f["trace_id"] or "", f["seq"] or 0, f["detail"])
+        for f in (chain.decode(r.state) for r in rows if r.topic == chain.FINDING_TOPIC))
+    rejected = sorted((r["source"], r["line"], r["reason"], r["raw"])
+                      for r in map(orjson.loads, reject_file.read_bytes().splitlines()))
+    return {"traces": traces, "findings": findings, "rejected": rejected}
+
+
+@pytest.fixture
+def shared_out(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Share any input out; record the process counts ingest ran with."""
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", 1)
+    counts: list[int] = []
+    real = ingest_processes.ingest_in_processes
+
+    def spy(store: Store, sources: Any, count: int, **kwargs: Any) -> Any:
+        counts.append(count)
+        return real(store, sources, count, **kwargs)
+
+    monkeypatch.setattr(ingest_processes, "ingest_in_processes", spy)
+    return counts
+
+
+def test_processes_store_what_one_process_stores(
+    store: Store, store_url: str, tmp_path: Path, shared_out: list[int]
+) -> None:
+    """Same rows byte for byte, same findings, same rejected lines, same counts."""
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    one_rejects, many_rejects = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    with Store.open(other_url(store_url, tmp_path)) as single:
+        one = ingest(single, [src], reject_file=str(one_rejects), batch_size=7)
+        expected = snapshot(single.url, one_rejects)
+    many = ingest(store, [src], reject_file=str(many_rejects), batch_size=7, workers=3)
+
+    assert shared_out == [3]
+    assert many.as_json() == {**one.as_json(), "reject_file": str(many_rejects)}
+    assert (one.accepted, one.duplicates, one.findings) == (216, 10, 19)
+    assert one.rejected == 2 + 5  # the conflict and the gap; five unreadable lines
+    assert snapshot(store.url, many_rejects) == expected
+    assert not list(tmp_path.glob("*.part*")), "part reject files are merged and removed"
+    report = verify(store)
+    assert report.ok, report.problems[:3]
+
+
+def test_rerun_in_processes_is_all_duplicates(
+    store: Store, tmp_path: Path, shared_out: list[int]
+) -> None:
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    ingest(store, [src], reject_file=str(tmp_path / "r1.jsonl"), workers=2)
+    again = ingest(store, [src], reject_file=str(tmp_path / "r2.jsonl"), workers=2)
+    assert shared_out == [2, 2]
+    assert (again.accepted, again.duplicates) == (0, 216 + 10)
+
+
+def test_every_line_goes_to_exactly_one_part(tmp_path: Path) -> None:
+    """The parts cover the input: each valid line once, each unreadable line in part 0."""
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    whole = [(line.number, line.raw) for line in read_lines([src])]
+    parts = [[(line.number, line.raw) for line in read_lines([src], part=Part(k, 3))]
+             for k in range(3)]
+    assert sorted(x for part in parts for x in part) == sorted(whole)
+    assert all(parts), "each of the three parts gets some streams"
+    unreadable = {b'{"trace_id": "cut off', b"\xff\xfe not utf-8", b"[1, 2]", b'{"seq": 1}',
+                  b'{"trace_id": 7, "seq": 1}'}
+    assert unreadable <= {raw for _, raw in parts[0]}
+    assert stream_part({"trace_id": "t", "tenant": "default"}, 7) == stream_part(
+        {"trace_id": "t"}, 7), "an omitted tenant is the default tenant"
+
+
+def test_process_count(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    size = Path(src).stat().st_size
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", size // 2)
+    assert ingest_processes.process_count(store, [src], 8) == 2  # one per share of input
+    assert ingest_processes.process_count(store, [src], 1) == 1
+    assert ingest_processes.process_count(store, [src, "-"], 8) == 1  # stdin: one reader
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", size + 1)
+    assert ingest_processes.process_count(store, [src], 8) == 1  # too small to share
+    with Store.open("sqlite:///:memory:") as memory:
+        monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", 1)
+        assert ingest_processes.process_count(memory, [src], 8) == 1  # no other process sees it
+
+
+def test_a_failing_process_stops_the_ingest_with_its_error(
+    sqlite_url: str, tmp_path: Path, shared_out: list[int]
+) -> None:
+    """A spawned part that cannot open the store: its error, with its exit code, names it."""
+    import sqlite3
+
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    with Store.open(sqlite_url) as store:
+        db = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"))
+        with db:  # a newer agentledger migrated the store after this one opened it
+            db.execute("INSERT INTO agentledger_schema VALUES (99, 'future', 'now')")
+        db.close()
+        with pytest.raises(ingest_processes.PartFailed) as caught:
+            ingest(store, [src], reject_file=str(tmp_path / "r.jsonl"), workers=2)
+    assert "ingest process 1" in str(caught.value)
+    assert "schema version 99" in str(caught.value)
+    assert caught.value.exit_code == 1
+
+
+GRANDPARENT = """
+import multiprocessing, sys, time
+from ledger.ingest_processes import _die_with_parent
+
+def sleeper():
+    _die_with_parent()
+    time.sleep(60)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=sleeper)
+    child.start()
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_spawned_process_dies_with_the_ingesting_process(tmp_path: Path) -> None:
+    """kill -9 of the ingesting process takes its spawned processes with it at once
+    (they would otherwise go on storing their share)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(GRANDPARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)  # the child has started sleeping
+        assert Path(f"/proc/{child}").exists()
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{child}").exists(), "the spawned process outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout:
+            parent.stdout.close()
