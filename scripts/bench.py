@@ -60,6 +60,7 @@ from projections.sql import view_db  # noqa: E402
 T = TypeVar("T")
 Row = tuple[Any, int, str, bytes]  # originator_id, version, topic, state
 BATCH = 5000  # ledger.ingest's default batch size: raw "batched" baselines use the same
+INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one (2 cores here)
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
 SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
@@ -222,21 +223,24 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
             return f"sqlite:///{work / tag}.db"
         return cluster.create_database(f"bench_{tag}")
 
-    def run_ingest(rep: int) -> float:
-        with Store.open(fresh(f"ledger{rep}")) as store:
-            summary, secs = timed(lambda: ingest(store, [str(jsonl)],
+    def run_ingest(rep: int, workers: int) -> float:
+        with Store.open(fresh(f"ledger{rep}" + (f"_w{workers}" if workers > 1 else ""))) as store:
+            summary, secs = timed(lambda: ingest(store, [str(jsonl)], workers=workers,
                                                  reject_file=str(work / "rejects.jsonl")),
-                                  profile("ingest"))
+                                  profile("ingest") if workers == 1 else None)
         if summary.accepted != n:
             raise SystemExit(f"ingest accepted {summary.accepted} of {n}: {summary}")
         return secs
 
-    secs = min(run_ingest(rep) for rep in range(reps))
+    ours: list[Figure] = []
+    for workers in INGEST_WORKERS:
+        secs = min(run_ingest(rep, workers) for rep in range(reps))
+        ours.append(rate_figure(f"{backend}: ingest (parse, validate, hash, chain, store), "
+                                f"workers={workers}", n, secs))
     url = (f"sqlite:///{work}/ledger{reps - 1}.db" if cluster is None
            else cluster.url_for(f"bench_ledger{reps - 1}"))
-    ours = rate_figure(f"{backend}: ingest (parse, validate, hash, chain, store)", n, secs)
     if args.only & {"ingest", "ingest_projections"}:
-        out.append(ours)
+        out += ours
     if "verify" in args.only:
         for workers in (1, 2):  # one process; this one and a spawned worker (2 cores here)
             with Store.open(url) as store:
@@ -271,7 +275,7 @@ def bench_backend(backend: str, args: argparse.Namespace, work: Path, jsonl: Pat
 
 def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Path,
                      cluster: PgCluster | None, fresh: Callable[[str], str],
-                     ours: Figure) -> list[Figure]:
+                     ours: list[Figure]) -> list[Figure]:
     """Raw inserts of the rows the ledger stored, and plain eventsourcing, next to ingest."""
     n, reps, out = args.events, args.repeat, []
     # The ledger's stored rows in log order: the baselines insert exactly these (untimed).
@@ -288,7 +292,8 @@ def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Pa
     for per, label in ((BATCH, f"{BATCH} rows/txn"), (len(rows), "1 txn")):
         secs = min(insert(fresh(f"raw{label[0]}_{rep}"), rows, per) for rep in range(reps))
         base = rate_figure(f"{backend}: {kind}, {label}", len(rows), secs)
-        out += [base, ratio_figure(f"{backend}: ingest / {kind}, {label}", ours, base, 0.5)]
+        out += [base, *(ratio_figure(f"{backend}: ingest, {_workers(f)} / {kind}, {label}",
+                                     f, base, 0.5) for f in ours)]
     del rows
 
     def run_es(rep: int) -> float:
@@ -302,7 +307,13 @@ def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Pa
     secs = min(run_es(rep) for rep in range(reps))
     base = rate_figure(f"{backend}: eventsourcing Application.save, {SAVE_AGGREGATES} traces/save",
                        n, secs)
-    return [*out, base, ratio_figure(f"{backend}: ingest / Application.save", ours, base, 2.0)]
+    return [*out, base, *(ratio_figure(f"{backend}: ingest, {_workers(f)} / Application.save",
+                                       f, base, 2.0) for f in ours)]
+
+
+def _workers(fig: Figure) -> str:
+    """The ``workers=N`` an ingest figure was measured with (the end of its name)."""
+    return fig.name.rsplit(", ", 1)[-1]
 
 
 # -- projections: ingest with the projector attached, rebuild, queries -------------------
@@ -314,26 +325,32 @@ def projector_batch() -> int:
 
 def bench_ingest_projections(backend: str, args: argparse.Namespace, work: Path, jsonl: Path,
                              fresh: Callable[[str], str], profile: Callable[[str], str | None],
-                             ours: Figure) -> list[Figure]:
-    """Ingest with ``Projector(store).attach()`` (as the CLI does) next to ingest alone."""
-    n = args.events
+                             ours: list[Figure]) -> list[Figure]:
+    """Ingest with ``Projector(store).attach()`` (as the CLI does) next to ingest alone,
+    with each number of processes."""
+    n, out = args.events, []
 
-    def run(rep: int) -> float:
-        with Store.open(fresh(f"ledgerproj{rep}")) as store:
+    def run(rep: int, workers: int) -> float:
+        with Store.open(fresh(f"ledgerproj{rep}_w{workers}")) as store:
             def go() -> IngestSummary:
                 projector = Projector(store)
                 projector.attach()
-                return ingest(store, [str(jsonl)], reject_file=str(work / "rejects.jsonl"))
-            summary, secs = timed(go, profile("ingest_projections"))
+                return ingest(store, [str(jsonl)], workers=workers,
+                              reject_file=str(work / "rejects.jsonl"))
+            summary, secs = timed(go, profile("ingest_projections") if workers == 1 else None)
             lag = [(s.name, s.lag) for s in Projector(store).status() if s.lag]
         if summary.accepted != n or lag:
             raise SystemExit(f"ingest with projections: {summary}, lag {lag}")
         return secs
 
-    say(f"{backend}: ingest with projections attached ...")
-    secs = min(run(rep) for rep in range(args.repeat))
-    fig = rate_figure(f"{backend}: ingest with projections attached", n, secs)
-    return [fig, ratio_figure(f"{backend}: ingest with projections / ingest", fig, ours, 0.5)]
+    for workers, alone in zip(INGEST_WORKERS, ours, strict=True):
+        say(f"{backend}: ingest with projections attached, workers={workers} ...")
+        secs = min(run(rep, workers) for rep in range(args.repeat))
+        fig = rate_figure(f"{backend}: ingest with projections attached, workers={workers}",
+                          n, secs)
+        out += [fig, ratio_figure(f"{backend}: ingest with projections / ingest, "
+                                  f"workers={workers}", fig, alone, 0.5)]
+    return out
 
 
 def _read_states(url: str, batch: int, decode: bool) -> int:
