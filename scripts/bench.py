@@ -49,7 +49,7 @@ import bench_replay  # noqa: E402
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
-from ledger.ingest import IngestSummary, ingest  # noqa: E402
+from ledger.ingest import DEFAULT_BATCH_SIZE, IngestSummary, ingest  # noqa: E402
 from ledger.store import Store  # noqa: E402
 from ledger.verify import verify  # noqa: E402
 from ledger.workload import synthetic_lines  # noqa: E402
@@ -59,7 +59,7 @@ from projections.sql import view_db  # noqa: E402
 
 T = TypeVar("T")
 Row = tuple[Any, int, str, bytes]  # originator_id, version, topic, state
-BATCH = 5000  # ledger.ingest's default batch size: raw "batched" baselines use the same
+BATCH = DEFAULT_BATCH_SIZE  # ingest's batch size: the raw "batched" baselines use the same
 INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one (2 cores here)
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"

@@ -216,3 +216,12 @@ def test_help_does_not_import_the_storage_stack() -> None:
             "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ingest_batch_size_default_is_the_library_default() -> None:
+    """The CLI repeats the default (importing ingest would slow --help): they agree."""
+    from ledger.cli.commands import ingest as ingest_command
+    from ledger.ingest import DEFAULT_BATCH_SIZE
+
+    option = next(p for p in ingest_command.params if p.name == "batch_size")
+    assert option.default == DEFAULT_BATCH_SIZE
