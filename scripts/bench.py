@@ -290,7 +290,7 @@ def ingest_baselines(backend: str, args: argparse.Namespace, url: str, jsonl: Pa
                "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "postgres",
                "POSTGRES_PASSWORD": ""}
     for per, label in ((BATCH, f"{BATCH} rows/txn"), (len(rows), "1 txn")):
-        secs = min(insert(fresh(f"raw{label[0]}_{rep}"), rows, per) for rep in range(reps))
+        secs = min(insert(fresh(f"raw{per}_{rep}"), rows, per) for rep in range(reps))
         base = rate_figure(f"{backend}: {kind}, {label}", len(rows), secs)
         out += [base, *(ratio_figure(f"{backend}: ingest, {_workers(f)} / {kind}, {label}",
                                      f, base, 0.5) for f in ours)]
