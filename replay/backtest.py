@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from ledger.errors import UnreadableRecordError
 from ledger.gcpause import paused_gc
 from ledger.store import Store
 from ledger.workers import WorkerError, share, shareable, spawn_pool
@@ -40,6 +41,12 @@ class BacktestReport:
     needs_outcome: int = 0
     by_tool: dict[str, dict[str, int]] = field(default_factory=dict)
     extra_tool_calls: int = 0
+    unreadable: list[dict[str, Any]] = field(default_factory=list)  # traces left out
+
+    def skip(self, error: UnreadableRecordError) -> None:
+        """Leave out a trace with a stored record that cannot be read (named in the report)."""
+        self.unreadable.append({"trace_id": error.name, "seq": error.seq,
+                                "reason": error.reason})
 
     def add(self, tool: str | None, result: ReplayResult, source_calls: int) -> None:
         key = {"recovered": "recovered", "completed": "recovered",
@@ -62,6 +69,7 @@ class BacktestReport:
             row = self.by_tool.setdefault(tool, dict.fromkeys(counts, 0))
             for key, n in counts.items():
                 row[key] += n
+        self.unreadable += other.unreadable
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +129,7 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
     finally:
         replayer._index = None
     report.by_tool = dict(sorted(report.by_tool.items()))
+    report.unreadable.sort(key=lambda u: (u["trace_id"], u["seq"]))
     return report
 
 
@@ -129,13 +138,16 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
     """Backtest the traces of one chunk (read in one scan) into a report of its own."""
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
     with paused_gc():
-        records_of = replayer._records_of(job.tenant, chunk)
+        records_of, unreadable = replayer._records_of(job.tenant, chunk)
         history = replayer._histories(job.tenant, chunk)
         for trace_id in chunk:
-            done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
-                                            history.get(trace_id, []), live)
-            if done is not None:
-                report.add(*done)
+            if trace_id in unreadable:
+                report.skip(unreadable[trace_id])
+            else:
+                done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
+                                                history.get(trace_id, []), live)
+                if done is not None:
+                    report.add(*done)
             if tick is not None:
                 tick(1)
     return report

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ledger import chain
-from ledger.errors import NotFoundError, StoreError, UsageError
+from ledger.errors import NotFoundError, StoreError, UnreadableRecordError, UsageError
 from ledger.gcpause import paused_gc
 from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
@@ -161,15 +161,25 @@ class Replayer:
                         _scripted(job.script), live, job.reason, job.by)
         return in_play, result, sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC")
 
-    def _records_of(self, tenant: str, trace_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """The records of many traces in one scan."""
+    def _records_of(
+        self, tenant: str, trace_ids: list[str]
+    ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, UnreadableRecordError]]:
+        """The records of many traces in one scan, and the first unreadable record of
+        each trace that has one (such a trace is left out of the records)."""
         ids = {chain.trace_stream_id(tenant, t): t for t in trace_ids}
         out: dict[str, list[dict[str, Any]]] = {t: [] for t in trace_ids}
+        unreadable: dict[str, UnreadableRecordError] = {}
         for row in self.store.backend.iter_rows(list(ids)):
             trace_id = ids[row.stream_id]
-            out[trace_id].append(
-                chain.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version))
-        return out
+            if trace_id in unreadable:
+                continue
+            try:
+                out[trace_id].append(chain.decode_stored(row.state, tenant=tenant,
+                                                         name=trace_id, seq=row.version))
+            except UnreadableRecordError as exc:
+                unreadable[trace_id] = exc
+                del out[trace_id]
+        return out, unreadable
 
     def _histories(self, tenant: str, trace_ids: list[str]) -> dict[str, list[Any]]:
         """The memory writes of many traces, from the ``memory`` view, in one query."""

@@ -31,7 +31,8 @@ LINK_FIELDS = {"replay_trace_id", "tenant", "source_trace_id", "fork_seq", "sour
                "replay_status", "original_status", "policy_digest", "policy",
                "outcome_sources", "by", "reason", "recorded_at"}
 BACKTEST_FIELDS = {"tenant", "policy_digest", "terminated_traces", "recovered",
-                   "still_terminated", "needs_outcome", "by_tool", "extra_tool_calls"}
+                   "still_terminated", "needs_outcome", "by_tool", "extra_tool_calls",
+                   "unreadable"}
 
 
 @pytest.fixture

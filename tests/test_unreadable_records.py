@@ -153,3 +153,43 @@ def test_backend_reads_give_bytes_for_an_unreadable_record(store: Store, ledger:
     assert isinstance(state, bytes) and state == row.state
     with pytest.raises(UnreadableRecordError, match=f"trace {TRACE!r} seq {SEQ}"):
         chain.decode_stored(state, tenant=TENANT, name=TRACE, seq=SEQ)
+
+
+@HOW
+def test_backtest_leaves_out_the_unreadable_trace_and_names_it(
+    store: Store, store_url: str, tmp_path: Path, how: str
+) -> None:
+    """The other terminated traces are still replayed and reported; exit 4 says some were not."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(synthetic_lines(600, events_per_trace=12, tenants=1)))
+    ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
+    policy = tmp_path / "retry.json"
+    policy.write_text(json.dumps({"retry": {"max_attempts": 3}}))
+    args = ("backtest", "--tenant", OTHER, "--policy", str(policy))
+    clean = run_json(store_url, *args)
+    assert clean["terminated_traces"] == 3 and clean["unreadable"] == []
+
+    sid = chain.trace_stream_id(OTHER, "syn-1-000000032")
+    original = rawdb.get_state(store_url, sid, 4)
+    rawdb.set_state(store_url, sid, 4, b"X" + original[1:] if how == "garbled" else b"")
+    code, out, err = run(store_url, *args, "--json")
+    assert code == 4, err
+    report = json.loads(out)
+    assert report["terminated_traces"] == 2
+    assert [(u["trace_id"], u["seq"]) for u in report["unreadable"]] == [("syn-1-000000032", 4)]
+    assert "left out trace 'syn-1-000000032': its stored record seq 4 cannot be read" in err
+
+    code, out, err = run(store_url, *args)  # the table, then the same warning
+    assert code == 4 and "2 terminated trace(s) replayed" in out
+    assert "left out trace 'syn-1-000000032'" in err
+
+
+def test_backtest_parts_keep_their_left_out_traces() -> None:
+    """Reports of parts (worker processes) add their left-out traces up."""
+    from replay.backtest import BacktestReport
+
+    total, part = BacktestReport("t", "d"), BacktestReport("t", "d")
+    part.skip(UnreadableRecordError("t", "trace-9", 3, "garbled"))
+    total.merge(part)
+    total.merge(BacktestReport("t", "d"))
+    assert total.unreadable == [{"trace_id": "trace-9", "seq": 3, "reason": "garbled"}]

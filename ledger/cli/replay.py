@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ledger.cli.common import (
+    EXIT_PROBLEMS,
     emit_json,
     handle_errors,
     json_option,
@@ -217,7 +218,8 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
              save: bool, workers: int, as_json: bool) -> None:
     """Replay every terminated trace from the failure that led to termination.
 
-    Exit 0, 2 for a bad policy or outcomes file or option value.
+    Exit 0, 2 for a bad policy or outcomes file or option value, 4 when traces with
+    an unreadable stored record were left out (the rest are reported).
     """
 
     policy, _ = _load(policy_path, outcomes_path)  # the file is re-read per trace
@@ -229,6 +231,7 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
                                    progress=progress)
     if as_json:
         emit_json(report.as_json())
+        _left_out(report.unreadable)
         return
     click.echo(f"backtest of policy {report.policy_digest} over tenant {tenant}: "
                f"{report.terminated_traces} terminated trace(s) replayed")
@@ -249,6 +252,18 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
                    f"--tenant {tenant}")
     else:
         click.echo("\nNothing stored (--save stores every replay).")
+    _left_out(report.unreadable)
+
+
+def _left_out(unreadable: list[dict[str, Any]]) -> None:
+    """Name the traces a backtest left out on stderr, then exit 4 (if there are any)."""
+    if not unreadable:
+        return
+    for u in unreadable:
+        click.echo(f"warning: left out trace {u['trace_id']!r}: its stored record seq "
+                   f"{u['seq']} cannot be read ({u['reason']}); run `agentledger verify`",
+                   err=True)
+    sys.exit(EXIT_PROBLEMS)
 
 
 # -- rendering --------------------------------------------------------------------------
