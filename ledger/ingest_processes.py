@@ -11,6 +11,11 @@ are judged exactly as in one process. Transactions still serialise on the store'
 write lock (SQLite's, PostgreSQL's events-table lock), so notification ids keep
 their commit order for projections.
 
+When something follows the store's commits (projections attached, as the CLI
+does), this process ingests nothing: the spawned processes share all the streams
+and this one keeps the followers caught up meanwhile, so the views are built beside
+the ingest instead of after each of this process's batches.
+
 Rejected lines of part k go to ``<reject file>.part<k>`` (written and synced like
 the main file), appended to the reject file when that part ends; the reject file
 thus holds part 0's lines, then part 1's, and so on, each naming its source and
@@ -33,6 +38,8 @@ from ledger.store import Store
 from ledger.workers import WorkerError, shareable
 
 BYTES_PER_PROCESS = 8_000_000  # ~25k events: a smaller share does not repay starting Python
+_FOLLOW_INTERVAL = 0.1  # seconds between catch-ups of the followers while parts ingest
+_PROGRESS_BYTES = 1 << 20
 
 
 class PartFailed(LedgerError):
@@ -56,25 +63,37 @@ def ingest_in_processes(
     store: Store, sources: Sequence[str], count: int, *, reject_file: str, batch_size: int,
     reorder: bool, progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
-    """Ingest with ``count`` processes (this one takes part 0); counts are summed."""
+    """Ingest with ``count`` processes; counts are summed.
+
+    This process takes part 0, unless something follows the store's commits (attached
+    projections): then the spawned processes share all the streams and this one keeps
+    the followers caught up meanwhile, so that work runs beside the ingest, not after it.
+    """
     import multiprocessing
 
+    follow = store.has_commit_listeners
+    parts = count - 1 if follow else count
     context = multiprocessing.get_context("spawn")  # never fork a process holding connections
     children: list[tuple[int, Any, Connection]] = []
     try:
-        for index in range(1, count):
+        for index in range(0 if follow else 1, parts):
             receiver, sender = context.Pipe(duplex=False)
             child = context.Process(
                 target=_run_part, name=f"agentledger-ingest-{index}", daemon=True,
                 args=(sender, store.backend.url, list(sources), _part_path(reject_file, index),
-                      batch_size, reorder, Part(index, count)))
+                      batch_size, reorder, Part(index, parts),
+                      follow and index == 0 and progress is not None))
             child.start()
             sender.close()  # the child holds the only sending end: its death ends the pipe
             children.append((index, child, receiver))
-        summary = ingest_part(store, sources, reject_file=reject_file, batch_size=batch_size,
-                              reorder=reorder, progress=progress, part=Part(0, count))
-        for index, child, receiver in children:
-            _add(summary, _result(index, child, receiver))
+        if follow:
+            summary = IngestSummary(sources=list(sources))
+        else:
+            summary = ingest_part(store, sources, reject_file=reject_file, batch_size=batch_size,
+                                  reorder=reorder, progress=progress, part=Part(0, count))
+        results = _collect(children, progress, store.committed if follow else None)
+        for index, _, _ in children:
+            _add(summary, results[index])
             if _append_file(_part_path(reject_file, index), reject_file):
                 summary.reject_file = reject_file
     finally:
@@ -91,22 +110,42 @@ def _part_path(reject_file: str, index: int) -> str:
     return f"{reject_file}.part{index}"
 
 
-def _result(index: int, child: Any, receiver: Connection) -> IngestSummary:
-    try:
-        kind, value = receiver.recv()
-    except EOFError:
-        child.join()
-        raise WorkerError(
-            f"ingest process {index} ended abruptly (exit code {child.exitcode}); what it "
-            "committed is kept: run the same ingest again to complete it (a script that "
-            "ingests with workers > 1 must start from `if __name__ == '__main__':`)"
-        ) from None
-    if kind == "error":
-        exit_code, text = value
-        raise PartFailed(f"ingest process {index}: {text}", exit_code)
-    if kind == "crash":
-        raise WorkerError(f"ingest process {index} failed: {value}")
-    return IngestSummary(**value)
+def _collect(children: list[tuple[int, Any, Connection]],
+             progress: Callable[[int], None] | None,
+             meanwhile: Callable[[], None] | None) -> dict[int, IngestSummary]:
+    """Every part's summary, as each ends; ``meanwhile`` runs between messages (and at
+    least every ``_FOLLOW_INTERVAL`` seconds) until the last one has."""
+    from multiprocessing.connection import wait
+
+    waiting = {receiver: (index, child) for index, child, receiver in children}
+    results: dict[int, IngestSummary] = {}
+    while waiting:
+        if meanwhile is not None:
+            meanwhile()
+        for ready in wait(list(waiting), timeout=_FOLLOW_INTERVAL):
+            assert isinstance(ready, Connection)
+            index, child = waiting[ready]
+            try:
+                kind, value = ready.recv()
+            except EOFError:
+                child.join()
+                raise WorkerError(
+                    f"ingest process {index} ended abruptly (exit code {child.exitcode}); what "
+                    "it committed is kept: run the same ingest again to complete it (a script "
+                    "that ingests with workers > 1 must start from `if __name__ == '__main__':`)"
+                ) from None
+            if kind == "progress":
+                if progress is not None:
+                    progress(value)
+                continue
+            del waiting[ready]
+            if kind == "error":
+                exit_code, text = value
+                raise PartFailed(f"ingest process {index}: {text}", exit_code)
+            if kind == "crash":
+                raise WorkerError(f"ingest process {index} failed: {value}")
+            results[index] = IngestSummary(**value)
+    return results
 
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
@@ -130,13 +169,26 @@ def _append_file(part_path: str, path: str) -> bool:
 
 
 def _run_part(sender: Connection, url: str, sources: list[str], reject_file: str,
-              batch_size: int, reorder: bool, part: Part) -> None:
-    """A spawned process: ingest one part, send back its summary (or its error)."""
+              batch_size: int, reorder: bool, part: Part, report_progress: bool) -> None:
+    """A spawned process: ingest one part, send back its summary (or its error), and,
+    if asked, the bytes read as it goes (``("progress", n)`` about every megabyte)."""
     _die_with_parent()
+    unreported = 0
+
+    def read(nbytes: int) -> None:
+        nonlocal unreported
+        unreported += nbytes
+        if unreported >= _PROGRESS_BYTES:
+            sender.send(("progress", unreported))
+            unreported = 0
+
     try:
         with Store.open(url) as store:
             summary = ingest_part(store, sources, reject_file=reject_file,
-                                  batch_size=batch_size, reorder=reorder, part=part)
+                                  batch_size=batch_size, reorder=reorder, part=part,
+                                  progress=read if report_progress else None)
+        if unreported:
+            sender.send(("progress", unreported))
         message: tuple[str, Any] = ("done", summary.as_json())
     except LedgerError as exc:  # sent as text: not every error class pickles back
         message = ("error", (exc.exit_code, str(exc)))

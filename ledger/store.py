@@ -58,6 +58,11 @@ class Store:
         """
         self._commit_listeners.append(listener)
 
+    @property
+    def has_commit_listeners(self) -> bool:
+        """Whether anything follows this store's commits (e.g. attached projections)."""
+        return bool(self._commit_listeners)
+
     def committed(self) -> None:
         """Tell the listeners that new records were committed (writers call this)."""
         for listener in self._commit_listeners:

@@ -682,11 +682,41 @@ def bench_help() -> list[Figure]:
 # Linux keeps a process's peak RSS across fork and exec, so a child forked from this
 # (large) process would report at least our own RSS. A small probe process forks the
 # ingest instead and writes the child's own ru_maxrss (KiB) and exit code to argv[1].
-_RSS_PROBE = """import os, subprocess, sys
+_RSS_PROBE = """import os, subprocess, sys, threading, time
 proc = subprocess.Popen(sys.argv[2:])
+peak_total = 0  # KiB: the sum over the ingest's processes, sampled every 20 ms
+
+def rss(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(c) for c in fh.read().split()]
+    except OSError:
+        return []
+
+def sample():
+    global peak_total
+    while proc.poll() is None:
+        tree, todo = 0, [proc.pid]
+        while todo:
+            pid = todo.pop()
+            tree += rss(pid)
+            todo += children(pid)
+        peak_total = max(peak_total, tree)
+        time.sleep(0.02)
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 _, status, usage = os.wait4(proc.pid, 0)
+sampler.join(timeout=1)
 with open(sys.argv[1], "w") as fh:
-    fh.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+    fh.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)} {peak_total}")
 """
 
 
@@ -709,16 +739,19 @@ def bench_rss(gb: float, work: Path) -> list[Figure]:
             subprocess.run([sys.executable, "-c", _RSS_PROBE, str(work / "rss.usage"), *cmd],
                            stdout=stdout, check=False)
             secs = time.perf_counter() - start
-        maxrss_kib, returncode = map(int, (work / "rss.usage").read_text().split())
+        maxrss_kib, returncode, total_kib = map(int, (work / "rss.usage").read_text().split())
         summary = orjson.loads((work / "rss.out").read_bytes())
         if returncode != 0 or summary["accepted"] != lines:
             raise SystemExit(f"ingest exited {returncode}: {summary}")
     finally:
         path.unlink(missing_ok=True)
-    peak_mb = maxrss_kib / 1024  # ru_maxrss is in KiB on Linux
+    peak_mb, total_mb = maxrss_kib / 1024, total_kib / 1024  # both in KiB on Linux
     return [rate_figure(f"rss: CLI ingest of {size / 1e9:.2f} GB (sqlite)", lines, secs),
-            Figure(f"rss: peak RSS of CLI ingest, {size / 1e9:.2f} GB input", peak_mb, "MB",
-                   target="< 300 MB at 2 GB", passed=peak_mb < 300)]
+            Figure(f"rss: peak RSS of CLI ingest, largest process, {size / 1e9:.2f} GB input",
+                   peak_mb, "MB"),
+            Figure(f"rss: peak RSS of CLI ingest, all its processes (sampled every 20 ms), "
+                   f"{size / 1e9:.2f} GB input", total_mb, "MB",
+                   target="< 300 MB at 2 GB", passed=total_mb < 300)]
 
 
 # -- output -----------------------------------------------------------------------------

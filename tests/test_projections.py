@@ -57,6 +57,30 @@ def test_incremental_equals_rebuild_and_catch_up(store: Store, demo_file: str,
     assert dump(store) == incremental
 
 
+def test_ingest_in_processes_keeps_attached_views_exact(
+    store: Store, demo_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With projections attached, spawned processes ingest while this one keeps the
+    views caught up: the views equal a rebuild, and were updated during the ingest."""
+    import rawdb
+
+    from ledger import ingest_processes
+
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", 1)
+    Projector(store, batch_size=97).attach()
+    seen: list[int] = []
+    store.add_commit_listener(lambda: seen.append(rawdb.count(store.url)))
+    summary = ingest(store, [demo_file], batch_size=50, workers=3,
+                     reject_file=str(tmp_path / "r.jsonl"))
+    assert summary.accepted > 0
+    assert seen[0] < seen[-1] == rawdb.count(store.url), "caught up while the parts ingested"
+    assert all(s.lag == 0 for s in Projector(store).status())
+    incremental = dump(store)
+    assert incremental["failures"]
+    Projector(store).rebuild()
+    assert dump(store) == incremental
+
+
 def test_failure_index_holds_every_failure_point(store: Store, demo_file: str,
                                                  tmp_path: Path) -> None:
     Projector(store).attach()
