@@ -80,18 +80,10 @@ class TraceEvent(NamedTuple):
 
     def record(self) -> dict[str, Any]:
         """The event as a plain dict in wire shape, the unit of duplicate detection."""
-        return {
-            "tenant": self.tenant,
-            "trace_id": self.trace_id,
-            "seq": self.seq,
-            "event": self.event,
-            "ts": self.ts,
-            "agent_owner": self.agent_owner,
-            "executed_by": self.executed_by,
-            "write_scope": self.write_scope,
-            "memory_hash": self.memory_hash,
-            "payload": self.payload,
-        }
+        return dict(zip(WIRE_FIELDS, self, strict=False))
+
+
+WIRE_FIELDS = TraceEvent._fields[:10]  # the wire shape: the fields up to ``payload``, in order
 
 
 
@@ -219,14 +211,10 @@ def validate_event(obj: Any) -> TraceEvent:
         canonicalize(env.payload["key"], path="payload.key")
         if "value" in env.payload:
             canonicalize(env.payload["value"], path="payload.value")
-    write_scope = write_scope or f"memory/{env.agent_owner}"
-    payload = obj["payload"]
-    wire = {"tenant": env.tenant, "trace_id": env.trace_id, "seq": env.seq, "event": env.event,
-            "ts": env.ts, "agent_owner": env.agent_owner, "executed_by": env.executed_by,
-            "write_scope": write_scope, "memory_hash": env.memory_hash, "payload": payload}
-    return TraceEvent(env.tenant, env.trace_id, env.seq, env.event, env.ts, env.agent_owner,
-                      env.executed_by, write_scope, env.memory_hash, payload, ts_utc,
-                      encode(wire))
+    wire = (env.tenant, env.trace_id, env.seq, env.event, env.ts, env.agent_owner,
+            env.executed_by, write_scope or f"memory/{env.agent_owner}", env.memory_hash,
+            obj["payload"])
+    return TraceEvent(*wire, ts_utc, encode(dict(zip(WIRE_FIELDS, wire, strict=True))))
 
 
 _validate_envelope = EventEnvelope.__pydantic_validator__.validate_python  # unwrapped

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
 from ledger.errors import InputError, ValidationError
-from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, parse_line, validate_event
+from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_event
 
 STDIN = "-"
 STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
@@ -64,16 +64,13 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
         for number, raw, nbytes in _raw_lines(src):
             if progress is not None:
                 progress(nbytes)
-            if part is None:
-                yield Line(name, number, raw, _parsed(raw))
-                continue
             try:
                 obj = decode_json(raw)
             except ValidationError as exc:
-                if part.index == 0:
+                if part is None or part.index == 0:
                     yield Line(name, number, raw, exc)
                 continue
-            if stream_part(obj, part.count) == part.index:
+            if part is None or stream_part(obj, part.count) == part.index:
                 yield Line(name, number, raw, _validated(obj))
 
 
@@ -99,13 +96,6 @@ def stream_part(obj: Any, count: int) -> int:
         return 0
     key = (tenant + "\x00" + trace_id).encode("utf-8", "surrogatepass")
     return zlib.crc32(key) % count
-
-
-def _parsed(raw: bytes) -> TraceEvent | ValidationError:
-    try:
-        return parse_line(raw)
-    except ValidationError as exc:
-        return exc
 
 
 def _validated(obj: Any) -> TraceEvent | ValidationError:
