@@ -35,7 +35,7 @@ from ledger.errors import LedgerError
 from ledger.ingest import IngestSummary, ingest_part
 from ledger.sources import STDIN, Part
 from ledger.store import Store
-from ledger.workers import WorkerError, shareable
+from ledger.workers import WorkerError, die_with_parent, shareable
 
 BYTES_PER_PROCESS = 8_000_000  # ~25k events: a smaller share does not repay starting Python
 _FOLLOW_INTERVAL = 0.1  # seconds between catch-ups of the followers while parts ingest
@@ -172,7 +172,7 @@ def _run_part(sender: Connection, url: str, sources: list[str], reject_file: str
               batch_size: int, reorder: bool, part: Part, report_progress: bool) -> None:
     """A spawned process: ingest one part, send back its summary (or its error), and,
     if asked, the bytes read as it goes (``("progress", n)`` about every megabyte)."""
-    _die_with_parent()
+    die_with_parent()
     unreported = 0
 
     def read(nbytes: int) -> None:
@@ -198,17 +198,3 @@ def _run_part(sender: Connection, url: str, sources: list[str], reject_file: str
         sender.send(message)
     finally:
         sender.close()
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this process when the ingesting process dies (kill -9 included)."""
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's finally still terminates us
-        return
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os._exit(1)

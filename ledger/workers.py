@@ -28,11 +28,37 @@ class WorkerError(LedgerError):
 
 def spawn_pool(size: int, initializer: Callable[..., object] | None = None,
                initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
-    """An executor of ``size`` spawned processes, each set up by ``initializer(*initargs)``."""
+    """An executor of ``size`` spawned processes, each set up by ``initializer(*initargs)``;
+    they die with this process (:func:`die_with_parent`)."""
     import multiprocessing
 
     return ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=initializer, initargs=initargs)
+                               initializer=_start_worker, initargs=(initializer, initargs))
+
+
+def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+    die_with_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def die_with_parent() -> None:
+    """In a spawned process: ask Linux to kill it when the process that spawned it dies
+    (kill -9 included), so that no part of a killed command goes on writing."""
+    import multiprocessing
+    import os
+
+    parent = multiprocessing.parent_process()
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's finally still ends us
+        return
+    if parent is not None and os.getppid() != parent.pid:  # it died before the request
+        os._exit(1)
 
 
 def shareable(url: str) -> bool:

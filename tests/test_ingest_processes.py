@@ -189,10 +189,10 @@ def test_a_failing_process_stops_the_ingest_with_its_error(
 
 GRANDPARENT = """
 import multiprocessing, sys, time
-from ledger.ingest_processes import _die_with_parent
+from ledger.workers import die_with_parent
 
 def sleeper():
-    _die_with_parent()
+    die_with_parent()
     time.sleep(60)
 
 if __name__ == "__main__":
