@@ -279,6 +279,30 @@ class PostgresBackend(Backend):
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
+    def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
+                     limit: int) -> list[tuple[int, str, str, int, bytes]]:
+        lo, hi = id_range
+        where, params = ["notification_id <= %s"], [upto]  # type: list[str], list[Any]
+        if after is None:
+            where, params = [*where, "originator_id >= %s"], [*params, lo]
+        else:
+            where, params = [*where, "(originator_id, originator_version) > (%s, %s)"], [
+                *params, UUID(hex=after[0]), after[1]]
+        if hi is not None:
+            where, params = [*where, "originator_id < %s"], [*params, hi]
+        query = sql.SQL(
+            "COPY (SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
+            "originator_version, state FROM {} WHERE " + " AND ".join(where)
+            + " ORDER BY originator_id, originator_version LIMIT %s) TO STDOUT (FORMAT BINARY)"
+        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
+        try:
+            with (self.datastore.get_connection() as conn, conn.cursor() as cur,
+                  cur.copy(query, (*params, limit)) as rows):
+                rows.set_types(["int8", "text", "text", "int8", "bytea"])
+                return list(rows.rows())
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         query = sql.SQL(
             "SELECT COALESCE(state, ''::bytea) FROM {} "  # NULL: see select_events_statement

@@ -153,6 +153,7 @@ class SQLiteBackend(Backend):
 
     def __init__(self, path: str, *, url: str | None = None) -> None:
         self.url = url or f"sqlite:///{path}"
+        self.path = path  # the file (or ":memory:" / a "file:" URI)
         self.datastore = SQLiteDatastore(db_name=path, originator_id_type="uuid")
         self.recorder = LedgerSQLiteRecorder(self.datastore)
 
@@ -271,6 +272,24 @@ class SQLiteBackend(Backend):
                 "SELECT notification_id, topic, originator_id, originator_version, state FROM "
                 + catalog.EVENTS_TABLE + " WHERE notification_id > ? "
                 "ORDER BY notification_id LIMIT ?", (after, limit))
+            return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
+
+    def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
+                     limit: int) -> list[tuple[int, str, str, int, bytes]]:
+        lo, hi = id_range
+        where, params = ["notification_id <= ?"], [upto]  # type: list[str], list[Any]
+        if after is None:
+            where, params = [*where, "originator_id >= ?"], [*params, lo.hex]
+        else:
+            where, params = [*where, "(originator_id, originator_version) > (?, ?)"], [
+                *params, *after]
+        if hi is not None:
+            where, params = [*where, "originator_id < ?"], [*params, hi.hex]
+        with self._txn(commit=False) as c:
+            c.execute(
+                "SELECT notification_id, topic, originator_id, originator_version, state FROM "
+                + catalog.EVENTS_TABLE + " WHERE " + " AND ".join(where)
+                + " ORDER BY originator_id, originator_version LIMIT ?", (*params, limit))
             return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
