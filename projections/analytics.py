@@ -64,6 +64,7 @@ class AnalyticsProjection(Projection):
         "recovered INTEGER NOT NULL, recovered_seq {bigint}, "
         "PRIMARY KEY (tenant, trace_id, seq))",
     )
+    sums = {"tool_hourly": (("tenant", "hour", "tool", "executed_by"), ("execs", "failures"))}
     query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "  # covers the cassette

@@ -46,6 +46,14 @@ _SET_AUTHORIZED = (
     "WHERE tenant = ? AND cross_agent = 1 AND executed_by = ? AND scope = ?"
 )
 _GRANT_TARGET = "SELECT agent, scope FROM {grants} WHERE tenant = ? AND grant_id = ?"
+# After a rebuild shared out by stream, whose parts saw either a tenant's grants or
+# its traces' writes: every grant-dependent write, against every grant.
+_SETTLE = (
+    "UPDATE {write_attribution} AS w SET basis = " + _COVERING_GRANT
+    + " WHERE w.cross_agent = 1 AND (w.basis IS NULL OR substr(w.basis, 1, 6) = 'grant:')",
+    "UPDATE {write_attribution} SET authorized = CASE WHEN basis IS NULL THEN 0 ELSE 1 END "
+    "WHERE cross_agent = 1",
+)
 
 
 class AttributionProjection(Projection):
@@ -68,6 +76,7 @@ class AttributionProjection(Projection):
         "revoke_reason TEXT, PRIMARY KEY (tenant, grant_id))",
         "CREATE INDEX IF NOT EXISTS agentledger_grants_target ON {grants} (tenant, agent, scope)",
     )
+    settle = _SETTLE
     query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_writes_ts ON {write_attribution} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_scope "

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
+import orjson
+
 from ledger import chain
 from ledger.events import normalize_ts
 
@@ -89,7 +91,45 @@ class Projection(ABC):
     # rows, which sorts once instead of updating them row by row.
     query_indexes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    # For a rebuild shared out by stream (projections.parts): tables of counts, whose
+    # rows the parts' copies add up, as {table: (key columns, counted columns)} ...
+    sums: ClassVar[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+    # ... and statements run once the parts' rows are in, for what crosses streams.
+    settle: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
         """Fold entries (all of this projection's topics, in log order) into the batch."""
+
+
+class Unreadable(NamedTuple):
+    """A log entry whose stored state is not a record (altered behind the ledger's back)."""
+
+    notification_id: int
+    topic: str
+    stream: str
+    version: int
+    reason: str
+
+
+def decode_entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
+             ) -> tuple[list[Entry], list[Unreadable]]:
+    """Decode log rows of the projected topics (the hot loop of a rebuild), and set
+    aside those that are not records."""
+    topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
+    try:
+        entries = [Entry(nid, topic, key, version,
+                         chain.decode(state) if risky(state) else loads(state))  # type: ignore[arg-type]
+                   for nid, topic, key, version, state in rows if topic in topics]
+        if all(type(e.record) is dict for e in entries):
+            return entries, []
+    except (ValueError, TypeError, AttributeError):  # not JSON, or NULL: sort them out
+        pass
+    out, bad = [], []
+    for nid, topic, key, version, state in rows:
+        if topic in topics:
+            try:
+                out.append(Entry(nid, topic, key, version, chain.decode(state)))
+            except ValueError as exc:
+                bad.append(Unreadable(nid, topic, key, version, str(exc)))
+    return out, bad

@@ -64,6 +64,8 @@ class FailureProjection(Projection):
         "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
         "PRIMARY KEY (tenant, hour, tool, reason, executed_by))",
     )
+    sums = {"failure_hourly": (("tenant", "hour", "tool", "reason", "executed_by"),
+                               ("failures", "failed_execs"))}
     query_indexes = (
         "CREATE INDEX IF NOT EXISTS agentledger_failures_ts ON {failures} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_tool ON {failures} (tenant, tool, ts)",

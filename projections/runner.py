@@ -19,13 +19,13 @@ from uuid import UUID
 
 import orjson
 
-from ledger import chain
+from ledger.backends.base import IdRange
 from ledger.errors import UsageError
 from ledger.gcpause import paused_gc
 from ledger.store import Store
 from projections.analytics import AnalyticsProjection
 from projections.attribution import AttributionProjection
-from projections.base import Batch, Entry, Projection
+from projections.base import Batch, Entry, Projection, Unreadable, decode_entries
 from projections.failures import FailureProjection
 from projections.findings import FindingsProjection
 from projections.memory import MemoryProjection
@@ -69,6 +69,14 @@ REBUILD_BATCH = 50_000
 _STALE_RETRIES = 20
 
 
+class LogSlice(NamedTuple):
+    """The entries a projector reads: of streams whose id lies in ``id_range``, up to
+    notification id ``upto``, stream by stream (one part of a shared rebuild)."""
+
+    id_range: IdRange
+    upto: int
+
+
 class StaleError(Exception):
     """Another projector advanced a tracking position first (this batch is rolled back)."""
 
@@ -107,12 +115,17 @@ class Projector:
 
     ``batch_size``: log entries applied per transaction (default 10,000 when catching
     up, ``REBUILD_BATCH`` in a rebuild, where fewer and larger commits pay off).
+    ``views`` (default: the store's own) is where the view tables are; ``log_slice``
+    keeps the projector to part of the log (both for a part of a shared rebuild,
+    ``projections.parts``).
     """
 
     def __init__(self, store: Store, names: Iterable[str] | None = None, *,
-                 batch_size: int | None = None, context_cache: int = 50_000) -> None:
+                 batch_size: int | None = None, context_cache: int = 50_000,
+                 views: ViewDB | None = None, log_slice: LogSlice | None = None) -> None:
         self.store = store
-        self.db: ViewDB = view_db(store.backend)
+        self.db: ViewDB = views if views is not None else view_db(store.backend)
+        self.log_slice = log_slice
         self.projections = select(names)
         self.batch_size = batch_size or CATCH_UP_BATCH
         self.rebuild_batch_size = batch_size or REBUILD_BATCH
@@ -145,15 +158,39 @@ class Projector:
         raise StaleError("tracking positions kept moving under this projector")
 
     def rebuild(self, names: Iterable[str] | None = None,
-                progress: Progress | None = None) -> int:
+                progress: Progress | None = None, *, workers: int = 1,
+                query_indexes: bool = True) -> int:
         """Drop the named projections (default: all of this projector's) and replay from 0.
 
         The indexes only queries use are built after the rows are loaded (also when
         the rebuild is interrupted; after a crash, the next projector builds them).
+        With ``workers`` > 1 (and a log long enough to pay for them) the log is shared
+        out by stream between that many processes, and the views are replaced in one
+        transaction at the end (``projections.parts``). ``query_indexes=False`` leaves
+        those indexes out (a part's scratch views, which no query reads).
         """
+        from projections import parts
+
         self._prepare()
         wanted = None if names is None else {p.name for p in select(names)}  # checks names
         chosen = [p for p in self.projections if wanted is None or p.name in wanted]
+        count = parts.part_count(self, workers)
+        if count > 1:
+            read = parts.rebuild_in_parts(self, chosen, count, progress)
+            for p in chosen:
+                self._caches.pop(p.name, None)
+                self._complete.discard(p.name)
+            self._known.clear()  # positions are read again by the catch-up below
+        else:
+            read = self._replay(chosen, progress, query_indexes)
+        if query_indexes:
+            self._finish(chosen)
+        if count > 1:  # whatever was logged while the parts ran
+            read += self.catch_up(progress)
+        return read
+
+    def _replay(self, chosen: Sequence[Projection], progress: Progress | None,
+                query_indexes: bool) -> int:
         with self.db.transaction() as cur:
             for p in chosen:
                 self._reset(cur, p, query_indexes=False)
@@ -162,17 +199,24 @@ class Projector:
             self._complete.add(p.name)
             self._known[p.name] = 0
         try:
-            read = self.catch_up(progress, batch_size=self.rebuild_batch_size)
-        finally:
-            with self.db.transaction() as cur:
-                for p in chosen:
-                    for statement in p.query_indexes:
-                        self.db.execute(cur, statement)
+            return self.catch_up(progress, batch_size=self.rebuild_batch_size)
+        except BaseException:
+            if query_indexes:  # queries of the views read so far still need them
+                self._finish(chosen, analyze=False)
+            raise
+
+    def _finish(self, chosen: Sequence[Projection], *, analyze: bool = True) -> None:
+        """Build the query indexes (after the rows: one sort each), then statistics."""
+        with self.db.transaction() as cur:
+            for p in chosen:
+                for statement in p.query_indexes:
+                    self.db.execute(cur, statement)
+        if not analyze:
+            return
         with self.db.transaction() as cur:  # statistics for the new tables and indexes:
             for p in chosen:                 # without them the planner picks poor indexes
                 for table in p.tables:       # (SQLite has none until asked)
                     self.db.execute(cur, "ANALYZE {" + table + "}")
-        return read
 
     def status(self) -> list[ProjectionStatus]:
         """Position, lag and version of each projection."""
@@ -253,6 +297,8 @@ class Projector:
                 self._caches.pop(name, None)      # cached contexts may be stale
                 self._complete.discard(name)
                 self._known[name] = position
+        if self.log_slice is not None:
+            return self._run_slice(self.log_slice, progress, batch_size)
         backend = self.store.backend
         start = min(positions[p.name] for p in self.projections)
         total = max(0, backend.last_notification_id() - start) if progress else 0
@@ -262,7 +308,7 @@ class Projector:
             if not rows:
                 return read
             last = rows[-1][0]
-            entries, unreadable = _entries(rows)
+            entries, unreadable = decode_entries(rows)
             behind = [p for p in self.projections if positions[p.name] < last]
             batches = self._apply(behind, entries, positions)
             skipped = self._skipped(behind, unreadable, positions)
@@ -279,6 +325,33 @@ class Projector:
             start = last
             if progress is not None:
                 progress(read, max(total, read))
+
+    def _run_slice(self, part: LogSlice, progress: Progress | None, batch_size: int) -> int:
+        """Fold a slice of the log stream by stream (a part of a shared rebuild).
+
+        Order only matters within a stream (``projections.parts``), so the slice is
+        read along the stream index. Each batch commits its rows alone: the views are
+        scratch, and their tracking position is set by the merge, not here.
+        """
+        backend = self.store.backend
+        positions = {p.name: 0 for p in self.projections}  # every entry of it is new
+        after: tuple[str, int] | None = None
+        read = 0
+        while rows := backend.read_streams(part.id_range, part.upto, after, batch_size):
+            entries, unreadable = decode_entries(rows)
+            batches = self._apply(self.projections, entries, positions)
+            skipped = self._skipped(self.projections, unreadable, positions)
+            with self.db.transaction() as cur:
+                for p in self.projections:
+                    self._write(cur, p, batches[p.name])
+                self.db.executemany(cur, _SKIP, skipped)
+            for p in self.projections:
+                self._keep(p.name, batches[p.name])
+            read += len(rows)
+            after = (rows[-1][2], rows[-1][3])
+            if progress is not None:
+                progress(read, max(part.upto, read))
+        return read
 
     def _apply(self, behind: Sequence[Projection], entries: Sequence[Entry],
                positions: dict[str, int]) -> dict[str, Batch]:
@@ -369,36 +442,3 @@ def _loader(cache: OrderedDict[str, dict[str, Any]]) -> Callable[[str], dict[str
 def _copy(context: dict[str, Any] | None) -> dict[str, Any]:
     """A deep copy of a cached context (a failed batch must not change the cache)."""
     return orjson.loads(orjson.dumps(context)) if context else {}
-
-
-class Unreadable(NamedTuple):
-    """A log entry whose stored state is not a record (altered behind the ledger's back)."""
-
-    notification_id: int
-    topic: str
-    stream: str
-    version: int
-    reason: str
-
-
-def _entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
-             ) -> tuple[list[Entry], list[Unreadable]]:
-    """Decode log rows of the projected topics (the hot loop of a rebuild), and set
-    aside those that are not records."""
-    topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
-    try:
-        entries = [Entry(nid, topic, key, version,
-                         chain.decode(state) if risky(state) else loads(state))  # type: ignore[arg-type]
-                   for nid, topic, key, version, state in rows if topic in topics]
-        if all(type(e.record) is dict for e in entries):
-            return entries, []
-    except (ValueError, TypeError, AttributeError):  # not JSON, or NULL: sort them out
-        pass
-    out, bad = [], []
-    for nid, topic, key, version, state in rows:
-        if topic in topics:
-            try:
-                out.append(Entry(nid, topic, key, version, chain.decode(state)))
-            except ValueError as exc:
-                bad.append(Unreadable(nid, topic, key, version, str(exc)))
-    return out, bad

@@ -79,10 +79,11 @@ class ViewDB:
 class SQLiteViewDB(ViewDB):
     dialect = "sqlite"
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, scratch: bool = False) -> None:
         from eventsourcing.sqlite import SQLiteTrackingRecorder
 
         self.backend = backend
+        self.synchronous = "OFF" if scratch else "NORMAL"
         self.datastore = backend.datastore  # type: ignore[attr-defined]
         self.tracking = SQLiteTrackingRecorder(self.datastore)
 
@@ -110,7 +111,7 @@ class SQLiteViewDB(ViewDB):
                 pragma = conn.cursor()
                 pragma.execute("PRAGMA synchronous")
                 previous = int(pragma.fetchone()[0])
-                pragma.execute("PRAGMA synchronous = NORMAL")
+                pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
                 try:
                     with conn.transaction(commit=True) as c:
                         yield c.sqlite_cursor
@@ -123,17 +124,18 @@ class SQLiteViewDB(ViewDB):
 class PostgresViewDB(ViewDB):
     dialect = "postgres"
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, scratch: bool = False) -> None:
         from eventsourcing.postgres import PostgresTrackingRecorder
 
         self.backend = backend
+        self.unlogged = scratch
         self.datastore = backend.datastore  # type: ignore[attr-defined]
         self.schema: str = self.datastore.schema
         self.tracking = PostgresTrackingRecorder(
             self.datastore, tracking_table_name=PG_TRACKING_TABLE)
 
     def render(self, template: str) -> Any:
-        return _render_postgres(template, self.schema)
+        return _render_postgres(template, self.schema, self.unlogged)
 
     def transaction(self) -> AbstractContextManager[Cursor]:
         return self._txn(commit=True)
@@ -179,13 +181,19 @@ class PostgresViewDB(ViewDB):
             raise StoreError(f"PostgreSQL views: {exc}") from exc
 
 
-def view_db(backend: Backend) -> ViewDB:
-    """The ViewDB for a ledger backend (same database, same connections)."""
+def view_db(backend: Backend, *, scratch: bool = False) -> ViewDB:
+    """The ViewDB for a ledger backend (same database, same connections).
+
+    ``scratch``: views a rebuild's part writes and the merge reads once
+    (``projections.parts``); their commits skip the fsync (SQLite) and their tables
+    the write-ahead log (PostgreSQL's ``UNLOGGED``): a crash loses them, and the
+    rebuild that wrote them with them.
+    """
     from ledger.backends.sqlite import SQLiteBackend
 
     if isinstance(backend, SQLiteBackend):
-        return SQLiteViewDB(backend)
-    return PostgresViewDB(backend)
+        return SQLiteViewDB(backend, scratch=scratch)
+    return PostgresViewDB(backend, scratch=scratch)
 
 
 _SQLITE_SLOTS = {name: PREFIX + name for name in VIEW_TABLES} | {
@@ -216,9 +224,11 @@ def _copy_statement(template: str, schema: str) -> Any:
 
 
 @lru_cache(maxsize=512)
-def _render_postgres(template: str, schema: str) -> Any:
+def _render_postgres(template: str, schema: str, unlogged: bool = False) -> Any:
     from psycopg import sql
 
+    if unlogged:
+        template = template.replace("CREATE TABLE ", "CREATE UNLOGGED TABLE ")
     slots: dict[str, Any] = {
         name: sql.Identifier(schema, PREFIX + name) for name in VIEW_TABLES}
     slots["tracking"] = sql.Identifier(schema, PG_TRACKING_TABLE)

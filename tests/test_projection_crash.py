@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 import pytest
 import rawdb
-from test_projections import dump
+from viewdump import dump
 
 from ledger import chain
 from ledger.grants import add_grant, revoke_grant

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from viewdump import dump
 
 from ledger.errors import UsageError
 from ledger.ingest import ingest
@@ -15,23 +16,7 @@ from ledger.store import Store
 from ledger.workload import demo_events
 from projections import Projector, queries
 from projections.runner import NAMES
-from projections.sql import VIEW_TABLES, view_db
-
-DUMP_ORDER = {
-    "memory_writes": "tenant, trace_id, seq", "failures": "tenant, trace_id, seq",
-    "write_attribution": "tenant, trace_id, seq", "grants": "tenant, grant_id",
-    "tool_calls": "tenant, trace_id, seq", "tool_hourly": "tenant, hour, tool, executed_by",
-    "failure_hourly": "tenant, hour, tool, reason, executed_by",
-    "recoveries": "tenant, trace_id, seq", "findings": "tenant, finding_seq",
-    "projection_context": "projection, stream",
-}
-
-
-def dump(store: Store) -> dict[str, list[tuple[Any, ...]]]:
-    """Every view table's rows, in a fixed order."""
-    db = view_db(store.backend)
-    return {t: db.query("SELECT * FROM {" + t + "} ORDER BY " + DUMP_ORDER[t])
-            for t in VIEW_TABLES if t in DUMP_ORDER}
+from projections.sql import view_db
 
 
 def write_jsonl(path: Path, events: list[dict[str, Any]]) -> str:

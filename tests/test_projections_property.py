@@ -29,12 +29,14 @@ import random
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from naive_fold import GrantOp, NaiveFold, jcs_hash, utc
@@ -596,6 +598,28 @@ def test_incremental_and_rebuilt_projections_equal_the_naive_fold(
                   context_cache=1).rebuild(scenario.rebuild)       # cache: read back
         assert_matches_fold(attached, log, names, scenario,
                             f"(b) after rebuilding {scenario.rebuild or 'all'}")
+        with parts_in_this_process():
+            Projector(attached, batch_size=scenario.projector_batch,
+                      context_cache=1).rebuild(scenario.rebuild, workers=3)
+        assert_matches_fold(attached, log, names, scenario,
+                            f"(c) after rebuilding {scenario.rebuild or 'all'} in 3 parts")
+
+
+@contextmanager
+def parts_in_this_process() -> Iterator[None]:
+    """A rebuild shared out in parts even for a short log, each part run by the real
+    part code (``_run_part``), one after the other in this process: hypothesis runs
+    many examples, and spawning processes for each would take minutes. Processes
+    themselves are tested in ``test_shared_rebuild.py``."""
+    from projections import parts
+
+    def here(plans: list[parts.PartPlan], head: int, progress: Any) -> int:
+        return sum(parts._run_part(plan) for plan in plans)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(parts, "ENTRIES_PER_PART", 1)
+        patch.setattr(parts, "_run_parts", here)
+        yield
 
 
 @PROPERTY

@@ -22,6 +22,7 @@ from ledger.cli.common import (
     open_store,
     table,
     tenant_option,
+    workers_option,
 )
 
 if TYPE_CHECKING:
@@ -147,16 +148,19 @@ def projections_status(ctx: click.Context, as_json: bool) -> None:
 
 @projections_group.command("rebuild")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
+@workers_option("streams", " A log under 50,000 entries per process uses fewer; the views "
+                "are replaced in one transaction at the end.")
 @json_option
 @click.pass_context
 @handle_errors
-def projections_rebuild(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+def projections_rebuild(ctx: click.Context, names: tuple[str, ...], workers: int,
+                        as_json: bool) -> None:
     """Drop projections NAME... (default: all) and replay the log from position 0."""
     from projections import Projector
 
     with open_store(ctx) as store, progress_bar("Rebuilding") as progress:
         projector = Projector(store, names or None)
-        read = projector.rebuild(progress=progress)
+        read = projector.rebuild(progress=progress, workers=workers)
         head = store.backend.last_notification_id()
     rebuilt = [p.name for p in projector.projections]
     if as_json:

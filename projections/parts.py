@@ -1,0 +1,184 @@
+"""A full rebuild shared out between processes by ranges of stream ids.
+
+Almost everything a projection writes depends on one stream's entries, in their
+order: a trace's failures, memory writes, tool calls and their recoveries, a tenant's
+grants or findings. So the log can be cut by stream. The head of the log is fixed
+first; part k of K then folds the entries up to that head of the streams whose id
+lies in the k-th of K equal ranges (the database filters them) into scratch view
+tables of its own (``projections.scratch``), K-1 parts in spawned processes and one
+in this one.
+
+When every part has finished, one transaction in the store, per projection:
+drops and recreates its tables; copies every part's rows into them, adding up the
+tables of counts (``Projection.sums``, e.g. hourly tool calls, which every part
+counts for its own streams); copies the parts' per-stream contexts and unreadable
+entries; runs the projection's ``settle`` statements, for what crosses streams
+(whether a cross-agent write is covered by a grant of its tenant's ``$grants``
+stream, which another part read); and sets its tracking position to the head.
+The result is the views a one-process rebuild gives (tests check this row for row).
+
+Until that transaction commits, the store's views and their positions are as they
+were: a crash or an error in any part leaves them consistent, and the scratch is
+removed (by the next rebuild, after a kill).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ledger.backends.base import IdRange
+from ledger.store import Store
+from ledger.verify import id_ranges
+from ledger.workers import WorkerError, spawn_pool
+from projections.base import Projection
+from projections.scratch import MAX_SQLITE_PARTS, Scratch, can_share, scratch
+from projections.sql import SQLiteViewDB, view_db
+
+if TYPE_CHECKING:
+    from projections.runner import Progress, Projector
+
+ENTRIES_PER_PART = 50_000
+"""Below this many log entries per part, processes cost more than they save."""
+_CONTEXT = "{table} (projection, stream, context)"
+_UNREADABLE = "{table} (projection, notification_id, tenant, trace_id, seq, reason)"
+
+
+def part_count(projector: Projector, workers: int) -> int:
+    """How many parts a rebuild with ``workers`` processes is cut into (1: not shared)."""
+    if workers <= 1 or projector.log_slice is not None or not can_share(projector.db):
+        return 1
+    if isinstance(projector.db, SQLiteViewDB):
+        workers = min(workers, MAX_SQLITE_PARTS)
+    return max(1, min(workers, projector.store.backend.last_notification_id() // ENTRIES_PER_PART))
+
+
+def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: int,
+                     progress: Progress | None) -> int:
+    """Rebuild ``chosen`` in ``count`` parts and merge them; return the entries read."""
+    store = projector.store
+    head = store.backend.last_notification_id()
+    names = [p.name for p in chosen]
+    ranges = id_ranges(count)
+    with scratch(projector.db, count) as place:
+        plans = [PartPlan(k, store.url, names, place.url(k), ranges[k], head,
+                          projector.rebuild_batch_size, projector.context_cache)
+                 for k in range(count)]
+        read = _run_parts(plans, head, progress)
+        with place.merge() as cur:
+            for p in chosen:
+                projector._reset(cur, p, query_indexes=False)
+                _merge(projector, cur, place, p, head)
+    return read
+
+
+class PartPlan(NamedTuple):
+    """What one part folds: the streams in ``id_range``, up to ``head``, into ``scratch_url``."""
+
+    number: int
+    url: str
+    names: list[str]
+    scratch_url: str
+    id_range: IdRange
+    head: int
+    batch_size: int  # the rebuilding projector's
+    context_cache: int
+
+
+def _run_parts(plans: list[PartPlan], head: int, progress: Progress | None) -> int:
+    """Run part 0 here and the others in spawned processes; return the entries read."""
+    import multiprocessing
+
+    counts = multiprocessing.get_context("spawn").Array("q", len(plans), lock=False)
+
+    def report() -> None:
+        if progress is not None:
+            done = sum(counts)
+            progress(done, max(head, done))
+
+    with spawn_pool(len(plans) - 1, _start, (counts,)) as pool:
+        futures: list[Future[int]] = [pool.submit(_run_part, plan) for plan in plans[1:]]
+        try:
+            _counts["shared"] = counts
+            here = _run_part(plans[0], on_progress=report)
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # a part's error stops the rebuild here
+                report()
+            return here + sum(f.result() for f in futures)
+        except Exception as exc:
+            from concurrent.futures.process import BrokenProcessPool
+
+            if isinstance(exc, BrokenProcessPool):
+                raise WorkerError(
+                    f"rebuild: a worker process ended abruptly ({exc}); a script that asks "
+                    "for workers > 1 must start from `if __name__ == '__main__':`") from None
+            raise
+        finally:
+            _counts.pop("shared", None)
+            for future in futures:
+                future.cancel()
+
+
+_counts: dict[str, Any] = {}  # the progress counters shared with (or by) this process
+
+
+def _start(counts: Any) -> None:
+    _counts["shared"] = counts
+
+
+def _run_part(plan: PartPlan, on_progress: Callable[[], None] | None = None) -> int:
+    """Fold one part of the log into its scratch views; return the entries it read."""
+    from projections.runner import LogSlice, Projector
+
+    counts = _counts.get("shared")
+
+    def progress(read: int, _total: int) -> None:
+        if counts is not None:
+            counts[plan.number] = read
+        if on_progress is not None:
+            on_progress()
+
+    with Store.open(plan.url, migrate=False) as store, \
+            Store.open(plan.scratch_url, migrate=False) as views:
+        projector = Projector(store, plan.names, batch_size=plan.batch_size,
+                              context_cache=plan.context_cache,
+                              views=view_db(views.backend, scratch=True),
+                              log_slice=LogSlice(plan.id_range, plan.head))
+        return projector.rebuild(progress=progress, query_indexes=False)
+
+
+def _merge(projector: Projector, cur: Any, place: Scratch, p: Projection, head: int) -> None:
+    """Replace ``p``'s (just reset) views by the union of the parts'; set its position."""
+    db = projector.db
+
+    def run(statement: str, params: Sequence[Any] = ()) -> None:
+        cur.execute(statement if db.dialect == "sqlite" else statement.replace("?", "%s"),
+                    params)
+
+    for table in p.tables:
+        target = place.table(None, table)
+        sums = p.sums.get(table)
+        if sums is None:
+            for k in range(place.count):
+                run(f"INSERT INTO {target} SELECT * FROM {place.table(k, table)}")
+            continue
+        keys, summed = ", ".join(sums[0]), sums[1]
+        union = " UNION ALL ".join(f"SELECT {keys}, {', '.join(summed)} "
+                                   f"FROM {place.table(k, table)}" for k in range(place.count))
+        run(f"INSERT INTO {target} ({keys}, {', '.join(summed)}) SELECT {keys}, "
+            + ", ".join(f"sum({c})" for c in summed) + f" FROM ({union}) AS u GROUP BY {keys}")
+    for columns in (_CONTEXT, _UNREADABLE):
+        table = "projection_context" if columns is _CONTEXT else "unreadable_entries"
+        fields = columns.partition(" ")[2]
+        for k in range(place.count):
+            run(columns.format(table="INSERT INTO " + place.table(None, table))
+                + f" SELECT {fields.strip('()')} FROM {place.table(k, table)} "
+                "WHERE projection = ?", (p.name,))
+    for statement in p.settle:
+        db.execute(cur, statement)
+    db.execute(cur, "INSERT INTO {tracking} (application_name, notification_id) VALUES (?, ?)",
+               (p.name, head))
