@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 ENTRIES_PER_PART = 50_000
 """Below this many log entries per part, processes cost more than they save."""
-_CONTEXT = "{table} (projection, stream, context)"
-_UNREADABLE = "{table} (projection, notification_id, tenant, trace_id, seq, reason)"
+_PER_PROJECTION = {  # the runner's tables with rows of every projection: their columns
+    "projection_context": "projection, stream, context",
+    "unreadable_entries": "projection, notification_id, tenant, trace_id, seq, reason",
+}
 
 
 def part_count(projector: Projector, workers: int) -> int:
@@ -171,13 +173,10 @@ def _merge(projector: Projector, cur: Any, place: Scratch, p: Projection, head: 
                                    f"FROM {place.table(k, table)}" for k in range(place.count))
         run(f"INSERT INTO {target} ({keys}, {', '.join(summed)}) SELECT {keys}, "
             + ", ".join(f"sum({c})" for c in summed) + f" FROM ({union}) AS u GROUP BY {keys}")
-    for columns in (_CONTEXT, _UNREADABLE):
-        table = "projection_context" if columns is _CONTEXT else "unreadable_entries"
-        fields = columns.partition(" ")[2]
+    for table, columns in _PER_PROJECTION.items():
         for k in range(place.count):
-            run(columns.format(table="INSERT INTO " + place.table(None, table))
-                + f" SELECT {fields.strip('()')} FROM {place.table(k, table)} "
-                "WHERE projection = ?", (p.name,))
+            run(f"INSERT INTO {place.table(None, table)} ({columns}) SELECT {columns} "
+                f"FROM {place.table(k, table)} WHERE projection = ?", (p.name,))
     for statement in p.settle:
         db.execute(cur, statement)
     db.execute(cur, "INSERT INTO {tracking} (application_name, notification_id) VALUES (?, ?)",
