@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from eventsourcing.persistence import PersistenceError
 
+from ledger.backends.catalog import EVENTS_TABLE
 from ledger.errors import StoreError
 from projections.sql import PREFIX, Cursor, PostgresViewDB, SQLiteViewDB, ViewDB
 
@@ -198,7 +199,10 @@ def _drop_scratch(conn: Any, pattern: str) -> None:
     from psycopg.rows import tuple_row
 
     cursor = conn.cursor(row_factory=tuple_row)
-    cursor.execute("SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s)", (pattern,))
+    cursor.execute(  # never a schema holding a ledger (named like scratch by accident)
+        "SELECT n.nspname FROM pg_namespace n WHERE starts_with(n.nspname, %s) AND NOT EXISTS "
+        "(SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid AND c.relname = %s)",
+        (pattern, EVENTS_TABLE))
     for (schema,) in cursor.fetchall():
         if schema[len(pattern):].isdigit():
             conn.execute("DROP SCHEMA " + _quote(schema) + " CASCADE")

@@ -210,7 +210,9 @@ def test_scratch_a_killed_rebuild_left_is_removed_by_the_next(
         conninfo, schema = rawdb._pg_target(store.url)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'CREATE SCHEMA "{scratch_schema(schema, 7)}"')
-        kept: list[str] = []
+        ledger_there = scratch_schema(schema, 8)  # named like scratch, but holds a ledger
+        Store.open(store.url.replace(schema, ledger_there)).close()
+        kept = [ledger_there]
     else:
         path = Path(store.url.removeprefix("sqlite://")[1:])
         dead = path.parent / f".{path.name}.rebuild-{2**22 + 12345}"  # above pid_max
