@@ -113,7 +113,7 @@ class Unreadable(NamedTuple):
 
 
 def decode_entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
-             ) -> tuple[list[Entry], list[Unreadable]]:
+                   ) -> tuple[list[Entry], list[Unreadable]]:
     """Decode log rows of the projected topics (the hot loop of a rebuild), and set
     aside those that are not records."""
     topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads

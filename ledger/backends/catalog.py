@@ -103,6 +103,23 @@ def head_from_row(row: Sequence[Any], stream_id: UUID) -> StreamHead:
     )
 
 
+def slice_bounds(id_range: IdRange, upto: int, after: tuple[str, int] | None,
+                 mark: str) -> tuple[list[str], list[UUID | int]]:
+    """SQL conditions on the events table keeping the slice ``read_streams`` reads: the
+    streams in ``id_range``, entries up to ``upto``, past ``after`` (stream key, version)
+    along the stream index; and their parameters (ids as ``UUID``s, to convert)."""
+    lo, hi = id_range
+    where, params = [f"notification_id <= {mark}"], [upto]  # type: list[str], list[UUID | int]
+    if after is None:
+        where, params = [*where, f"originator_id >= {mark}"], [*params, lo]
+    else:
+        where, params = [*where, f"(originator_id, originator_version) > ({mark}, {mark})"], [
+            *params, UUID(hex=after[0]), after[1]]
+    if hi is not None:
+        where, params = [*where, f"originator_id < {mark}"], [*params, hi]
+    return where, params
+
+
 def id_bounds(column: str, id_range: IdRange | None, mark: str) -> tuple[list[str], list[UUID]]:
     """SQL conditions keeping ``column`` inside ``id_range`` (``mark``: the driver's
     placeholder), and their parameters; each backend converts the ids as it stores them."""

@@ -271,33 +271,25 @@ class PostgresBackend(Backend):
             "originator_version, state FROM {} WHERE notification_id > %s "
             "ORDER BY notification_id LIMIT %s) TO STDOUT (FORMAT BINARY)"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        try:  # binary COPY decodes rows ~2.5x faster than a cursor's fetchall
-            with (self.datastore.get_connection() as conn, conn.cursor() as cur,
-                  cur.copy(query, (after, limit)) as rows):
-                rows.set_types(["int8", "text", "text", "int8", "bytea"])
-                return list(rows.rows())
-        except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+        return self._copy_log_rows(query, (after, limit))
 
     def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        lo, hi = id_range
-        where, params = ["notification_id <= %s"], [upto]  # type: list[str], list[Any]
-        if after is None:
-            where, params = [*where, "originator_id >= %s"], [*params, lo]
-        else:
-            where, params = [*where, "(originator_id, originator_version) > (%s, %s)"], [
-                *params, UUID(hex=after[0]), after[1]]
-        if hi is not None:
-            where, params = [*where, "originator_id < %s"], [*params, hi]
+        where, params = catalog.slice_bounds(id_range, upto, after, "%s")
         query = sql.SQL(
             "COPY (SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
             "originator_version, state FROM {} WHERE " + " AND ".join(where)
             + " ORDER BY originator_id, originator_version LIMIT %s) TO STDOUT (FORMAT BINARY)"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        try:
+        return self._copy_log_rows(query, (*params, limit))
+
+    def _copy_log_rows(self, query: sql.Composed, params: Sequence[Any]
+                       ) -> list[tuple[int, str, str, int, bytes]]:
+        """Rows ``(notification_id, topic, key, version, state)`` of a ``COPY ... TO
+        STDOUT (FORMAT BINARY)``."""
+        try:  # binary COPY decodes rows ~2.5x faster than a cursor's fetchall
             with (self.datastore.get_connection() as conn, conn.cursor() as cur,
-                  cur.copy(query, (*params, limit)) as rows):
+                  cur.copy(query, params) as rows):
                 rows.set_types(["int8", "text", "text", "int8", "bytea"])
                 return list(rows.rows())
         except (PersistenceError, psycopg.Error) as exc:

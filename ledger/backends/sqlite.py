@@ -276,15 +276,8 @@ class SQLiteBackend(Backend):
 
     def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        lo, hi = id_range
-        where, params = ["notification_id <= ?"], [upto]  # type: list[str], list[Any]
-        if after is None:
-            where, params = [*where, "originator_id >= ?"], [*params, lo.hex]
-        else:
-            where, params = [*where, "(originator_id, originator_version) > (?, ?)"], [
-                *params, *after]
-        if hi is not None:
-            where, params = [*where, "originator_id < ?"], [*params, hi.hex]
+        where, bounds = catalog.slice_bounds(id_range, upto, after, "?")
+        params = [p.hex if isinstance(p, UUID) else p for p in bounds]
         with self._txn(commit=False) as c:
             c.execute(
                 "SELECT notification_id, topic, originator_id, originator_version, state FROM "
