@@ -70,7 +70,11 @@ class VerifyReport:
 
 EVENTS_PER_WORKER = 50_000
 """Below this many logged events per process, extra processes cost more than they save."""
-PARTS_PER_WORKER = 4  # ranges of stream ids per process, so that fast processes take more
+PARTS_PER_WORKER = 16  # ranges of stream ids per process, so that fast processes take more
+EVENTS_PER_PART = 25_000
+"""A bigger log is cut into more ranges (of about this many events). The pool hands a
+worker its next part before it asks for it, so at the end a process may wait for up
+to two parts of another: small parts keep that wait short whatever the log's size."""
 
 
 def verify(
@@ -79,9 +83,11 @@ def verify(
 ) -> VerifyReport:
     """Check the chains and memory hashes of all streams (or one tenant's, or one trace).
 
-    With ``workers`` > 1 the streams are split into ranges of ids, shared with up to
-    ``workers - 1`` spawned processes (one per ``EVENTS_PER_WORKER`` logged events at
-    most). The report is the same whatever the number: problems come by stream id.
+    With ``workers`` > 1 the streams are split into ranges of ids (``PARTS_PER_WORKER``
+    per process, or one per ``EVENTS_PER_PART`` logged events if that is more), shared
+    with up to ``workers - 1`` spawned processes (one per ``EVENTS_PER_WORKER`` logged
+    events at most). The report is the same whatever the number: problems come by
+    stream id.
     """
     backend = store.backend
     if trace_id is not None:
@@ -90,11 +96,11 @@ def verify(
         if not heads:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
         return _verify_streams(store, heads, backend.scan_streams([sid]), progress)
-    if workers > 1:  # the log's size caps it (one query, only when it could matter)
-        workers = min(workers, backend.last_notification_id() // EVENTS_PER_WORKER)
+    logged = backend.last_notification_id() if workers > 1 else 0  # caps the processes
+    workers = min(workers, logged // EVENTS_PER_WORKER)
     if workers <= 1 or not shareable(backend.url):
         return verify_range(store, tenant, None, progress)
-    ranges = id_ranges(workers * PARTS_PER_WORKER)
+    ranges = id_ranges(max(workers * PARTS_PER_WORKER, logged // EVENTS_PER_PART))
     reports: list[VerifyReport | None] = [None] * len(ranges)
     with spawn_pool(workers - 1, _worker_start, (backend.url,)) as pool:
         for index, part, here in share(pool, ranges, partial(_worker_range, tenant),
