@@ -138,6 +138,11 @@ def _as_bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
 
 
+_SELECT_LOG = (  # CAST: a state edited by hand into TEXT still comes back as its bytes
+    "SELECT notification_id, topic, originator_id, originator_version, CAST(state AS BLOB) "
+    "FROM " + catalog.EVENTS_TABLE)
+
+
 def _sql(template: str) -> str:
     return catalog.render_sqlite(template)
 
@@ -268,22 +273,18 @@ class SQLiteBackend(Backend):
 
     def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
         with self._txn(commit=False) as c:
-            c.execute(
-                "SELECT notification_id, topic, originator_id, originator_version, state FROM "
-                + catalog.EVENTS_TABLE + " WHERE notification_id > ? "
-                "ORDER BY notification_id LIMIT ?", (after, limit))
-            return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
+            c.execute(_SELECT_LOG + " WHERE notification_id > ? ORDER BY notification_id LIMIT ?",
+                      (after, limit))
+            return c.fetchall()  # type: ignore[no-any-return]
 
     def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
         where, bounds = catalog.slice_bounds(id_range, upto, after, "?")
         params = [p.hex if isinstance(p, UUID) else p for p in bounds]
         with self._txn(commit=False) as c:
-            c.execute(
-                "SELECT notification_id, topic, originator_id, originator_version, state FROM "
-                + catalog.EVENTS_TABLE + " WHERE " + " AND ".join(where)
-                + " ORDER BY originator_id, originator_version LIMIT ?", (*params, limit))
-            return [(r[0], r[1], r[2], r[3], _as_bytes(r[4])) for r in c.fetchall()]
+            c.execute(_SELECT_LOG + " WHERE " + " AND ".join(where)
+                      + " ORDER BY originator_id, originator_version LIMIT ?", (*params, limit))
+            return c.fetchall()  # type: ignore[no-any-return]
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         with self._txn(commit=False) as c:
