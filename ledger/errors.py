@@ -13,6 +13,23 @@ class LedgerError(Exception):
 
     exit_code = 1
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle as class, message and attributes, never by calling ``__init__`` again.
+
+        A worker process's error crosses to its parent pickled. The default re-calls
+        ``__init__`` with the message alone, which fails for a subclass that takes
+        other arguments, and the parent then sees only a broken pool.
+        """
+        return _restore, (type(self), self.args, self.__dict__)
+
+
+def _restore(cls: type[LedgerError], args: tuple[object, ...],
+             attributes: dict[str, object]) -> LedgerError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(attributes)
+    return error
+
 
 class UsageError(LedgerError):
     """The caller asked for something malformed (bad URL, bad option value)."""

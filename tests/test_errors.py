@@ -1,0 +1,46 @@
+"""The error hierarchy: every LedgerError crosses from a worker process intact."""
+
+from __future__ import annotations
+
+import pickle
+from functools import partial
+
+import pytest
+
+from ledger import chain, errors
+from ledger.workers import spawn_pool
+
+EXAMPLES: dict[type[errors.LedgerError], errors.LedgerError] = {
+    errors.ValidationError: errors.ValidationError("must be a string", field="payload.tool"),
+    errors.NotIJSONError: errors.NotIJSONError("integer beyond 2**53", field="payload.value"),
+    errors.SequenceError: errors.SequenceError("seq 5 after 3", field="seq"),
+    errors.UnreadableRecordError: errors.UnreadableRecordError("acme", "t-1", 3, "not JSON"),
+}
+
+
+def _all_errors(cls: type[errors.LedgerError]) -> list[type[errors.LedgerError]]:
+    return [cls, *(c for sub in cls.__subclasses__() for c in _all_errors(sub))]
+
+
+@pytest.mark.parametrize("cls", _all_errors(errors.LedgerError), ids=lambda c: c.__name__)
+def test_every_error_pickles_with_its_message_and_attributes(
+        cls: type[errors.LedgerError]) -> None:
+    error = EXAMPLES.get(cls) or cls(f"{cls.__name__} happened")
+    error.__notes__ = ["a note"]  # type: ignore[attr-defined]
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is cls
+    assert str(copy) == str(error) and copy.args == error.args
+    assert copy.__dict__ == error.__dict__
+    assert copy.exit_code == error.exit_code
+
+
+def test_an_error_raised_in_a_worker_reaches_the_parent_as_itself() -> None:
+    # Before: UnreadableRecordError(tenant, name, seq, reason) failed to unpickle in
+    # the parent, which then saw only a broken pool ("ended abruptly").
+    with spawn_pool(1) as pool:
+        future = pool.submit(partial(chain.decode_stored, b"not json", tenant="acme",
+                                     name="t-1", seq=3))
+        with pytest.raises(errors.UnreadableRecordError) as caught:
+            future.result(timeout=60)
+    assert (caught.value.tenant, caught.value.name, caught.value.seq) == ("acme", "t-1", 3)
+    assert "tenant 'acme' trace 't-1' seq 3" in str(caught.value)
