@@ -29,11 +29,29 @@ class WorkerError(LedgerError):
 def spawn_pool(size: int, initializer: Callable[..., object] | None = None,
                initargs: tuple[Any, ...] = ()) -> ProcessPoolExecutor:
     """An executor of ``size`` spawned processes, each set up by ``initializer(*initargs)``;
-    they die with this process (:func:`die_with_parent`)."""
+    they die with this process (:func:`die_with_parent`), and with the ``with`` block
+    that uses the pool when an error leaves it (:class:`_SpawnPool`)."""
     import multiprocessing
 
-    return ProcessPoolExecutor(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(initializer, initargs))
+    return _SpawnPool(max_workers=size, mp_context=multiprocessing.get_context("spawn"),
+                      initializer=_start_worker, initargs=(initializer, initargs))
+
+
+class _SpawnPool(ProcessPoolExecutor):
+    """A process pool whose ``with`` block, left by an error (Ctrl-C included), stops
+    the workers at once instead of waiting for the parts they are running.
+
+    The error already decides the outcome: a part left to finish would only delay it,
+    by as long as the whole job at worst. Parts only read the store or write scratch
+    that the caller discards, so stopping one halfway loses nothing.
+    """
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
+        if exc_type is not None:
+            for process in list((self._processes or {}).values()):  # no public way in 3.11
+                process.terminate()
+            self.shutdown(wait=True, cancel_futures=True)  # sees them gone: returns at once
+        return super().__exit__(exc_type, exc, tb)
 
 
 def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pickle
+import time
 from functools import partial
 
 import pytest
 
 from ledger import chain, errors
-from ledger.workers import spawn_pool
+from ledger.workers import share, spawn_pool
 
 EXAMPLES: dict[type[errors.LedgerError], errors.LedgerError] = {
     errors.ValidationError: errors.ValidationError("must be a string", field="payload.tool"),
@@ -44,3 +45,17 @@ def test_an_error_raised_in_a_worker_reaches_the_parent_as_itself() -> None:
             future.result(timeout=60)
     assert (caught.value.tenant, caught.value.name, caught.value.seq) == ("acme", "t-1", 3)
     assert "tenant 'acme' trace 't-1' seq 3" in str(caught.value)
+
+
+def _fail(part: object) -> None:
+    raise errors.StoreError(f"part {part} failed")
+
+
+def test_an_error_here_stops_the_workers_instead_of_waiting_for_them() -> None:
+    # The worker takes the first part (a 60 s sleep); this process fails on the
+    # last at once. Leaving the pool's block used to wait for the sleep to end.
+    started = time.monotonic()
+    with pytest.raises(errors.StoreError, match=r"part 0\.0 failed"), spawn_pool(1) as pool:
+        for _ in share(pool, [60.0, 0.0], time.sleep, _fail, what="test"):
+            pass
+    assert time.monotonic() - started < 30
