@@ -25,7 +25,14 @@ from eventsourcing.persistence import PersistenceError
 
 from ledger.backends.catalog import EVENTS_TABLE
 from ledger.errors import StoreError
-from projections.sql import PREFIX, Cursor, PostgresViewDB, SQLiteViewDB, ViewDB
+from projections.sql import (
+    PREFIX,
+    VIEW_SECURE_DELETE,
+    Cursor,
+    PostgresViewDB,
+    SQLiteViewDB,
+    ViewDB,
+)
 
 MAX_SQLITE_PARTS = 8  # SQLite attaches at most 10 databases to a connection
 _PG_LOCK_CLASS = 7_355_608  # advisory lock (class, hashtext(schema)): one rebuild a schema
@@ -89,6 +96,7 @@ class SQLiteScratch(Scratch):
         path = str(self.db.backend.path)  # type: ignore[attr-defined]
         try:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+            conn.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")  # drops old views
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite views {self.db.backend.url}: {exc}") from exc
         try:

@@ -109,16 +109,40 @@ class SQLiteViewDB(ViewDB):
                 # position goes with them) and never a ledger commit, which keeps the
                 # connection's own setting and syncs the log up to and including itself.
                 pragma = conn.cursor()
-                pragma.execute("PRAGMA synchronous")
-                previous = int(pragma.fetchone()[0])
+                previous = _pragmas(pragma)
                 pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
+                pragma.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")
                 try:
                     with conn.transaction(commit=True) as c:
                         yield c.sqlite_cursor
                 finally:
-                    pragma.execute(f"PRAGMA synchronous = {previous}")
+                    for name, value in previous.items():
+                        pragma.execute(f"PRAGMA {name} = {value}")
         except (PersistenceError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
+
+
+VIEW_SECURE_DELETE = "FAST"
+"""``secure_delete`` for transactions on the views (and a shared rebuild's merge).
+
+Python's SQLite here is built with it on: every page a DROP or DELETE frees is
+overwritten with zeros, which made dropping the old views 1.26 s of a 1M-event
+rebuild's merge (0.06 s with FAST). Views are derived from the ledger, which keeps
+every byte they were built from, so erasing them hides nothing; FAST still zeroes
+deleted rows inside pages that are written anyway. The ledger's own transactions
+keep the connection's setting.
+"""
+
+
+def _pragmas(cursor: Any) -> dict[str, str]:
+    """The connection's settings a view transaction changes, to put back after it."""
+    values = {}
+    for name in ("synchronous", "secure_delete"):
+        cursor.execute(f"PRAGMA {name}")
+        values[name] = str(cursor.fetchone()[0])
+    if values["secure_delete"] == "2":  # reads as 2, but "2" would set it on
+        values["secure_delete"] = "FAST"
+    return values
 
 
 class PostgresViewDB(ViewDB):

@@ -132,3 +132,20 @@ def test_an_older_table_layout_is_rebuilt_not_migrated_in_place(store: Store, de
         db.execute(cur, "UPDATE {projection_state} SET version = 1 WHERE name = 'analytics'")
     Projector(store).catch_up()
     assert dump(store) == reference
+
+
+def test_sqlite_view_transactions_erase_lightly_and_restore_the_connection(
+        sqlite_url: str) -> None:
+    with Store.open(sqlite_url) as store:
+        db = view_db(store.backend)
+
+        def pragmas(cur: Any) -> tuple[int, int]:
+            return tuple(cur.execute(f"PRAGMA {name}").fetchone()[0]  # type: ignore[return-value]
+                         for name in ("secure_delete", "synchronous"))
+
+        with db.read() as cur:
+            before = pragmas(cur)
+        with db.transaction() as cur:
+            assert pragmas(cur) == (2, 1)  # FAST; NORMAL
+        with db.read() as cur:  # the ledger's transactions keep the connection's settings
+            assert pragmas(cur) == before
