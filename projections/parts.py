@@ -94,21 +94,23 @@ def _run_parts(plans: list[PartPlan], head: int, progress: Progress | None) -> i
 
     counts = multiprocessing.get_context("spawn").Array("q", len(plans), lock=False)
 
-    def report() -> None:
+    def report() -> None:  # after each batch of the part run here, and while waiting
+        for future in futures:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                future.result()  # a part's error stops the one here too, not after it
         if progress is not None:
             done = sum(counts)
             progress(done, max(head, done))
 
+    futures: list[Future[int]] = []
     with spawn_pool(len(plans) - 1, _start, (counts,)) as pool:
-        futures: list[Future[int]] = [pool.submit(_run_part, plan) for plan in plans[1:]]
+        futures += [pool.submit(_run_part, plan) for plan in plans[1:]]
         try:
             _counts["shared"] = counts
             here = _run_part(plans[0], on_progress=report)
             pending = set(futures)
             while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                for future in done:
-                    future.result()  # a part's error stops the rebuild here
+                _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
                 report()
             return here + sum(f.result() for f in futures)
         except Exception as exc:

@@ -247,7 +247,7 @@ class Projector:
         """Create what is missing; drop and recreate projections built by another version."""
         if self._ready:
             return
-        self.db.tracking.create_table()
+        self.db.create_tracking_table()
         with self.db.transaction() as cur:
             for statement in _DDL:
                 self.db.execute(cur, statement)

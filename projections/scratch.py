@@ -184,6 +184,7 @@ def _postgres_scratch(db: PostgresViewDB, count: int) -> Iterator[PostgresScratc
 
     found = PostgresScratch(db, count)
     pattern = scratch_schema(db.schema, 0).removesuffix("0")
+    inside: BaseException | None = None  # an error of the block: passed on as it is
     try:
         with db.datastore.get_connection() as conn:  # autocommit; held for the rebuild
             conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
@@ -192,7 +193,11 @@ def _postgres_scratch(db: PostgresViewDB, count: int) -> Iterator[PostgresScratc
                 _drop_scratch(conn, pattern)  # also what a killed rebuild left
                 for schema in found.schemas:
                     conn.execute("CREATE SCHEMA " + _quote(schema))
-                yield found
+                try:
+                    yield found
+                except BaseException as exc:
+                    inside = exc
+                    raise
             finally:
                 try:
                     _drop_scratch(conn, pattern)
@@ -200,6 +205,8 @@ def _postgres_scratch(db: PostgresViewDB, count: int) -> Iterator[PostgresScratc
                     conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
                                  (_PG_LOCK_CLASS, db.schema))
     except (PersistenceError, psycopg.Error) as exc:
+        if exc is inside:
+            raise
         raise StoreError(f"PostgreSQL views: {exc}") from exc
 
 

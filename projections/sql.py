@@ -49,6 +49,15 @@ class ViewDB:
     def render(self, template: str) -> Any:
         raise NotImplementedError
 
+    def create_tracking_table(self) -> None:
+        """Create the library's tracking table if it is missing."""
+        with self.errors():
+            self.tracking.create_table()
+
+    def errors(self) -> AbstractContextManager[None]:
+        """The driver's and the library's errors in the block, as a StoreError."""
+        raise NotImplementedError
+
     def transaction(self) -> AbstractContextManager[Cursor]:
         """A write transaction: committed when the block ends without an error.
 
@@ -97,29 +106,33 @@ class SQLiteViewDB(ViewDB):
         return self._txn(commit=False)
 
     @contextmanager
-    def _txn(self, *, commit: bool) -> Iterator[Cursor]:
+    def errors(self) -> Iterator[None]:
         try:
-            with self.datastore.get_connection(commit=commit) as conn:
-                if not commit:
-                    with conn.transaction(commit=False) as c:
-                        yield c.sqlite_cursor
-                    return
-                # synchronous=NORMAL for this commit only: in WAL mode a power loss can
-                # then undo the latest view commits, never half of one (their tracking
-                # position goes with them) and never a ledger commit, which keeps the
-                # connection's own setting and syncs the log up to and including itself.
-                pragma = conn.cursor()
-                previous = _pragmas(pragma)
-                pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
-                pragma.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")
-                try:
-                    with conn.transaction(commit=True) as c:
-                        yield c.sqlite_cursor
-                finally:
-                    for name, value in previous.items():
-                        pragma.execute(f"PRAGMA {name} = {value}")
+            yield
         except (PersistenceError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite views {self.backend.url}: {exc}") from exc
+
+    @contextmanager
+    def _txn(self, *, commit: bool) -> Iterator[Cursor]:
+        with self.errors(), self.datastore.get_connection(commit=commit) as conn:
+            if not commit:
+                with conn.transaction(commit=False) as c:
+                    yield c.sqlite_cursor
+                return
+            # synchronous=NORMAL for this commit only: in WAL mode a power loss can
+            # then undo the latest view commits, never half of one (their tracking
+            # position goes with them) and never a ledger commit, which keeps the
+            # connection's own setting and syncs the log up to and including itself.
+            pragma = conn.cursor()
+            previous = _pragmas(pragma)
+            pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
+            pragma.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")
+            try:
+                with conn.transaction(commit=True) as c:
+                    yield c.sqlite_cursor
+            finally:
+                for name, value in previous.items():
+                    pragma.execute(f"PRAGMA {name} = {value}")
 
 
 VIEW_SECURE_DELETE = "FAST"
@@ -181,28 +194,29 @@ class PostgresViewDB(ViewDB):
 
     def query(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on an autocommit connection: one round trip, no BEGIN/ROLLBACK."""
-        import psycopg
         from psycopg.rows import tuple_row
 
+        with self.errors(), self.datastore.get_connection() as conn:
+            cursor = conn.cursor(row_factory=tuple_row)
+            cursor.execute(self.render(template), params)
+            return [tuple(r) for r in cursor.fetchall()]
+
+    @contextmanager
+    def errors(self) -> Iterator[None]:
+        import psycopg
+
         try:
-            with self.datastore.get_connection() as conn:
-                cursor = conn.cursor(row_factory=tuple_row)
-                cursor.execute(self.render(template), params)
-                return [tuple(r) for r in cursor.fetchall()]
+            yield
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL views: {exc}") from exc
 
     @contextmanager
     def _txn(self, *, commit: bool) -> Iterator[Cursor]:
-        import psycopg
         from psycopg.rows import tuple_row
 
-        try:
-            with self.datastore.get_connection() as conn, conn.transaction(
-                    force_rollback=not commit):
-                yield conn.cursor(row_factory=tuple_row)
-        except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL views: {exc}") from exc
+        with self.errors(), self.datastore.get_connection() as conn, conn.transaction(
+                force_rollback=not commit):
+            yield conn.cursor(row_factory=tuple_row)
 
 
 def view_db(backend: Backend, *, scratch: bool = False) -> ViewDB:

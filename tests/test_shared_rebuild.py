@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -140,6 +142,40 @@ def test_a_failing_part_stops_the_rebuild_and_keeps_the_views(
     monkeypatch.setattr(Projector, "_run_slice", fail)
     with pytest.raises(StoreError, match="disk full"):
         Projector(store).rebuild(workers=2)
+    assert snapshot(store) == before
+    assert scratch_left(store.url) == []
+
+
+def test_a_worker_part_failing_stops_the_part_here_too(
+    ledger: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spawned part fails (its scratch cannot be opened) while the part run here would
+    take a minute: the error surfaces at once, and the views are kept."""
+    store = ledger
+    Projector(store).catch_up()
+    before = snapshot(store)
+    monkeypatch.setattr(parts, "ENTRIES_PER_PART", 1)
+    real_scratch = parts.scratch
+
+    @contextmanager
+    def broken(db: Any, count: int) -> Iterator[Any]:
+        with real_scratch(db, count) as place:
+            real_url = place.url
+            place.url = lambda k: real_url(k) if k == 0 else "sqlite:////nonexistent/x.db"
+            yield place
+
+    def slow(self: Projector, part: Any, progress: Any, batch_size: int) -> int:  # part 0
+        for _ in range(600):
+            progress(0, 1)
+            time.sleep(0.1)
+        return 0
+
+    monkeypatch.setattr(parts, "scratch", broken)
+    monkeypatch.setattr(Projector, "_run_slice", slow)
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="nonexistent"):
+        Projector(store).rebuild(workers=2)
+    assert time.monotonic() - started < 30
     assert snapshot(store) == before
     assert scratch_left(store.url) == []
 
