@@ -331,7 +331,8 @@ of stream ids in stream order. With the default costs (pages as if read from a
 spinning disk) PostgreSQL plans a range as a bitmap heap scan, a sort that spills
 to disk, and parallel workers that compete with ours for the same CPUs. Read as an
 index scan, the ranges of a 1M-event store cost the server 1.75 s of CPU against
-2.4-3.2 s, and verify with 2 workers went from 178-183k to 200-225k events/s. JIT
+2.4-3.2 s; with that (and verify's smaller ranges) verify with 2 workers on a freshly
+ingested 1M-event store went from 130-152k to 224-239k events/s on 2 cores. JIT
 compiling a whole-log scan does not pay either.
 """
 
