@@ -16,7 +16,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -94,12 +94,9 @@ class SQLiteScratch(Scratch):
     @contextmanager
     def merge(self) -> Iterator[Cursor]:
         path = str(self.db.backend.path)  # type: ignore[attr-defined]
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, timeout=60)
+        with self.db.errors(), closing(sqlite3.connect(path, isolation_level=None,
+                                                       timeout=60)) as conn:
             conn.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")  # drops old views
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite views {self.db.backend.url}: {exc}") from exc
-        try:
             for part in range(self.count):  # ATTACH cannot run inside a transaction
                 conn.execute(f"ATTACH DATABASE ? AS part{part}", (str(self.path(part)),))
             cursor: Any = conn.cursor()
@@ -110,10 +107,6 @@ class SQLiteScratch(Scratch):
                 conn.rollback()
                 raise
             cursor.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite views {self.db.backend.url}: {exc}") from exc
-        finally:
-            conn.close()
 
 
 @contextmanager
