@@ -190,7 +190,7 @@ def _run_part(sender: Connection, url: str, sources: list[str], reject_file: str
         if unreported:
             sender.send(("progress", unreported))
         message: tuple[str, Any] = ("done", summary.as_json())
-    except LedgerError as exc:  # sent as text: not every error class pickles back
+    except LedgerError as exc:  # sent as exit code and text: PartFailed names the part
         message = ("error", (exc.exit_code, str(exc)))
     except Exception as exc:
         message = ("crash", f"{type(exc).__name__}: {exc}")
