@@ -46,7 +46,9 @@ _CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"}
 
 class AnalyticsProjection(Projection):
     name = "analytics"
-    version = 4  # 2: args_digest, for replay's cassette; 3: hourly rollup; 4: covering index
+    # 2: args_digest, for replay's cassette; 3: hourly rollup; 4: covering index;
+    # 5: the key a unique index, built after the rows in a rebuild
+    version = 5
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("tool_calls", "tool_hourly", "recoveries")
     description = "tool calls, retries and fallbacks with their outcomes, hourly counts"
@@ -54,7 +56,7 @@ class AnalyticsProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
         "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
-        "error_class TEXT, args_digest TEXT NOT NULL, PRIMARY KEY (tenant, trace_id, seq))",
+        "error_class TEXT, args_digest TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS {tool_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
         "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
         "failures {bigint} NOT NULL, PRIMARY KEY (tenant, hour, tool, executed_by))",
@@ -66,6 +68,8 @@ class AnalyticsProjection(Projection):
     )
     sums = {"tool_hourly": (("tenant", "hour", "tool", "executed_by"), ("execs", "failures"))}
     query_indexes = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_tool_calls_key "
+        "ON {tool_calls} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_ts ON {tool_calls} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_tool_calls_args "  # covers the cassette
         "ON {tool_calls} (tenant, tool, args_digest, ts, trace_id, seq)",

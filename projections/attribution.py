@@ -58,7 +58,7 @@ _SETTLE = (
 
 class AttributionProjection(Projection):
     name = "attribution"
-    version = 1
+    version = 2  # 2: the key a unique index, built after the rows in a rebuild
     topics = frozenset({chain.EVENT_TOPIC, chain.GRANT_TOPIC})
     tables = ("write_attribution", "grants")
     description = "who wrote what memory, cross-agent writes and their authorization"
@@ -67,7 +67,7 @@ class AttributionProjection(Projection):
         "trace_id TEXT NOT NULL, seq {bigint} NOT NULL, ts TEXT NOT NULL, scope TEXT NOT NULL, "
         "key TEXT NOT NULL, op TEXT NOT NULL, executed_by TEXT NOT NULL, "
         "agent_owner TEXT NOT NULL, cross_agent INTEGER NOT NULL, authorized INTEGER NOT NULL, "
-        "basis TEXT, PRIMARY KEY (tenant, trace_id, seq))",
+        "basis TEXT)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_by "  # re-evaluating grants uses it
         "ON {write_attribution} (tenant, executed_by, scope, ts)",
         "CREATE TABLE IF NOT EXISTS {grants} (tenant TEXT NOT NULL, grant_id TEXT NOT NULL, "
@@ -78,6 +78,8 @@ class AttributionProjection(Projection):
     )
     settle = _SETTLE
     query_indexes = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_write_attribution_key "
+        "ON {write_attribution} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_ts ON {write_attribution} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_scope "
         "ON {write_attribution} (tenant, scope, ts)",

@@ -87,8 +87,10 @@ class Projection(ABC):
     topics: ClassVar[frozenset[str]]
     tables: ClassVar[tuple[str, ...]]  # slot names, see projections.sql.VIEW_TABLES
     ddl: ClassVar[tuple[str, ...]]  # tables, and the indexes ``apply``'s own statements use
-    # Indexes only the read queries use: a full rebuild creates them after loading the
-    # rows, which sorts once instead of updating them row by row.
+    # Indexes the projection's own statements never use: the read queries' and the
+    # unique keys of tables it only inserts into. A full rebuild creates them after
+    # loading the rows, which sorts once instead of updating them row by row (and a
+    # duplicate key still fails the rebuild).
     query_indexes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     # For a rebuild shared out by stream (projections.parts): tables of counts, whose

@@ -50,15 +50,16 @@ def failure_reason(event: str, payload: dict[str, Any]) -> str | None:
 
 class FailureProjection(Projection):
     name = "failures"
-    version = 3  # 2: error_code kept as JSON (a string or an integer, as given); 3: hourly
+    # 2: error_code kept as JSON (a string or an integer, as given); 3: hourly;
+    # 4: the key a unique index, built after the rows in a rebuild
+    version = 4
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("failures", "failure_hourly")
     description = "failure index: every failure point with tool, agent and reason"
     ddl = (
         "CREATE TABLE IF NOT EXISTS {failures} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL, tool TEXT, "
-        "executed_by TEXT NOT NULL, reason TEXT, error_class TEXT, error_code TEXT, "
-        "PRIMARY KEY (tenant, trace_id, seq))",
+        "executed_by TEXT NOT NULL, reason TEXT, error_class TEXT, error_code TEXT)",
         "CREATE TABLE IF NOT EXISTS {failure_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
         "tool TEXT NOT NULL, reason TEXT NOT NULL, executed_by TEXT NOT NULL, "
         "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
@@ -67,6 +68,8 @@ class FailureProjection(Projection):
     sums = {"failure_hourly": (("tenant", "hour", "tool", "reason", "executed_by"),
                                ("failures", "failed_execs"))}
     query_indexes = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_failures_key "
+        "ON {failures} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_ts ON {failures} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_tool ON {failures} (tenant, tool, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_agent "

@@ -21,16 +21,18 @@ INSERT = (
 
 class FindingsProjection(Projection):
     name = "findings"
-    version = 1
+    version = 2  # 2: the key a unique index, built after the rows in a rebuild
     topics = frozenset({chain.FINDING_TOPIC})
     tables = ("findings",)
     description = "integrity findings recorded by the ledger (conflicts, memory-hash mismatches)"
     ddl = (
         "CREATE TABLE IF NOT EXISTS {findings} (tenant TEXT NOT NULL, finding_seq {bigint} "
         "NOT NULL, kind TEXT NOT NULL, trace_id TEXT, seq {bigint}, detail TEXT, "
-        "recorded_at TEXT, PRIMARY KEY (tenant, finding_seq))",
+        "recorded_at TEXT)",
     )
     query_indexes = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_findings_key "
+        "ON {findings} (tenant, finding_seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_findings_trace "
         "ON {findings} (tenant, trace_id, seq)",
     )

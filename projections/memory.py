@@ -21,7 +21,7 @@ INSERT = (
 
 class MemoryProjection(Projection):
     name = "memory"
-    version = 1
+    version = 2  # 2: the key a unique index, built after the rows in a rebuild
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("memory_writes",)
     description = "memory writes: state of any (trace, scope) at any seq, diffs, history"
@@ -29,10 +29,11 @@ class MemoryProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {memory_writes} (tenant TEXT NOT NULL, "
         "trace_id TEXT NOT NULL, seq {bigint} NOT NULL, scope TEXT NOT NULL, key TEXT NOT NULL, "
         "op TEXT NOT NULL, value TEXT, memory_hash TEXT NOT NULL, ts TEXT NOT NULL, "
-        "executed_by TEXT NOT NULL, agent_owner TEXT NOT NULL, "
-        "PRIMARY KEY (tenant, trace_id, seq))",
+        "executed_by TEXT NOT NULL, agent_owner TEXT NOT NULL)",
     )
     query_indexes = (
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_memory_writes_key "
+        "ON {memory_writes} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_memory_writes_scope "
         "ON {memory_writes} (tenant, trace_id, scope, seq)",
     )

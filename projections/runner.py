@@ -29,6 +29,7 @@ from projections.base import Batch, Entry, Projection, Unreadable, decode_entrie
 from projections.failures import FailureProjection
 from projections.findings import FindingsProjection
 from projections.memory import MemoryProjection
+from projections.scratch import part_ddl, part_insert
 from projections.sql import Cursor, ViewDB, view_db
 
 PROJECTIONS: tuple[type[Projection], ...] = (
@@ -268,7 +269,8 @@ class Projector:
     def _reset(self, cur: Cursor, p: Projection, *, query_indexes: bool = True) -> None:
         for table in p.tables:
             self.db.execute(cur, "DROP TABLE IF EXISTS {" + table + "}")
-        for statement in p.ddl + (p.query_indexes if query_indexes else ()):
+        ddl = p.ddl if self.log_slice is None else part_ddl(p)
+        for statement in ddl + (p.query_indexes if query_indexes else ()):
             self.db.execute(cur, statement)
         self.db.execute(cur, "DELETE FROM {projection_context} WHERE projection = ?", (p.name,))
         self.db.execute(cur, "DELETE FROM {unreadable_entries} WHERE projection = ?", (p.name,))
@@ -416,6 +418,8 @@ class Projector:
 
     def _write(self, cur: Cursor, p: Projection, batch: Batch) -> None:
         for template, rows in batch.rows.items():
+            if self.log_slice is not None:  # a part's scratch tables: see part_ddl
+                template = part_insert(template, tuple(p.sums))
             self.db.executemany(cur, template, rows)
         for template, params in batch.statements + batch.late_statements:
             self.db.execute(cur, template, params)

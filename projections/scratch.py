@@ -13,10 +13,12 @@ one left.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, closing, contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -25,6 +27,7 @@ from eventsourcing.persistence import PersistenceError
 
 from ledger.backends.catalog import EVENTS_TABLE
 from ledger.errors import StoreError
+from projections.base import Projection
 from projections.sql import (
     PREFIX,
     VIEW_SECURE_DELETE,
@@ -55,6 +58,37 @@ class Scratch:
     def merge(self) -> AbstractContextManager[Cursor]:
         """A write transaction on the store's views that can read every part's tables."""
         raise NotImplementedError
+
+
+def part_ddl(p: Projection) -> tuple[str, ...]:
+    """``p.ddl`` as a part's scratch tables take it: its tables of counts (``p.sums``)
+    without their primary key.
+
+    A part inserts each batch's counts as new rows (``part_insert``) instead of adding
+    them to the row of their key, so the key's index would only be upkeep; the merge
+    adds the rows up by their key into the store's table, which has it.
+    """
+    return tuple(_PRIMARY_KEY.sub(")", statement)
+                 if (m := _CREATE_TABLE.match(statement)) and m.group(1) in p.sums
+                 else statement for statement in p.ddl)
+
+
+@lru_cache(maxsize=128)
+def part_insert(template: str, sums: tuple[str, ...]) -> str:
+    """A view write as a part makes it: an upsert adding to a row of a table of counts
+    (one of ``sums``) becomes a plain insert of this batch's counts (``part_ddl`` gave
+    that table no key; the merge adds the rows up). Other templates are unchanged."""
+    m = _UPSERT.fullmatch(template)
+    if m is None or m.group(1) not in sums:
+        return template
+    return f"INSERT INTO {{{m.group(1)}}} {m.group(2)}"
+
+
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \{(\w+)\} ")
+_PRIMARY_KEY = re.compile(r", PRIMARY KEY \([\w, ]+\)\)$")
+_UPSERT = re.compile(
+    r"INSERT INTO \{(\w+)\} AS \w+ (\([\w, ]+\) VALUES \(\?(?:, \?)*\)) ON CONFLICT .*",
+    re.DOTALL)
 
 
 def can_share(db: ViewDB) -> bool:

@@ -28,8 +28,10 @@ from ledger.store import Store
 from ledger.verify import id_ranges
 from ledger.workload import demo_events
 from projections import Projector, parts
+from projections.analytics import UPSERT_HOURLY, AnalyticsProjection
+from projections.failures import FailureProjection
 from projections.runner import NAMES
-from projections.scratch import scratch_schema
+from projections.scratch import part_ddl, part_insert, scratch_schema
 from projections.sql import view_db
 
 
@@ -109,8 +111,10 @@ def test_shared_rebuild_gives_the_views_of_one_process(
     shared: list[int] = []
     monkeypatch.setattr(parts, "_merge", _spy(parts._merge, shared))
     progress: list[tuple[int, int]] = []
-    read = Projector(store).rebuild(workers=PARTS,
-                                    progress=lambda n, t: progress.append((n, t)))
+    # Small batches: a part then writes several batches' counts of one hour, which
+    # the merge adds up (the parts' tables of counts have no key: part_insert).
+    read = Projector(store, batch_size=25).rebuild(
+        workers=PARTS, progress=lambda n, t: progress.append((n, t)))
 
     assert shared, "the rebuild was shared out"
     assert read == expected_read
@@ -266,3 +270,42 @@ def test_a_short_log_is_rebuilt_in_this_process(ledger: Store) -> None:
     projector = Projector(ledger)
     assert parts.part_count(projector, 8) == 1  # the demo is far below 50,000 a part
     assert set(NAMES) == {p.name for p in projector.projections}
+
+
+KEYED = {"tool_calls": "tenant, trace_id, seq", "failures": "tenant, trace_id, seq",
+         "memory_writes": "tenant, trace_id, seq", "write_attribution": "tenant, trace_id, seq",
+         "findings": "tenant, finding_seq"}
+
+
+@pytest.mark.parametrize("workers", [1, PARTS])
+def test_every_view_keeps_its_key_after_a_rebuild(
+    ledger: Store, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tables whose key is a unique index built after the rows still refuse a
+    duplicate row, whichever way they were rebuilt."""
+    monkeypatch.setattr(parts, "ENTRIES_PER_PART", 1)
+    Projector(ledger).rebuild(workers=workers)
+    db = view_db(ledger.backend)
+    for table, key in KEYED.items():
+        assert db.query("SELECT count(*) FROM {" + table + "}")[0][0] > 0, table
+        with pytest.raises(StoreError, match=r"(?i)unique"), db.transaction() as cur:
+            db.execute(cur, "INSERT INTO {" + table + "} SELECT * FROM {" + table + "} "
+                       "WHERE (" + key + ") IN (SELECT " + key + " FROM {" + table + "} "
+                       "LIMIT 1)")
+
+
+def test_a_parts_tables_of_counts_take_rows_without_a_key() -> None:
+    ddl = dict(zip(AnalyticsProjection.ddl, part_ddl(AnalyticsProjection()), strict=True))
+    changed = {a: b for a, b in ddl.items() if a != b}
+    assert len(changed) == 1  # tool_hourly; recoveries keep their key (marked recovered)
+    (before, after), = changed.items()
+    assert "{tool_hourly}" in before and "PRIMARY KEY" in before and "PRIMARY KEY" not in after
+    assert part_ddl(FailureProjection())[0] == FailureProjection.ddl[0]
+    sums = tuple(AnalyticsProjection.sums)
+    assert part_insert(UPSERT_HOURLY, sums) == (
+        "INSERT INTO {tool_hourly} (tenant, hour, tool, executed_by, execs, failures) "
+        "VALUES (?, ?, ?, ?, ?, ?)")
+    assert part_insert(UPSERT_HOURLY, ()) == UPSERT_HOURLY  # not a table of counts here
+    context = ("INSERT INTO {projection_context} AS c (projection, stream, context) "
+               "VALUES (?, ?, ?) ON CONFLICT (projection, stream) DO UPDATE SET context = 1")
+    assert part_insert(context, sums) == context
