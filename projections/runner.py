@@ -72,7 +72,7 @@ _STALE_RETRIES = 20
 
 class LogSlice(NamedTuple):
     """The entries a projector reads: of streams whose id lies in ``id_range``, up to
-    notification id ``upto``, stream by stream (one part of a shared rebuild)."""
+    notification id ``upto`` (one part of a shared rebuild)."""
 
     id_range: IdRange
     upto: int
@@ -329,17 +329,15 @@ class Projector:
                 progress(read, max(total, read))
 
     def _run_slice(self, part: LogSlice, progress: Progress | None, batch_size: int) -> int:
-        """Fold a slice of the log stream by stream (a part of a shared rebuild).
+        """Fold a slice of the log, in log order (a part of a shared rebuild).
 
-        Order only matters within a stream (``projections.parts``), so the slice is
-        read along the stream index. Each batch commits its rows alone: the views are
-        scratch, and their tracking position is set by the merge, not here.
+        Each batch commits its rows alone: the views are scratch, and their tracking
+        position is set by the merge, not here.
         """
         backend = self.store.backend
         positions = {p.name: 0 for p in self.projections}  # every entry of it is new
-        after: tuple[str, int] | None = None
-        read = 0
-        while rows := backend.read_streams(part.id_range, part.upto, after, batch_size):
+        after, read = 0, 0
+        while rows := backend.read_streams(part.id_range, after, part.upto, batch_size):
             entries, unreadable = decode_entries(rows)
             batches = self._apply(self.projections, entries, positions)
             skipped = self._skipped(self.projections, unreadable, positions)
@@ -350,7 +348,7 @@ class Projector:
             for p in self.projections:
                 self._keep(p.name, batches[p.name])
             read += len(rows)
-            after = (rows[-1][2], rows[-1][3])
+            after = rows[-1][0]
             if progress is not None:
                 progress(read, max(part.upto, read))
         return read

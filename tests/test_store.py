@@ -109,6 +109,29 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
     assert [row.version for row in store.backend.iter_rows(wanted[:1])] == [1, 2, 3]
 
 
+def test_read_streams_pages_a_range_of_streams_in_log_order(store: Store) -> None:
+    """read_streams() gives the entries of the streams in an id range, up to a head and
+    after a position, in notification order, like read_log() filtered by stream; the
+    ranges of id_ranges() share the log out without loss or overlap."""
+    for name in [f"trace-{i}" for i in range(12)]:  # interleaved: log order is not
+        store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])
+    for name in [f"trace-{i}" for i in reversed(range(12))]:  # stream order
+        store.backend.append(_events("t", name, range(3, 4)), [_head("t", name, 3)])
+    log = store.backend.read_log(0, 1000)
+    head = log[-5][0]  # entries past the head are left out
+    shared = []
+    for lo, hi in id_ranges(3):
+        part, after = [], 0
+        while rows := store.backend.read_streams((lo, hi), after, head, 4):  # small pages
+            assert len(rows) <= 4
+            part += [tuple(r) for r in rows]
+            after = rows[-1][0]
+        assert [r[0] for r in part] == sorted(r[0] for r in part)
+        assert all(lo.hex <= r[2] and (hi is None or r[2] < hi.hex) for r in part)
+        shared += part
+    assert sorted(shared) == [tuple(r) for r in log if r[0] <= head]
+
+
 def test_list_streams_filters_by_tenant_status_and_time(store: Store) -> None:
     """list_streams never crosses tenants and applies status/since/until."""
     for tenant, name, status, first, last in [

@@ -131,13 +131,11 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
+    def read_streams(self, id_range: IdRange, after: int, upto: int,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
         """Up to ``limit`` entries of the streams whose id lies in ``id_range``, with
-        notification id at most ``upto``, by stream then version, after ``after``
-        (a stream's 32-hex key and a version; None: from the first). Rows as
-        :meth:`read_log`'s: one part of a rebuild shared out by stream, read along
-        the stream index so that each part reads only its own rows.
+        notification id above ``after`` and at most ``upto``, in id order. Rows as
+        :meth:`read_log`'s: one part of a rebuild shared out by stream.
         """
 
     @abstractmethod

@@ -103,18 +103,15 @@ def head_from_row(row: Sequence[Any], stream_id: UUID) -> StreamHead:
     )
 
 
-def slice_bounds(id_range: IdRange, upto: int, after: tuple[str, int] | None,
+def slice_bounds(id_range: IdRange, after: int, upto: int,
                  mark: str) -> tuple[list[str], list[UUID | int]]:
     """SQL conditions on the events table keeping the slice ``read_streams`` reads: the
-    streams in ``id_range``, entries up to ``upto``, past ``after`` (stream key, version)
-    along the stream index; and their parameters (ids as ``UUID``s, to convert)."""
+    streams in ``id_range``, entries above ``after`` and up to ``upto``; and their
+    parameters (ids as ``UUID``s, to convert)."""
     lo, hi = id_range
-    where, params = [f"notification_id <= {mark}"], [upto]  # type: list[str], list[UUID | int]
-    if after is None:
-        where, params = [*where, f"originator_id >= {mark}"], [*params, lo]
-    else:
-        where, params = [*where, f"(originator_id, originator_version) > ({mark}, {mark})"], [
-            *params, UUID(hex=after[0]), after[1]]
+    where: list[str] = [f"notification_id > {mark}", f"notification_id <= {mark}",
+                        f"originator_id >= {mark}"]
+    params: list[UUID | int] = [after, upto, lo]
     if hi is not None:
         where, params = [*where, f"originator_id < {mark}"], [*params, hi]
     return where, params

@@ -277,13 +277,13 @@ class SQLiteBackend(Backend):
                       (after, limit))
             return c.fetchall()  # type: ignore[no-any-return]
 
-    def read_streams(self, id_range: IdRange, upto: int, after: tuple[str, int] | None,
+    def read_streams(self, id_range: IdRange, after: int, upto: int,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        where, bounds = catalog.slice_bounds(id_range, upto, after, "?")
+        where, bounds = catalog.slice_bounds(id_range, after, upto, "?")
         params = [p.hex if isinstance(p, UUID) else p for p in bounds]
         with self._txn(commit=False) as c:
             c.execute(_SELECT_LOG + " WHERE " + " AND ".join(where)
-                      + " ORDER BY originator_id, originator_version LIMIT ?", (*params, limit))
+                      + " ORDER BY notification_id LIMIT ?", (*params, limit))
             return c.fetchall()  # type: ignore[no-any-return]
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
