@@ -9,6 +9,7 @@ so two projectors on one database never apply an entry twice.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -68,6 +69,7 @@ _CHUNK = 400
 CATCH_UP_BATCH = 10_000  # log entries per transaction
 REBUILD_BATCH = 50_000
 _STALE_RETRIES = 20
+_TABLE_SLOT = re.compile(r"\{(\w+)\}")
 
 
 class LogSlice(NamedTuple):
@@ -185,7 +187,7 @@ class Projector:
         else:
             read = self._replay(chosen, progress, query_indexes)
         if query_indexes:
-            self._finish(chosen)
+            self._finish(chosen, workers=count)
         if count > 1:  # whatever was logged while the parts ran
             read += self.catch_up(progress)
         return read
@@ -206,8 +208,24 @@ class Projector:
                 self._finish(chosen, analyze=False)
             raise
 
-    def _finish(self, chosen: Sequence[Projection], *, analyze: bool = True) -> None:
-        """Build the query indexes (after the rows: one sort each), then statistics."""
+    def _finish(self, chosen: Sequence[Projection], *, analyze: bool = True,
+                workers: int = 1) -> None:
+        """Build the query indexes (after the rows: one sort each), then statistics.
+
+        On PostgreSQL with ``workers`` > 1, that many connections share the statements
+        out, the largest tables' first, each index and each table's statistics in a
+        transaction of its own (a build that fails leaves the others; the next projector
+        builds what is missing). SQLite writes from one connection at a time.
+        """
+        if workers > 1 and self.db.dialect == "postgres":
+            rows = {t: int(self.db.query("SELECT count(*) FROM {" + t + "}")[0][0])
+                    for p in chosen for t in p.tables}
+            statements = sorted((s for p in chosen for s in p.query_indexes),
+                                key=lambda s: -rows[_TABLE_SLOT.findall(s)[0]])
+            if analyze:
+                statements += ["ANALYZE {" + t + "}" for t in sorted(rows, key=lambda t: -rows[t])]
+            self._run_apart(statements, workers)
+            return
         with self.db.transaction() as cur:
             for p in chosen:
                 for statement in p.query_indexes:
@@ -218,6 +236,18 @@ class Projector:
             for p in chosen:                 # without them the planner picks poor indexes
                 for table in p.tables:       # (SQLite has none until asked)
                     self.db.execute(cur, "ANALYZE {" + table + "}")
+
+    def _run_apart(self, statements: Sequence[str], workers: int) -> None:
+        """Run each statement in a transaction of its own, ``workers`` at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def run(statement: str) -> None:
+            with self.db.transaction() as cur:
+                self.db.execute(cur, statement)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for future in [pool.submit(run, s) for s in statements]:
+                future.result()  # the first error, once the others have ended
 
     def status(self) -> list[ProjectionStatus]:
         """Position, lag and version of each projection."""

@@ -4,6 +4,7 @@ backends: the same views as one process, and the old views kept whole until the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -286,12 +287,24 @@ def test_every_view_keeps_its_key_after_a_rebuild(
     monkeypatch.setattr(parts, "ENTRIES_PER_PART", 1)
     Projector(ledger).rebuild(workers=workers)
     db = view_db(ledger.backend)
+    wanted = {re.search(r"EXISTS (\w+)", s).group(1)
+              for p in Projector(ledger).projections for s in p.ddl + p.query_indexes
+              if "INDEX" in s}
+    assert wanted <= indexes(ledger)  # (on PostgreSQL built by several connections)
     for table, key in KEYED.items():
         assert db.query("SELECT count(*) FROM {" + table + "}")[0][0] > 0, table
         with pytest.raises(StoreError, match=r"(?i)unique"), db.transaction() as cur:
             db.execute(cur, "INSERT INTO {" + table + "} SELECT * FROM {" + table + "} "
                        "WHERE (" + key + ") IN (SELECT " + key + " FROM {" + table + "} "
                        "LIMIT 1)")
+
+
+def indexes(store: Store) -> set[str]:
+    db = view_db(store.backend)
+    if db.dialect == "sqlite":
+        return {r[0] for r in db.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return {r[0] for r in db.query("SELECT indexname FROM pg_indexes WHERE schemaname = ?",
+                                   (db.schema,))}
 
 
 def test_a_parts_tables_of_counts_take_rows_without_a_key() -> None:
