@@ -245,9 +245,12 @@ class Projector:
             with self.db.transaction() as cur:
                 self.db.execute(cur, statement)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        try:
             for future in [pool.submit(run, s) for s in statements]:
-                future.result()  # the first error, once the others have ended
+                future.result()
+        finally:  # after an error (Ctrl-C too): what has not started does not start
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def status(self) -> list[ProjectionStatus]:
         """Position, lag and version of each projection."""
