@@ -68,6 +68,7 @@ _POSITIONS = "SELECT application_name, notification_id FROM {tracking}"
 _CHUNK = 400
 CATCH_UP_BATCH = 10_000  # log entries per transaction
 REBUILD_BATCH = 50_000
+STATISTICS_AFTER = 10_000  # entries applied before the views' statistics are first taken
 _STALE_RETRIES = 20
 _TABLE_SLOT = re.compile(r"\{(\w+)\}")
 
@@ -136,6 +137,7 @@ class Projector:
         self._caches: dict[str, OrderedDict[str, dict[str, Any]]] = {}
         self._complete: set[str] = set()  # caches known to hold every context there is
         self._known: dict[str, int] = {}  # positions this projector last committed or saw
+        self._applied = self._counted = 0  # entries applied; when statistics were taken
         self._ready = False
 
     # -- public API ----------------------------------------------------------------
@@ -155,10 +157,25 @@ class Projector:
         with paused_gc():
             for _ in range(_STALE_RETRIES):
                 try:
-                    return self._run(progress, batch_size or self.batch_size)
+                    read = self._run(progress, batch_size or self.batch_size)
                 except StaleError:
                     self._forget()
+                    continue
+                self._keep_statistics(read)
+                return read
         raise StaleError("tracking positions kept moving under this projector")
+
+    def _keep_statistics(self, read: int) -> None:
+        """Refresh the planner's statistics of the views each time this projector has
+        doubled the entries it applied (from ``STATISTICS_AFTER``): SQLite has none
+        until asked, and picks poor indexes for some queries without them (p95 up to
+        20 ms against 4 ms at 1M events). A rebuild takes full ones at its end."""
+        self._applied += read
+        if self.log_slice is not None or self._applied < max(STATISTICS_AFTER,
+                                                             2 * self._counted):
+            return
+        self._counted = self._applied
+        self.db.refresh_statistics([t for p in self.projections for t in p.tables])
 
     def rebuild(self, names: Iterable[str] | None = None,
                 progress: Progress | None = None, *, workers: int = 1,

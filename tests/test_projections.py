@@ -149,3 +149,25 @@ def test_sqlite_view_transactions_erase_lightly_and_restore_the_connection(
             assert pragmas(cur) == (2, 1)  # FAST; NORMAL
         with db.read() as cur:  # the ledger's transactions keep the connection's settings
             assert pragmas(cur) == before
+
+
+def test_catching_up_keeps_the_planners_statistics_of_the_views(
+        store: Store, demo_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite has no statistics until asked: a projector takes approximate ones as its
+    catch-ups double what it applied. PostgreSQL's autovacuum keeps its own."""
+    from projections import runner
+
+    monkeypatch.setattr(runner, "STATISTICS_AFTER", 50)
+    projector = Projector(store, batch_size=97).attach()
+    ingest(store, [demo_file], batch_size=30, reject_file=str(tmp_path / "r.jsonl"))
+    assert projector._counted >= 50 and projector._counted * 2 > projector._applied
+    db = view_db(store.backend)
+    if db.dialect == "sqlite":
+        analyzed = {r[0] for r in db.query("SELECT tbl FROM sqlite_stat1")}
+        assert {"agentledger_failures", "agentledger_tool_calls",
+                "agentledger_write_attribution"} <= analyzed
+        with db.read() as cur:  # the connection's setting is put back
+            assert cur.execute("PRAGMA analysis_limit").fetchone()[0] == 0
+    else:
+        assert db.query("SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = ? AND "
+                        "last_analyze IS NOT NULL", (db.schema,))[0][0] == 0  # type: ignore[attr-defined]
