@@ -9,7 +9,6 @@ so two projectors on one database never apply an entry twice.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ from projections.attribution import AttributionProjection
 from projections.base import Batch, Entry, Projection, Unreadable, decode_entries
 from projections.failures import FailureProjection
 from projections.findings import FindingsProjection
+from projections.indexes import build_query_indexes
 from projections.memory import MemoryProjection
 from projections.scratch import part_ddl, part_insert
 from projections.sql import Cursor, ViewDB, view_db
@@ -70,7 +70,6 @@ CATCH_UP_BATCH = 10_000  # log entries per transaction
 REBUILD_BATCH = 50_000
 STATISTICS_AFTER = 10_000  # entries applied before the views' statistics are first taken
 _STALE_RETRIES = 20
-_TABLE_SLOT = re.compile(r"\{(\w+)\}")
 
 
 class LogSlice(NamedTuple):
@@ -166,13 +165,11 @@ class Projector:
         raise StaleError("tracking positions kept moving under this projector")
 
     def _keep_statistics(self, read: int) -> None:
-        """Refresh the planner's statistics of the views each time this projector has
-        doubled the entries it applied (from ``STATISTICS_AFTER``): SQLite has none
-        until asked, and picks poor indexes for some queries without them (p95 up to
-        20 ms against 4 ms at 1M events). A rebuild takes full ones at its end."""
+        """Refresh the views' planner statistics each time this projector has doubled
+        the entries it applied (from ``STATISTICS_AFTER``): without them SQLite picks
+        poor indexes for some queries (docs/PROJECTIONS.md)."""
         self._applied += read
-        if self.log_slice is not None or self._applied < max(STATISTICS_AFTER,
-                                                             2 * self._counted):
+        if self.log_slice is not None or self._applied < max(STATISTICS_AFTER, 2 * self._counted):
             return
         self._counted = self._applied
         self.db.refresh_statistics([t for p in self.projections for t in p.tables])
@@ -182,8 +179,8 @@ class Projector:
                 query_indexes: bool = True) -> int:
         """Drop the named projections (default: all of this projector's) and replay from 0.
 
-        The indexes only queries use are built after the rows are loaded (also when
-        the rebuild is interrupted; after a crash, the next projector builds them).
+        The query indexes (``projections.indexes``) are built after the rows are loaded
+        (also when the rebuild is interrupted; after a crash, the next projector builds them).
         With ``workers`` > 1 (and a log long enough to pay for them) the log is shared
         out by stream between that many processes, and the views are replaced in one
         transaction at the end (``projections.parts``). ``query_indexes=False`` leaves
@@ -204,7 +201,7 @@ class Projector:
         else:
             read = self._replay(chosen, progress, query_indexes)
         if query_indexes:
-            self._finish(chosen, workers=count)
+            build_query_indexes(self.db, chosen, workers=count)
         if count > 1:  # whatever was logged while the parts ran
             read += self.catch_up(progress)
         return read
@@ -222,52 +219,8 @@ class Projector:
             return self.catch_up(progress, batch_size=self.rebuild_batch_size)
         except BaseException:
             if query_indexes:  # queries of the views read so far still need them
-                self._finish(chosen, analyze=False)
+                build_query_indexes(self.db, chosen, analyze=False)
             raise
-
-    def _finish(self, chosen: Sequence[Projection], *, analyze: bool = True,
-                workers: int = 1) -> None:
-        """Build the query indexes (after the rows: one sort each), then statistics.
-
-        On PostgreSQL with ``workers`` > 1, that many connections share the statements
-        out, the largest tables' first, each index and each table's statistics in a
-        transaction of its own (a build that fails leaves the others; the next projector
-        builds what is missing). SQLite writes from one connection at a time.
-        """
-        if workers > 1 and self.db.dialect == "postgres":
-            rows = {t: int(self.db.query("SELECT count(*) FROM {" + t + "}")[0][0])
-                    for p in chosen for t in p.tables}
-            statements = sorted((s for p in chosen for s in p.query_indexes),
-                                key=lambda s: -rows[_TABLE_SLOT.findall(s)[0]])
-            if analyze:
-                statements += ["ANALYZE {" + t + "}" for t in sorted(rows, key=lambda t: -rows[t])]
-            self._run_apart(statements, workers)
-            return
-        with self.db.transaction() as cur:
-            for p in chosen:
-                for statement in p.query_indexes:
-                    self.db.execute(cur, statement)
-        if not analyze:
-            return
-        with self.db.transaction() as cur:  # statistics for the new tables and indexes:
-            for p in chosen:                 # without them the planner picks poor indexes
-                for table in p.tables:       # (SQLite has none until asked)
-                    self.db.execute(cur, "ANALYZE {" + table + "}")
-
-    def _run_apart(self, statements: Sequence[str], workers: int) -> None:
-        """Run each statement in a transaction of its own, ``workers`` at a time."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        def run(statement: str) -> None:
-            with self.db.transaction() as cur:
-                self.db.execute(cur, statement)
-
-        pool = ThreadPoolExecutor(max_workers=workers)
-        try:
-            for future in [pool.submit(run, s) for s in statements]:
-                future.result()
-        finally:  # after an error (Ctrl-C too): what has not started does not start
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def status(self) -> list[ProjectionStatus]:
         """Position, lag and version of each projection."""
