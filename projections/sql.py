@@ -13,7 +13,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from eventsourcing.persistence import PersistenceError
 
@@ -199,16 +199,28 @@ class PostgresViewDB(ViewDB):
         return self._txn(commit=False)
 
     def executemany(self, cursor: Cursor, template: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Plain INSERTs go by COPY (one stream, no statement per row); others as given."""
+        """Plain INSERTs go by COPY (one stream, no statement per row); so do upserts of
+        ``STAGED_UPSERT_ROWS`` rows or more, into a temporary table that one
+        ``INSERT ... SELECT ... ON CONFLICT`` then applies, when no two rows share a
+        conflict key (one statement cannot update a row twice). Others as given."""
         if not rows:
             return
+        staged = None
         copy = _copy_statement(template, self.schema)
         if copy is None:
-            cursor.executemany(self.render(template), rows)
-            return
+            staged = _staged_upsert(template, self.schema)
+            if (staged is None or len(rows) < STAGED_UPSERT_ROWS
+                    or len({tuple(r[i] for i in staged.key) for r in rows}) < len(rows)):
+                cursor.executemany(self.render(template), rows)
+                return
+            cursor.execute(staged.create)
+            cursor.execute(staged.clear)  # what an upsert that failed may have left there
+            copy = staged.copy
         with cursor.copy(copy) as out:  # type: ignore[attr-defined]
             for row in rows:
                 out.write_row(row)
+        if staged is not None:
+            cursor.execute(staged.apply)
 
     def query(self, template: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """One statement on an autocommit connection: one round trip, no BEGIN/ROLLBACK."""
@@ -263,6 +275,46 @@ def _render_sqlite(template: str) -> str:
 
 
 _PLAIN_INSERT = re.compile(r"INSERT INTO \{(\w+)\} \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)")
+_UPSERT = re.compile(r"INSERT INTO \{(\w+)\}( AS \w+)? \(([\w, ]+)\) VALUES \(\?(?:, \?)*\) "
+                     r"(ON CONFLICT \(([\w, ]+)\) .*)", re.DOTALL)
+STAGED_UPSERT_ROWS = 500
+"""From this many rows, an upsert on PostgreSQL goes through a temporary table.
+
+A shared rebuild's part upserts ~62k per-stream contexts at 1M events. One statement a
+row (pipelined) cost 0.54-0.72 s of Python CPU and 0.68-0.97 s of server CPU; COPY into
+a temporary table and one INSERT ... SELECT ... ON CONFLICT, 0.04 s and 0.41-0.44 s.
+"""
+
+
+class StagedUpsert(NamedTuple):
+    """The statements of an upsert that goes through a temporary table."""
+
+    create: Any  # the session's temporary table, if missing
+    clear: Any  # empty it
+    copy: Any  # COPY into it
+    apply: Any  # INSERT ... SELECT ... ON CONFLICT from it
+    key: tuple[int, ...]  # the positions of the conflict key's columns in a row
+
+
+@lru_cache(maxsize=512)
+def _staged_upsert(template: str, schema: str) -> StagedUpsert | None:
+    from psycopg import sql
+
+    match = _UPSERT.fullmatch(template)
+    if match is None or match.group(1) not in VIEW_TABLES:
+        return None
+    table, alias, columns, conflict, key = match.groups()
+    names = [c.strip() for c in columns.split(",")]
+    stage = sql.Identifier("pg_temp", f"{PREFIX}stage_{table}")
+    listed = sql.SQL(", ").join(sql.Identifier(c) for c in names)
+    return StagedUpsert(
+        sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {})").format(
+            sql.Identifier(f"{PREFIX}stage_{table}"), sql.Identifier(schema, PREFIX + table)),
+        sql.SQL("TRUNCATE {}").format(stage),
+        sql.SQL("COPY {} ({}) FROM STDIN").format(stage, listed),
+        _render_postgres(f"INSERT INTO {{{table}}}{alias or ''} ({columns}) SELECT {columns} "
+                         f"FROM pg_temp.{PREFIX}stage_{table} {conflict}", schema),
+        tuple(names.index(c.strip()) for c in key.split(",")))
 
 
 @lru_cache(maxsize=512)

@@ -171,3 +171,31 @@ def test_catching_up_keeps_the_planners_statistics_of_the_views(
     else:
         assert db.query("SELECT count(*) FROM pg_stat_user_tables WHERE schemaname = ? AND "
                         "last_analyze IS NOT NULL", (db.schema,))[0][0] == 0  # type: ignore[attr-defined]
+
+
+def test_upserts_give_the_same_views_however_they_are_sent(
+        store: Store, demo_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL sends large upserts through a temporary table: the views equal those
+    of upserts sent one statement a row (a rebuild), and counts added to rows in one
+    call add up, also when two rows of the call share a key (sent one by one)."""
+    from projections import sql
+    from projections.analytics import UPSERT_HOURLY
+
+    monkeypatch.setattr(sql, "STAGED_UPSERT_ROWS", 1)
+    Projector(store, batch_size=97).attach()
+    ingest(store, [demo_file], batch_size=300, reject_file=str(tmp_path / "r.jsonl"))
+    staged = dump(store)
+    monkeypatch.setattr(sql, "STAGED_UPSERT_ROWS", 10**9)
+    Projector(store).rebuild()
+    assert dump(store) == staged
+
+    monkeypatch.setattr(sql, "STAGED_UPSERT_ROWS", 1)
+    db = view_db(store.backend)
+    key = ("t", "2026-01-01T00", "search", "agent-a")
+    with db.transaction() as cur:
+        db.executemany(cur, UPSERT_HOURLY, [(*key, 1, 0), ("t", "2026-01-01T01", "x", "y", 1, 1)])
+        db.executemany(cur, UPSERT_HOURLY, [(*key, 2, 1), (*key, 4, 0)])  # a key twice
+        db.executemany(cur, UPSERT_HOURLY, [(*key, 8, 0), ("t", "2026-01-01T01", "x", "y", 1, 0)])
+    rows = db.query("SELECT hour, execs, failures FROM {tool_hourly} WHERE tenant = 't' "
+                    "ORDER BY hour")
+    assert [tuple(r) for r in rows] == [("2026-01-01T00", 15, 1), ("2026-01-01T01", 2, 1)]
