@@ -30,6 +30,7 @@ from ledger.errors import StoreError
 from projections.base import Projection
 from projections.sql import (
     PREFIX,
+    UPSERT,
     VIEW_SECURE_DELETE,
     Cursor,
     PostgresViewDB,
@@ -78,17 +79,16 @@ def part_insert(template: str, sums: tuple[str, ...]) -> str:
     """A view write as a part makes it: an upsert adding to a row of a table of counts
     (one of ``sums``) becomes a plain insert of this batch's counts (``part_ddl`` gave
     that table no key; the merge adds the rows up). Other templates are unchanged."""
-    m = _UPSERT.fullmatch(template)
+    m = UPSERT.fullmatch(template)
     if m is None or m.group(1) not in sums:
         return template
-    return f"INSERT INTO {{{m.group(1)}}} {m.group(2)}"
+    table, _, columns = m.group(1, 2, 3)
+    marks = ", ".join("?" * len(columns.split(",")))
+    return f"INSERT INTO {{{table}}} ({columns}) VALUES ({marks})"
 
 
 _CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS \{(\w+)\} ")
 _PRIMARY_KEY = re.compile(r", PRIMARY KEY \([\w, ]+\)\)$")
-_UPSERT = re.compile(
-    r"INSERT INTO \{(\w+)\} AS \w+ (\([\w, ]+\) VALUES \(\?(?:, \?)*\)) ON CONFLICT .*",
-    re.DOTALL)
 
 
 def can_share(db: ViewDB) -> bool:

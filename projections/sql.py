@@ -275,8 +275,9 @@ def _render_sqlite(template: str) -> str:
 
 
 _PLAIN_INSERT = re.compile(r"INSERT INTO \{(\w+)\} \(([\w, ]+)\) VALUES \(\?(?:, \?)*\)")
-_UPSERT = re.compile(r"INSERT INTO \{(\w+)\}( AS \w+)? \(([\w, ]+)\) VALUES \(\?(?:, \?)*\) "
-                     r"(ON CONFLICT \(([\w, ]+)\) .*)", re.DOTALL)
+UPSERT = re.compile(r"INSERT INTO \{(\w+)\}( AS \w+)? \(([\w, ]+)\) VALUES \(\?(?:, \?)*\) "
+                    r"(ON CONFLICT \(([\w, ]+)\) .*)", re.DOTALL)
+"""An upsert template; groups: table slot, alias, columns, conflict clause, key columns."""
 STAGED_UPSERT_ROWS = 500
 """From this many rows, an upsert on PostgreSQL goes through a temporary table.
 
@@ -300,7 +301,7 @@ class StagedUpsert(NamedTuple):
 def _staged_upsert(template: str, schema: str) -> StagedUpsert | None:
     from psycopg import sql
 
-    match = _UPSERT.fullmatch(template)
+    match = UPSERT.fullmatch(template)
     if match is None or match.group(1) not in VIEW_TABLES:
         return None
     table, alias, columns, conflict, key = match.groups()
