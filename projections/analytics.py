@@ -78,8 +78,10 @@ class AnalyticsProjection(Projection):
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
-        hourly: dict[tuple[str, str, str, str], list[int]] = {}
-        new: dict[tuple[str, str, int], list[Any]] = {}  # recoveries first seen in this batch
+        # counts by hour, and recoveries first seen in this batch: queued by finish
+        hourly: dict[tuple[str, str, str, str], list[int]] = batch.carry.setdefault(
+            "hourly", {})
+        new: dict[tuple[str, str, int], list[Any]] = batch.carry.setdefault("new", {})
         for entry in entries:
             r = entry.record
             event = r["event"]
@@ -92,9 +94,12 @@ class AnalyticsProjection(Projection):
                     batch.touch(entry.stream)
                 if event in ("CALLBACK_RETRY", "CALLBACK_FALLBACK"):
                     self._open(entry, ctx, batch, new)
-        for row in new.values():
+
+    def finish(self, batch: Batch) -> None:
+        for row in batch.carry.get("new", {}).values():
             batch.insert(INSERT_RECOVERY, tuple(row))
-        for (tenant, hour, tool, agent), (execs, failures) in hourly.items():
+        for (tenant, hour, tool, agent), (execs, failures) in batch.carry.get(
+                "hourly", {}).items():
             batch.insert(UPSERT_HOURLY, (tenant, hour, tool, agent, execs, failures))
 
     def _open(self, entry: Entry, ctx: dict[str, Any], batch: Batch,

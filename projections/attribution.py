@@ -90,8 +90,9 @@ class AttributionProjection(Projection):
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
-        recheck: dict[tuple[str, str, str], None] = {}
-        added: dict[tuple[str, str], tuple[str, str]] = {}  # grants added in this batch
+        # (tenant, agent, scope) whose writes finish re-evaluates; grants added in this batch
+        recheck: dict[tuple[str, str, str], None] = batch.carry.setdefault("recheck", {})
+        added: dict[tuple[str, str], tuple[str, str]] = batch.carry.setdefault("added", {})
         for entry in entries:
             r = entry.record
             if entry.topic == chain.GRANT_TOPIC:
@@ -106,7 +107,9 @@ class AttributionProjection(Projection):
                 batch.touch(entry.stream)
             elif event == "CALLBACK_MEMORY_WRITE":
                 self._write(entry, batch, recheck)
-        for tenant, agent, scope in recheck:
+
+    def finish(self, batch: Batch) -> None:
+        for tenant, agent, scope in batch.carry.get("recheck", {}):
             batch.run(_REEVALUATE, (tenant, agent, scope), late=True)
             batch.run(_SET_AUTHORIZED, (tenant, agent, scope), late=True)
 

@@ -12,10 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
+from uuid import UUID
 
 import orjson
 
 from ledger import chain
+from ledger.backends.base import Backend
 from ledger.events import normalize_ts
 
 
@@ -55,6 +57,9 @@ class Batch:
     late_statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
     changed: set[str] = field(default_factory=set)
+    # What a projection keeps from one ``apply`` call to the next within this batch
+    # (counts to add up, rows still open), for its ``finish`` to queue.
+    carry: dict[str, Any] = field(default_factory=dict)
 
     def insert(self, template: str, row: tuple[Any, ...]) -> None:
         """Queue one INSERT (templates are batched with executemany)."""
@@ -101,7 +106,15 @@ class Projection(ABC):
 
     @abstractmethod
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
-        """Fold entries (all of this projection's topics, in log order) into the batch."""
+        """Fold entries (all of this projection's topics, in log order) into the batch.
+
+        One batch's entries may come in several calls, consecutive chunks in log order
+        (the projector decodes a chunk at a time): what must see the whole batch waits
+        in ``batch.carry`` for :meth:`finish`.
+        """
+
+    def finish(self, batch: Batch) -> None:  # noqa: B027 - most projections carry nothing
+        """Queue what the batch's entries add up to, once, after its last ``apply``."""
 
 
 class Unreadable(NamedTuple):
@@ -114,8 +127,11 @@ class Unreadable(NamedTuple):
     reason: str
 
 
-def decode_entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
-                   ) -> tuple[list[Entry], list[Unreadable]]:
+LogRow = tuple[int, str, str, int, bytes | None]
+"""A log row as the backends read it: notification id, topic, stream key, version, state."""
+
+
+def decode_entries(rows: Sequence[LogRow]) -> tuple[list[Entry], list[Unreadable]]:
     """Decode log rows of the projected topics (the hot loop of a rebuild), and set
     aside those that are not records."""
     topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
@@ -135,3 +151,25 @@ def decode_entries(rows: Sequence[tuple[int, str, str, int, bytes | None]]
             except ValueError as exc:
                 bad.append(Unreadable(nid, topic, key, version, str(exc)))
     return out, bad
+
+
+def skipped_rows(backend: Backend, behind: Sequence[Projection],
+                 unreadable: Sequence[Unreadable],
+                 positions: dict[str, int]) -> list[tuple[Any, ...]]:
+    """Rows of ``unreadable_entries`` recording the unreadable entries each projection
+    behind them now passes over.
+
+    They are left out of the views, never guessed at; ``projections status``,
+    ``audit findings`` and the read commands say so (where: from the catalog).
+    """
+    if not unreadable:
+        return []
+    heads = backend.load_heads(list({UUID(hex=u.stream) for u in unreadable}))
+    rows = []
+    for u in unreadable:
+        head = heads.get(UUID(hex=u.stream))
+        tenant, name = (head.tenant, head.name) if head else (None, None)
+        rows += [(p.name, u.notification_id, tenant, name, u.version, u.reason)
+                 for p in behind
+                 if u.topic in p.topics and u.notification_id > positions[p.name]]
+    return rows

@@ -78,8 +78,10 @@ class FailureProjection(Projection):
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
-        last: dict[str, str] = {}  # stream -> tool in play, as of this batch
-        hourly: dict[tuple[str, str, str, str, str], list[int]] = {}
+        # stream -> tool in play, as of this batch; counts by hour, for finish
+        last: dict[str, str] = batch.carry.setdefault("last", {})
+        hourly: dict[tuple[str, str, str, str, str], list[int]] = batch.carry.setdefault(
+            "hourly", {})
         for entry in entries:
             r = entry.record
             event, payload = r["event"], r["payload"]
@@ -99,9 +101,11 @@ class FailureProjection(Projection):
                 [0, 0])
             counts[0] += 1
             counts[1] += event == "TOOL_EXEC"
-        for key, (failures, failed_execs) in hourly.items():
+
+    def finish(self, batch: Batch) -> None:
+        for key, (failures, failed_execs) in batch.carry.get("hourly", {}).items():
             batch.insert(UPSERT_HOURLY, (*key, failures, failed_execs))
-        for stream, tool in last.items():
+        for stream, tool in batch.carry.get("last", {}).items():
             ctx = batch.context(stream)
             if ctx.get("tool") != tool:
                 ctx["tool"] = tool

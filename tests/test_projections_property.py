@@ -259,6 +259,7 @@ class Scenario:
     rebuild: tuple[str, ...] | None  # (b) rebuilds these projections (None: all)
     projector_batch: int  # the projector's batch size for (b) and (c)
     limit: int
+    decode_chunk: int  # entries the projector decodes and folds at a time (all of (a)-(c))
 
 
 @st.composite
@@ -339,7 +340,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     rebuild = draw(st.none() | st.lists(st.sampled_from(PROJECTIONS), min_size=1,
                                         unique=True).map(tuple))
     return Scenario(events, grants, ops, windows, check_after, elsewhere, rebuild,
-                    draw(st.integers(1, 7)), draw(st.integers(1, 4)))
+                    draw(st.integers(1, 7)), draw(st.integers(1, 4)),
+                    draw(st.sampled_from((1, 2, 3, 100))))
 
 
 # -- writing a scenario --------------------------------------------------------------------
@@ -577,7 +579,7 @@ def test_incremental_and_rebuilt_projections_equal_the_naive_fold(
     tenants = fresh_tenants()
     names = sorted({tenants[e["tenant"]] for e in scenario.events})
     with (Store.open(store.url) as attached, Store.open(store.url) as other,
-          tempfile.TemporaryDirectory() as tmp):
+          tempfile.TemporaryDirectory() as tmp, decoding_chunks_of(scenario.decode_chunk)):
         Projector(attached).attach()
         follower = Projector(other)
 
@@ -603,6 +605,17 @@ def test_incremental_and_rebuilt_projections_equal_the_naive_fold(
                       context_cache=1).rebuild(scenario.rebuild, workers=3)
         assert_matches_fold(attached, log, names, scenario,
                             f"(c) after rebuilding {scenario.rebuild or 'all'} in 3 parts")
+
+
+@contextmanager
+def decoding_chunks_of(size: int) -> Iterator[None]:
+    """The projector decodes and folds ``size`` log entries at a time: a batch of more
+    entries reaches each projection in several ``apply`` calls, then one ``finish``."""
+    from projections import runner
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "DECODE_CHUNK", size)
+        yield
 
 
 @contextmanager
@@ -635,5 +648,6 @@ def test_projections_caught_up_once_at_the_end_equal_the_naive_fold(
     names = sorted({tenants[e["tenant"]] for e in scenario.events})
     with Store.open(store.url) as writer, tempfile.TemporaryDirectory() as tmp:
         log = write(lambda n: writer, scenario, tenants, Path(tmp))
-    Projector(store, batch_size=scenario.projector_batch, context_cache=2).catch_up()
+    with decoding_chunks_of(scenario.decode_chunk):
+        Projector(store, batch_size=scenario.projector_batch, context_cache=2).catch_up()
     assert_matches_fold(store, log, names, scenario, "(c) caught up at the end")
