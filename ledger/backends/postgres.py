@@ -269,34 +269,35 @@ class PostgresBackend(Backend):
 
     def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
         query = sql.SQL(  # the key as 32 hex digits in SQL: no UUID object per row
-            "COPY (SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
+            "SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
             "originator_version, state FROM {} WHERE notification_id > %s "
-            "ORDER BY notification_id LIMIT %s) TO STDOUT (FORMAT BINARY)"
+            "ORDER BY notification_id LIMIT %s"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        return self._copy_log_rows(query, (after, limit))
+        return self._log_rows(query, (after, limit))
 
     def read_streams(self, id_range: IdRange, after: int, upto: int,
                      limit: int) -> list[tuple[int, str, str, int, bytes]]:
         where, params = catalog.slice_bounds(id_range, after, upto, "%s")
         query = sql.SQL(
-            "COPY (SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
+            "SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
             "originator_version, state FROM {} WHERE " + " AND ".join(where)
-            + " ORDER BY notification_id LIMIT %s) TO STDOUT (FORMAT BINARY)"
+            + " ORDER BY notification_id LIMIT %s"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        return self._copy_log_rows(query, (*params, limit), plan=_SLICE_PLAN)
+        return self._log_rows(query, (*params, limit), plan=_SLICE_PLAN)
 
-    def _copy_log_rows(self, query: sql.Composed, params: Sequence[Any], *,
-                       plan: str | None = None) -> list[tuple[int, str, str, int, bytes]]:
-        """Rows ``(notification_id, topic, key, version, state)`` of a ``COPY ... TO
-        STDOUT (FORMAT BINARY)`` (``plan``: settings for it, in a transaction)."""
-        try:  # binary COPY decodes rows ~2.5x faster than a cursor's fetchall
+    def _log_rows(self, query: sql.Composed, params: Sequence[Any], *,
+                  plan: str | None = None) -> list[tuple[int, str, str, int, bytes]]:
+        """Rows ``(notification_id, topic, key, version, state)`` of a query, fetched
+        in binary (``plan``: settings for it, in a transaction). Half the client CPU
+        of a binary ``COPY ... TO STDOUT``, which psycopg reads row by row."""
+        try:
             with (self.datastore.get_connection() as conn,
-                  conn.transaction() if plan else nullcontext(), conn.cursor() as cur):
+                  conn.transaction() if plan else nullcontext(),
+                  conn.cursor(binary=True, row_factory=tuple_row) as cur):
                 if plan:
                     cur.execute(plan)
-                with cur.copy(query, params) as rows:
-                    rows.set_types(["int8", "text", "text", "int8", "bytea"])
-                    return list(rows.rows())
+                cur.execute(query, params)
+                return cur.fetchall()
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
 
