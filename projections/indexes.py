@@ -42,10 +42,13 @@ def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bo
                 db.execute(cur, statement)
     if not analyze:
         return
+    tables = [t for p in chosen for t in p.tables]
+    if db.dialect == "sqlite":  # approximate: the same plans, in 6-8 ms instead of ~0.2 s
+        db.refresh_statistics(tables)
+        return
     with db.transaction() as cur:  # statistics for the new tables and indexes
-        for p in chosen:
-            for table in p.tables:
-                db.execute(cur, "ANALYZE {" + table + "}")
+        for table in tables:
+            db.execute(cur, "ANALYZE {" + table + "}")
 
 
 def _run_apart(db: ViewDB, statements: Sequence[str], workers: int) -> None:

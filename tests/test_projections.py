@@ -173,6 +173,25 @@ def test_catching_up_keeps_the_planners_statistics_of_the_views(
                         "last_analyze IS NOT NULL", (db.schema,))[0][0] == 0  # type: ignore[attr-defined]
 
 
+def test_a_rebuild_leaves_planner_statistics_for_the_views(
+        store: Store, demo_file: str, tmp_path: Path) -> None:
+    """A rebuild loads the views, builds their query indexes, then takes statistics
+    (approximate ones on SQLite), so the queries after it get good plans."""
+    ingest(store, [demo_file], reject_file=str(tmp_path / "r.jsonl"))
+    Projector(store).rebuild()
+    db = view_db(store.backend)
+    views = {"agentledger_failures", "agentledger_tool_calls", "agentledger_memory_writes",
+             "agentledger_write_attribution"}
+    if db.dialect == "sqlite":
+        assert views <= {r[0] for r in db.query("SELECT tbl FROM sqlite_stat1")}
+        with db.read() as cur:  # the connection's setting is put back
+            assert cur.execute("PRAGMA analysis_limit").fetchone()[0] == 0
+    else:
+        analyzed = db.query("SELECT relname FROM pg_stat_user_tables WHERE schemaname = ? "
+                            "AND last_analyze IS NOT NULL", (db.schema,))  # type: ignore[attr-defined]
+        assert views <= {r[0] for r in analyzed}
+
+
 def test_upserts_give_the_same_views_however_they_are_sent(
         store: Store, demo_file: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """PostgreSQL sends large upserts through a temporary table: the views equal those
