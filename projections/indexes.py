@@ -56,7 +56,8 @@ def _run_apart(db: ViewDB, statements: Sequence[str], workers: int) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def run(statement: str) -> None:
-        with db.transaction() as cur:
+        with db.transaction() as cur:  # builds already run side by side: no server
+            db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")  # helpers
             db.execute(cur, statement)
 
     pool = ThreadPoolExecutor(max_workers=workers)
