@@ -8,13 +8,33 @@ take statistics of the new tables: without them SQLite picks poor indexes.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from projections.base import Projection
-from projections.sql import ViewDB
+from projections.sql import PREFIX, ViewDB
 
 _TABLE_SLOT = re.compile(r"\{(\w+)\}")
+APPROXIMATE_STATISTICS = "SET LOCAL default_statistics_target = 10"
+"""How a rebuild's ``ANALYZE`` samples on PostgreSQL: 3,000 rows a table, not 30,000.
+
+Like SQLite's ``analysis_limit``: the four largest views of a 1M-event store took
+0.06 s instead of 0.63 s. Autovacuum's later analyses use the database's own target.
+"""
+
+
+def relation_sizes(db: ViewDB, names: Sequence[str]) -> list[int]:
+    """Bytes each PostgreSQL table (a quoted, qualified name) takes, indexes included."""
+    rows = db.query("SELECT pg_total_relation_size(CAST(t AS regclass)) "
+                    "FROM unnest(CAST(? AS text[])) WITH ORDINALITY AS u(t, i) ORDER BY i",
+                    (list(names),))
+    return [int(r[0]) for r in rows]
+
+
+def _qualified(db: ViewDB, table: str) -> str:
+    schema = str(db.schema)  # type: ignore[attr-defined]
+    return '"' + schema.replace('"', '""') + '"."' + (PREFIX + table).replace('"', '""') + '"'
 
 
 def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bool = True,
@@ -28,12 +48,13 @@ def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bo
     builds what is missing). SQLite writes from one connection at a time.
     """
     if workers > 1 and db.dialect == "postgres":
-        rows = {t: int(db.query("SELECT count(*) FROM {" + t + "}")[0][0])
-                for p in chosen for t in p.tables}
+        tables = [t for p in chosen for t in p.tables]
+        size = dict(zip(tables, relation_sizes(db, [_qualified(db, t) for t in tables]),
+                        strict=True))
         statements = sorted((s for p in chosen for s in p.query_indexes),
-                            key=lambda s: -rows[_TABLE_SLOT.findall(s)[0]])
+                            key=lambda s: -size[_TABLE_SLOT.findall(s)[0]])
         if analyze:
-            statements += ["ANALYZE {" + t + "}" for t in sorted(rows, key=lambda t: -rows[t])]
+            statements += ["ANALYZE {" + t + "}" for t in sorted(size, key=lambda t: -size[t])]
         _run_apart(db, statements, workers)
         return
     with db.transaction() as cur:
@@ -47,22 +68,34 @@ def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bo
         db.refresh_statistics(tables)
         return
     with db.transaction() as cur:  # statistics for the new tables and indexes
+        db.execute(cur, APPROXIMATE_STATISTICS)
         for table in tables:
             db.execute(cur, "ANALYZE {" + table + "}")
 
 
 def _run_apart(db: ViewDB, statements: Sequence[str], workers: int) -> None:
     """Run each statement in a transaction of its own, ``workers`` at a time."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def run(statement: str) -> None:
         with db.transaction() as cur:  # builds already run side by side: no server
             db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")  # helpers
+            db.execute(cur, APPROXIMATE_STATISTICS)
             db.execute(cur, statement)
+
+    side_by_side([functools.partial(run, s) for s in statements], workers)
+
+
+def side_by_side(jobs: Sequence[Callable[[], None]], workers: int) -> None:
+    """Run ``jobs`` in order on ``workers`` threads (each job on its own connection).
+
+    The first error is raised once the jobs already started have ended; after an
+    error (Ctrl-C too), the jobs not yet started do not start.
+    """
+    from concurrent.futures import ThreadPoolExecutor
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        for future in [pool.submit(run, s) for s in statements]:
+        for future in [pool.submit(job) for job in jobs]:
             future.result()
-    finally:  # after an error (Ctrl-C too): what has not started does not start
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -8,7 +8,9 @@ lies in the k-th of K equal ranges (the database filters them) into scratch view
 tables of its own (``projections.scratch``), K-1 parts in spawned processes and one
 in this one.
 
-When every part has finished, one transaction in the store, per projection:
+When every part has finished, a transaction in the store replaces the views (on
+SQLite one for all projections; on PostgreSQL one per projection, K side by side,
+the largest first). For each projection it
 drops and recreates its tables; copies every part's rows into them, adding up the
 tables of counts (``Projection.sums``, e.g. hourly tool calls, which every part
 counts for its own streams); copies the parts' per-stream contexts and unreadable
@@ -17,13 +19,15 @@ entries; runs the projection's ``settle`` statements, for what crosses streams
 stream, which another part read); and sets its tracking position to the head.
 The result is the views a one-process rebuild gives (tests check this row for row).
 
-Until that transaction commits, the store's views and their positions are as they
-were: a crash or an error in any part leaves them consistent, and the scratch is
-removed (by the next rebuild, after a kill).
+Until a projection's transaction commits, its views and position are as they
+were: a crash or an error in any part, or in the merge, leaves every projection
+consistent with its position, and the scratch is removed (by the next rebuild, after
+a kill).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -33,8 +37,9 @@ from ledger.store import Store
 from ledger.verify import id_ranges
 from ledger.workers import WorkerError, spawn_pool
 from projections.base import Projection
+from projections.indexes import relation_sizes, side_by_side
 from projections.scratch import MAX_SQLITE_PARTS, Scratch, can_share, scratch
-from projections.sql import SQLiteViewDB, view_db
+from projections.sql import SQLiteViewDB, ViewDB, view_db
 
 if TYPE_CHECKING:
     from projections.runner import Progress, Projector
@@ -68,11 +73,31 @@ def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: 
                           projector.rebuild_batch_size, projector.context_cache)
                  for k in range(count)]
         read = _run_parts(plans, head, progress)
-        with place.merge() as cur:
-            for p in chosen:
-                projector._reset(cur, p, query_indexes=False)
-                _merge(projector, cur, place, p, head)
+        if projector.db.dialect == "postgres":  # one transaction a projection, side by side
+            side_by_side([functools.partial(_replace, projector, place, [p], head)
+                          for p in _largest_first(projector.db, place, chosen)], count)
+        else:  # SQLite writes from one connection at a time: one transaction
+            _replace(projector, place, chosen, head)
     return read
+
+
+def _replace(projector: Projector, place: Scratch, chosen: Sequence[Projection],
+             head: int) -> None:
+    """Replace the views of ``chosen`` by the parts' in one transaction."""
+    with place.merge() as cur:
+        for p in chosen:
+            projector._reset(cur, p, query_indexes=False)
+            _merge(projector, cur, place, p, head)
+
+
+def _largest_first(db: ViewDB, place: Scratch, chosen: Sequence[Projection]
+                   ) -> list[Projection]:
+    """``chosen``, the projection whose parts' tables take the most room first."""
+    def size(p: Projection) -> int:
+        return sum(relation_sizes(db, [place.table(k, t) for k in range(place.count)
+                                       for t in p.tables]))
+
+    return sorted(chosen, key=size, reverse=True)
 
 
 class PartPlan(NamedTuple):
