@@ -77,8 +77,10 @@ def _run_apart(db: ViewDB, statements: Sequence[str], workers: int) -> None:
     """Run each statement in a transaction of its own, ``workers`` at a time."""
 
     def run(statement: str) -> None:
-        with db.transaction() as cur:  # builds already run side by side: no server
-            db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")  # helpers
+        with db.transaction() as cur:
+            # Builds already run side by side: the server's parallel helpers would only
+            # compete for the same cores. (The sample size is for the ANALYZE statements.)
+            db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")
             db.execute(cur, APPROXIMATE_STATISTICS)
             db.execute(cur, statement)
 
