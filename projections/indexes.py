@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from projections.base import Projection
-from projections.sql import PREFIX, ViewDB
+from projections.sql import ViewDB, pg_view_table
 
 _TABLE_SLOT = re.compile(r"\{(\w+)\}")
 APPROXIMATE_STATISTICS = "SET LOCAL default_statistics_target = 10"
@@ -32,11 +32,6 @@ def relation_sizes(db: ViewDB, names: Sequence[str]) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def _qualified(db: ViewDB, table: str) -> str:
-    schema = str(db.schema)  # type: ignore[attr-defined]
-    return '"' + schema.replace('"', '""') + '"."' + (PREFIX + table).replace('"', '""') + '"'
-
-
 def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bool = True,
                         workers: int = 1) -> None:
     """Build the query indexes of ``chosen`` (after the rows: one sort each), then
@@ -49,8 +44,9 @@ def build_query_indexes(db: ViewDB, chosen: Sequence[Projection], *, analyze: bo
     """
     if workers > 1 and db.dialect == "postgres":
         tables = [t for p in chosen for t in p.tables]
-        size = dict(zip(tables, relation_sizes(db, [_qualified(db, t) for t in tables]),
-                        strict=True))
+        schema: str = db.schema  # type: ignore[attr-defined]
+        names = [pg_view_table(schema, t) for t in tables]
+        size = dict(zip(tables, relation_sizes(db, names), strict=True))
         statements = sorted((s for p in chosen for s in p.query_indexes),
                             key=lambda s: -size[_TABLE_SLOT.findall(s)[0]])
         if analyze:

@@ -36,6 +36,8 @@ from projections.sql import (
     PostgresViewDB,
     SQLiteViewDB,
     ViewDB,
+    pg_view_table,
+    quote_identifier,
 )
 
 MAX_SQLITE_PARTS = 8  # SQLite attaches at most 10 databases to a connection
@@ -176,10 +178,6 @@ def _running(pid: int) -> bool:
 
 # -- PostgreSQL ------------------------------------------------------------------------
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
 class PostgresScratch(Scratch):
     def __init__(self, db: PostgresViewDB, count: int) -> None:
         self.db = db
@@ -193,7 +191,7 @@ class PostgresScratch(Scratch):
 
     def table(self, part: int | None, name: str) -> str:
         schema = self.db.schema if part is None else self.schemas[part]
-        return _quote(schema) + "." + _quote(PREFIX + name)
+        return pg_view_table(schema, name)
 
     def merge(self) -> AbstractContextManager[Cursor]:
         return self.db.transaction()
@@ -219,7 +217,7 @@ def _postgres_scratch(db: PostgresViewDB, count: int) -> Iterator[PostgresScratc
             try:
                 _drop_scratch(conn, pattern)  # also what a killed rebuild left
                 for schema in found.schemas:
-                    conn.execute("CREATE SCHEMA " + _quote(schema))
+                    conn.execute("CREATE SCHEMA " + quote_identifier(schema))
                 try:
                     yield found
                 except BaseException as exc:
@@ -247,4 +245,4 @@ def _drop_scratch(conn: Any, pattern: str) -> None:
         (pattern, EVENTS_TABLE))
     for (schema,) in cursor.fetchall():
         if schema[len(pattern):].isdigit():
-            conn.execute("DROP SCHEMA " + _quote(schema) + " CASCADE")
+            conn.execute("DROP SCHEMA " + quote_identifier(schema) + " CASCADE")

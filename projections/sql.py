@@ -249,6 +249,16 @@ class PostgresViewDB(ViewDB):
             yield conn.cursor(row_factory=tuple_row)
 
 
+def quote_identifier(name: str) -> str:
+    """A PostgreSQL identifier as quoted SQL text."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def pg_view_table(schema: str, table: str) -> str:
+    """SQL text naming view table ``table`` (its slot name) in PostgreSQL ``schema``."""
+    return quote_identifier(schema) + "." + quote_identifier(PREFIX + table)
+
+
 def view_db(backend: Backend, *, scratch: bool = False) -> ViewDB:
     """The ViewDB for a ledger backend (same database, same connections).
 
