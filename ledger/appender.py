@@ -27,6 +27,7 @@ from ledger.store import Store
 
 Status = Literal["accepted", "duplicate", "rejected"]
 _Key = tuple[str, str]  # (tenant, trace_id): how the appender finds a trace's stream
+CACHE_SIZE = 4096  # streams whose heads and memory an appender keeps between batches
 
 
 class Outcome(NamedTuple):
@@ -77,7 +78,7 @@ class _Stream:
 class Appender:
     """Stages events against stream heads and writes them in batches."""
 
-    def __init__(self, store: Store, *, cache_size: int = 4096) -> None:
+    def __init__(self, store: Store, *, cache_size: int = CACHE_SIZE) -> None:
         self.store = store
         self.backend = store.backend
         self.cache_size = cache_size

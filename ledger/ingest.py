@@ -24,7 +24,7 @@ from ledger.appender import Appender, Outcome
 from ledger.errors import ConcurrencyError, ValidationError
 from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
-from ledger.sources import STDIN, STDIN_LABEL, Line, Part, check_sources, read_lines
+from ledger.sources import STDIN, STDIN_LABEL, Cursor, Line, Part, check_sources, read_lines
 from ledger.store import Store
 
 __all__ = ["STDIN", "STDIN_LABEL", "IngestSummary", "RejectSink", "check_sources", "ingest"]
@@ -123,15 +123,24 @@ def ingest_part(
     progress: Callable[[int], None] | None = None,
     appender: Appender | None = None,
     part: Part | None = None,
+    notify: bool = True,
+    cursor: Cursor | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> IngestSummary:
-    """Ingest the lines of one part's streams (every line when ``part`` is None)."""
+    """Ingest the lines of one part's streams (every line when ``part`` is None).
+
+    After each batch the store's commit listeners run, unless ``notify`` is false
+    (the caller runs them itself). With ``cursor`` the ingest starts where it points
+    and leaves it after the last line taken; with ``stop`` it ends, everything taken
+    committed, after the first line at which ``stop()`` is true.
+    """
     summary = IngestSummary(sources=list(sources))
     sink = RejectSink(reject_file)
     app = appender or Appender(store)
     try:
         with paused_gc():  # collected by hand after each batch (and batch of rejects)
             batch: list[tuple[Line, TraceEvent]] = []
-            for line in read_lines(sources, progress, part=part):
+            for line in read_lines(sources, progress, part=part, cursor=cursor):
                 summary.lines += 1
                 event = line.event
                 if isinstance(event, ValidationError):
@@ -139,13 +148,15 @@ def ingest_part(
                             _context(line.raw, event))
                     if summary.rejected % batch_size == 0:
                         gc.collect(1)
-                    continue
-                batch.append((line, event))
-                if len(batch) >= batch_size:
-                    _commit(app, batch, sink, summary, reorder)
-                    batch = []
-                    gc.collect(1)  # young objects only: the batch's cycles are garbage
-            _commit(app, batch, sink, summary, reorder)
+                else:
+                    batch.append((line, event))
+                    if len(batch) >= batch_size:
+                        _commit(app, batch, sink, summary, reorder, notify)
+                        batch = []
+                        gc.collect(1)  # young objects only: the batch's cycles are garbage
+                if stop is not None and stop():
+                    break
+            _commit(app, batch, sink, summary, reorder, notify)
     finally:
         sink.close()
     if summary.rejected:
@@ -154,7 +165,7 @@ def ingest_part(
 
 
 def _commit(app: Appender, batch: list[tuple[Line, TraceEvent]], sink: RejectSink,
-            summary: IngestSummary, reorder: bool) -> None:
+            summary: IngestSummary, reorder: bool, notify: bool) -> None:
     if not batch:
         return
     if reorder:
@@ -172,7 +183,8 @@ def _commit(app: Appender, batch: list[tuple[Line, TraceEvent]], sink: RejectSin
     for item, outcome in zip(batch, outcomes, strict=True):
         _count(summary, sink, item, outcome)
     sink.flush()
-    app.store.committed()
+    if notify:
+        app.store.committed()
 
 
 def _count(summary: IngestSummary, sink: RejectSink, item: tuple[Line, TraceEvent],

@@ -52,16 +52,23 @@ def label(src: str) -> str:
 
 
 def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = None, *,
-               part: Part | None = None) -> Iterator[Line]:
+               part: Part | None = None, cursor: Cursor | None = None) -> Iterator[Line]:
     """Every non-blank line of the sources in order, validated.
 
     With ``part`` only the lines of that part's streams (:func:`stream_part`) are
     validated and yielded; the others are skipped after decoding. ``progress`` is
-    called with the bytes read, skipped lines included.
+    called with the bytes read, skipped lines included. With ``cursor`` reading
+    starts where it points and moves it past each line before that line is yielded.
     """
-    for src in sources:
+    at = cursor or Cursor()
+    for index in range(at.source, len(sources)):
+        src = sources[index]
         name = label(src)
-        for number, raw, nbytes in _raw_lines(src):
+        if index != at.source:
+            at.source, at.offset, at.line = index, 0, 0
+        for number, raw, nbytes in _raw_lines(src, at.offset, at.line):
+            at.offset += nbytes
+            at.line = number
             if progress is not None:
                 progress(nbytes)
             try:
@@ -70,20 +77,40 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
                 if part is None or part.index == 0:
                     yield Line(name, number, raw, exc)
                 continue
-            if part is None or stream_part(obj, part.count) == part.index:
+            if part is None or stream_part(obj, part.owners) == part.index:
                 yield Line(name, number, raw, _validated(obj))
+
+
+@dataclass(slots=True)
+class Cursor:
+    """A place in the sources: the index of one, and the byte offset and number of the
+    last line read in it (0 and 0: its start). Files only: stdin cannot be re-read."""
+
+    source: int = 0
+    offset: int = 0
+    line: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """Which share of the streams one of ``count`` ingesting processes takes."""
+    """Which share of the streams one of several ingesting processes takes.
+
+    A stream's stable hash picks one of ``len(owners)`` buckets, and ``owners`` names
+    the part that takes each bucket: ``Part.of(k, [1, 4])`` is part k of two, the
+    first taking a fifth of the streams and the second the rest.
+    """
 
     index: int
-    count: int
+    owners: tuple[int, ...]
+
+    @classmethod
+    def of(cls, index: int, weights: Sequence[int]) -> Part:
+        """Part ``index`` of ``len(weights)``, each part taking a share of its weight."""
+        return cls(index, tuple(k for k, weight in enumerate(weights) for _ in range(weight)))
 
 
-def stream_part(obj: Any, count: int) -> int:
-    """The part (``0 <= part < count``) of the stream a decoded line belongs to.
+def stream_part(obj: Any, owners: tuple[int, ...]) -> int:
+    """The part (an item of ``owners``) of the stream a decoded line belongs to.
 
     A stable hash of ``(tenant, trace_id)``, the same in every process, so all of a
     stream's events go to one process, in input order. A line naming no stream (not
@@ -95,7 +122,7 @@ def stream_part(obj: Any, count: int) -> int:
     if not isinstance(trace_id, str) or not isinstance(tenant, str):
         return 0
     key = (tenant + "\x00" + trace_id).encode("utf-8", "surrogatepass")
-    return zlib.crc32(key) % count
+    return owners[zlib.crc32(key) % len(owners)]
 
 
 def _validated(obj: Any) -> TraceEvent | ValidationError:
@@ -105,18 +132,21 @@ def _validated(obj: Any) -> TraceEvent | ValidationError:
         return exc
 
 
-def _raw_lines(src: str) -> Iterator[tuple[int, bytes, int]]:
-    """``(line number, line without its ending, bytes read)`` for each non-blank line."""
+def _raw_lines(src: str, offset: int = 0, line: int = 0) -> Iterator[tuple[int, bytes, int]]:
+    """``(line number, line without its ending, bytes read)`` for each non-blank line,
+    from byte ``offset`` (the end of line number ``line``) on."""
     fh: IO[bytes]
     try:
         fh = sys.stdin.buffer if src == STDIN else open(src, "rb")  # noqa: SIM115
     except OSError as exc:
         raise InputError(f"{src}: {exc.strerror}") from None
     try:
+        if offset:
+            fh.seek(offset)
         size = 0  # blank lines count towards the next line's bytes (progress stays exact)
-        for number, line in enumerate(fh, 1):
-            size += len(line)
-            raw = line.rstrip(b"\r\n")
+        for number, text in enumerate(fh, line + 1):
+            size += len(text)
+            raw = text.rstrip(b"\r\n")
             if raw.strip():
                 yield number, raw, size
                 size = 0

@@ -6,6 +6,7 @@ small inputs are shared out for real (spawned processes, their own connections).
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import rawdb
 from ledger import chain, ingest_processes
 from ledger.ingest import ingest
 from ledger.memory import memory_hash
-from ledger.sources import Part, read_lines, stream_part
+from ledger.sources import Cursor, Part, read_lines, stream_part
 from ledger.store import Store
 from ledger.verify import verify
 
@@ -129,6 +130,45 @@ def test_processes_store_what_one_process_stores(
     assert report.ok, report.problems[:3]
 
 
+def test_a_finished_process_takes_the_rest_of_this_ones_share(
+    store: Store, store_url: str, tmp_path: Path, shared_out: list[int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With something following the commits, this process stops at its first line until
+    a spawned one has finished its own share; that one then takes the rest of this one's
+    streams from the next line on. The ledger is the one one process stores."""
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    one_rejects, many_rejects = tmp_path / "one.jsonl", tmp_path / "many.jsonl"
+    with Store.open(other_url(store_url, tmp_path)) as single:
+        one = ingest(single, [src], reject_file=str(one_rejects), batch_size=7)
+        expected = snapshot(single.url, one_rejects)
+    real_tick, handed = ingest_processes._Children.tick, []
+
+    def slow_tick(self: Any, nbytes: int) -> None:
+        deadline = time.monotonic() + 60
+        while not self.any_idle() and time.monotonic() < deadline:
+            self._poll(0.05)
+        real_tick(self, nbytes)
+
+    def hand_off(self: Any, part: Part, cursor: Cursor) -> None:
+        handed.append((part.index, cursor.line))
+        real_hand_off(self, part, cursor)
+
+    real_hand_off = ingest_processes._Children.hand_off
+    monkeypatch.setattr(ingest_processes._Children, "tick", slow_tick)
+    monkeypatch.setattr(ingest_processes._Children, "hand_off", hand_off)
+    monkeypatch.setattr(ingest_processes, "FOLLOWING_WEIGHTS", (4, 1))
+    store.add_commit_listener(lambda: None)  # a follower: this process takes a smaller share
+    many = ingest(store, [src], reject_file=str(many_rejects), batch_size=7, workers=3)
+
+    assert shared_out == [3]
+    assert handed == [(0, 1)], "handed off after the first line"
+    assert many.as_json() == {**one.as_json(), "reject_file": str(many_rejects)}
+    assert snapshot(store.url, many_rejects) == expected
+    assert not list(tmp_path.glob("*.part*"))
+    assert verify(store).ok
+
+
 def test_rerun_in_processes_is_all_duplicates(
     store: Store, tmp_path: Path, shared_out: list[int]
 ) -> None:
@@ -139,19 +179,34 @@ def test_rerun_in_processes_is_all_duplicates(
     assert (again.accepted, again.duplicates) == (0, 216 + 10)
 
 
-def test_every_line_goes_to_exactly_one_part(tmp_path: Path) -> None:
-    """The parts cover the input: each valid line once, each unreadable line in part 0."""
+@pytest.mark.parametrize("weights", [[1, 1, 1], [1, 3, 3]])
+def test_every_line_goes_to_exactly_one_part(tmp_path: Path, weights: list[int]) -> None:
+    """The parts cover the input: each valid line once, each unreadable line in part 0;
+    a part's share of the streams follows its weight."""
     src = write(tmp_path / "in.jsonl", mixed_lines())
     whole = [(line.number, line.raw) for line in read_lines([src])]
-    parts = [[(line.number, line.raw) for line in read_lines([src], part=Part(k, 3))]
+    parts = [[(line.number, line.raw) for line in read_lines([src], part=Part.of(k, weights))]
              for k in range(3)]
     assert sorted(x for part in parts for x in part) == sorted(whole)
     assert all(parts), "each of the three parts gets some streams"
     unreadable = {b'{"trace_id": "cut off', b"\xff\xfe not utf-8", b"[1, 2]", b'{"seq": 1}',
                   b'{"trace_id": 7, "seq": 1}'}
     assert unreadable <= {raw for _, raw in parts[0]}
-    assert stream_part({"trace_id": "t", "tenant": "default"}, 7) == stream_part(
-        {"trace_id": "t"}, 7), "an omitted tenant is the default tenant"
+    streams = [{(o.get("tenant"), o["trace_id"]) for o in map(_object, part)
+                if isinstance(o.get("trace_id"), str)} for part in parts]
+    if weights[0] < weights[1]:
+        assert len(streams[0]) < min(len(streams[1]), len(streams[2])), streams
+    owners = tuple(range(7))
+    assert stream_part({"trace_id": "t", "tenant": "default"}, owners) == stream_part(
+        {"trace_id": "t"}, owners), "an omitted tenant is the default tenant"
+
+
+def _object(line: tuple[int, bytes]) -> dict[str, Any]:
+    try:
+        obj = orjson.loads(line[1])
+    except orjson.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def test_process_count(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
