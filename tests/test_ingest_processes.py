@@ -201,6 +201,32 @@ def test_every_line_goes_to_exactly_one_part(tmp_path: Path, weights: list[int])
         {"trace_id": "t"}, owners), "an omitted tenant is the default tenant"
 
 
+def test_a_cursor_resumes_reading_where_it_stopped(tmp_path: Path) -> None:
+    """Taking any number of lines and reading on from the cursor gives every line once,
+    across sources, blank lines and CRLF endings, with the same numbers."""
+    first = write(tmp_path / "a.jsonl", mixed_lines()[:40])
+    second = tmp_path / "b.jsonl"
+    second.write_bytes(b"\r\n".join(mixed_lines()[40:60]) + b"\r\n\n\n")
+    sources = [first, str(second)]
+    whole = [(line.source, line.number, line.raw) for line in read_lines(sources)]
+    assert len(whole) > 50
+    for taken in range(len(whole) + 1):
+        cursor = _cursor_after(sources, taken)
+        rest = [(line.source, line.number, line.raw)
+                for line in read_lines(sources, cursor=cursor)]
+        assert whole[:taken] + rest == whole, taken
+
+
+def _cursor_after(sources: list[str], count: int) -> Cursor:
+    """The cursor left once ``count`` lines have been taken (the count-th yielded)."""
+    cursor = Cursor()
+    if count:
+        for taken, _ in enumerate(read_lines(sources, cursor=cursor), 1):
+            if taken == count:
+                break
+    return cursor
+
+
 def _object(line: tuple[int, bytes]) -> dict[str, Any]:
     try:
         obj = orjson.loads(line[1])
