@@ -127,7 +127,7 @@ def ingest_in_processes(
                               part=Part.of(0, weights), notify=not follow,
                               appender=Appender(store, cache_size=CACHE_SIZE * mine // theirs),
                               cursor=cursor, stop=children.any_idle if follow else None)
-        if children.any_idle():
+        if follow and children.any_idle():  # it stopped early: the rest goes on
             children.hand_off(Part.of(0, weights), cursor)
         results = children.collect()
         for index in range(1, count):
