@@ -120,15 +120,15 @@ def ingest_in_processes(
         # A smaller share gets smaller batches and stream cache: this process's memory
         # stays close to a follower's, and its commits come about as often as the others'.
         # Once a spawned process has finished its own share, it takes the rest of this one.
-        cursor = Cursor()
+        cursor, own = Cursor(), Part.of(0, weights)
         summary = ingest_part(store, sources, reject_file=reject_file,
                               batch_size=max(1, batch_size * mine // theirs), reorder=reorder,
                               progress=children.tick if follow else progress,
-                              part=Part.of(0, weights), notify=not follow,
+                              part=own, notify=not follow,
                               appender=Appender(store, cache_size=CACHE_SIZE * mine // theirs),
                               cursor=cursor, stop=children.any_idle if follow else None)
         if follow and children.any_idle():  # it stopped early: the rest goes on
-            children.hand_off(Part.of(0, weights), cursor)
+            children.hand_off(own, cursor)
         results = children.collect()
         for index in range(1, count):
             _add(summary, results[index])
@@ -158,7 +158,7 @@ class _Children:
                  meanwhile: Callable[[], None] | None) -> None:
         self.progress = progress
         self.meanwhile = meanwhile
-        self.index: dict[Connection, tuple[int, Any, Connection]] = {}
+        self.parts: dict[Connection, tuple[int, Any, Connection]] = {}
         self.waiting: set[Connection] = set()
         self.idle: list[Connection] = []
         self.results: dict[int, IngestSummary] = {}
@@ -166,7 +166,7 @@ class _Children:
         self._unchecked = 0
 
     def add(self, index: int, child: Any, receiver: Connection, orders: Connection) -> None:
-        self.index[receiver] = (index, child, orders)
+        self.parts[receiver] = (index, child, orders)
         self.waiting.add(receiver)
 
     def tick(self, nbytes: int) -> None:
@@ -185,7 +185,7 @@ class _Children:
         receiver = self.idle.pop()
         self.waiting.add(receiver)  # if it has gone, collect() says so
         with suppress(OSError):
-            self.index[receiver][2].send(("more", (part, (cursor.source, cursor.offset,
+            self.parts[receiver][2].send(("more", (part, (cursor.source, cursor.offset,
                                                           cursor.line))))
 
     def collect(self) -> dict[int, IngestSummary]:
@@ -196,7 +196,7 @@ class _Children:
 
     def stop(self) -> None:
         """Let the idle parts exit, and stop any other (this process failed first)."""
-        for receiver, (_, child, orders) in self.index.items():
+        for receiver, (_, child, orders) in self.parts.items():
             if receiver in self.idle:
                 with suppress(OSError):
                     orders.send(("exit", None))
@@ -222,7 +222,7 @@ class _Children:
             self.due = time.monotonic() + FOLLOW_INTERVAL
 
     def _receive(self, ready: Connection) -> None:
-        index, child, _ = self.index[ready]
+        index, child, _ = self.parts[ready]
         try:
             kind, value = ready.recv()
         except EOFError:
