@@ -103,7 +103,7 @@ def ingest_in_processes(
     mine, theirs = FOLLOWING_WEIGHTS if follow else (1, 1)
     weights = [mine] + [theirs] * (count - 1)
     context = multiprocessing.get_context("spawn")  # never fork a process holding connections
-    children = _Children(progress if follow else None, store.committed if follow else None)
+    children = _Children(count, progress, store.committed if follow else None)
     try:
         for index in range(1, count):
             receiver, sender = context.Pipe(duplex=False)
@@ -112,7 +112,7 @@ def ingest_in_processes(
                 target=_run_part, name=f"agentledger-ingest-{index}", daemon=True,
                 args=(sender, orders, store.backend.url, list(sources),
                       _part_path(reject_file, index), batch_size, reorder,
-                      Part.of(index, weights), follow and index == 1 and progress is not None))
+                      Part.of(index, weights), progress is not None))
             child.start()
             sender.close()  # the child holds the only sending end: its death ends the pipe
             orders.close()  # and this process the only end that orders it
@@ -123,7 +123,7 @@ def ingest_in_processes(
         cursor, own = Cursor(), Part.of(0, weights)
         summary = ingest_part(store, sources, reject_file=reject_file,
                               batch_size=max(1, batch_size * mine // theirs), reorder=reorder,
-                              progress=children.tick if follow else progress,
+                              progress=children.tick if follow or progress else None,
                               part=own, notify=not follow,
                               appender=Appender(store, cache_size=CACHE_SIZE * mine // theirs),
                               cursor=cursor, stop=children.any_idle if follow else None)
@@ -147,16 +147,19 @@ def _part_path(reject_file: str, index: int) -> str:
 class _Children:
     """The spawned parts: their messages and orders, and what runs every ``FOLLOW_INTERVAL``.
 
-    ``progress`` receives the bytes the reporting part has read; ``meanwhile`` (the
-    followers' catch-up) runs every ``FOLLOW_INTERVAL`` seconds, from :meth:`tick`
-    while this process ingests its own part and from :meth:`collect` after it. A part
-    that has sent its summary waits, idle, for an order: the rest of another part
-    (:meth:`hand_off`) or, from :meth:`collect`, to exit.
+    ``progress`` receives how far the part furthest behind has read, in bytes, as it
+    moves (every part reads all the input; the rest of a part that was handed off moves
+    that part on). ``meanwhile`` (the followers' catch-up) runs every ``FOLLOW_INTERVAL``
+    seconds, from :meth:`tick` while this process ingests its own part and from
+    :meth:`collect` after it. A part that has sent its summary waits, idle, for an
+    order: the rest of another part (:meth:`hand_off`) or, from :meth:`collect`, to exit.
     """
 
-    def __init__(self, progress: Callable[[int], None] | None,
+    def __init__(self, count: int, progress: Callable[[int], None] | None,
                  meanwhile: Callable[[], None] | None) -> None:
         self.progress = progress
+        self.read = [0] * count  # bytes each part has read
+        self.shown = 0  # the least of them, as progress last showed it
         self.meanwhile = meanwhile
         self.parts: dict[Connection, tuple[int, Any, Connection]] = {}
         self.waiting: set[Connection] = set()
@@ -171,6 +174,7 @@ class _Children:
 
     def tick(self, nbytes: int) -> None:
         """Called as this process reads its input: every ``_TICK_BYTES``, see to the parts."""
+        self._moved(0, nbytes)
         self._unchecked += nbytes
         if self._unchecked >= _TICK_BYTES:
             self._unchecked = 0
@@ -233,8 +237,7 @@ class _Children:
                 "that ingests with workers > 1 must start from `if __name__ == '__main__':`)"
             ) from None
         if kind == "progress":
-            if self.progress is not None:
-                self.progress(value)
+            self._moved(*value)
             return
         self.waiting.discard(ready)
         if kind == "error":
@@ -248,6 +251,13 @@ class _Children:
         else:
             self.results[index] = done
         self.idle.append(ready)
+
+
+    def _moved(self, part: int, nbytes: int) -> None:
+        self.read[part] += nbytes
+        if self.progress is not None and (least := min(self.read)) > self.shown:
+            self.progress(least - self.shown)
+            self.shown = least
 
 
 def _add(total: IngestSummary, part: IngestSummary) -> None:
@@ -274,29 +284,29 @@ def _run_part(sender: Connection, orders: Connection, url: str, sources: list[st
               reject_file: str, batch_size: int, reorder: bool, part: Part,
               report_progress: bool) -> None:
     """A spawned process: ingest one part and send back its summary (or its error) and,
-    if asked, the bytes read as it goes (``("progress", n)`` about every megabyte); then
-    take what ``orders`` ask (the rest of another part) until told to exit."""
+    if asked, the bytes read as it goes (``("progress", (part index, n))`` about every
+    megabyte); then take what ``orders`` ask (the rest of another part) until told to exit."""
     die_with_parent()
-    unreported = 0
+    unreported, reading = 0, part.index  # the rest of a part moves that part on
 
     def read(nbytes: int) -> None:
         nonlocal unreported
         unreported += nbytes
         if unreported >= _PROGRESS_BYTES:
-            sender.send(("progress", unreported))
+            sender.send(("progress", (reading, unreported)))
             unreported = 0
 
     try:
         with Store.open(url) as store:
             job: tuple[Part, Cursor | None] | None = (part, None)
             while job is not None:
+                reading = job[0].index
                 summary = ingest_part(store, sources, reject_file=reject_file,
                                       batch_size=batch_size, reorder=reorder, part=job[0],
                                       cursor=job[1],
-                                      progress=read if report_progress and job[1] is None
-                                      else None)
+                                      progress=read if report_progress else None)
                 if unreported:
-                    sender.send(("progress", unreported))
+                    sender.send(("progress", (reading, unreported)))
                     unreported = 0
                 sender.send(("done", summary.as_json()))
                 job = _next_job(orders)

@@ -169,6 +169,49 @@ def test_a_finished_process_takes_the_rest_of_this_ones_share(
     assert verify(store).ok
 
 
+def test_progress_shows_the_part_furthest_behind(
+    store: Store, tmp_path: Path, shared_out: list[int], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A spawned process that has read all the input does not move the bar to the end
+    while this one has read one line; the rest of this one's share, handed off, does."""
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    shown: list[int] = []
+    at_hand_off: list[tuple[int, int]] = []
+    real_tick, real_hand_off = ingest_processes._Children.tick, ingest_processes._Children.hand_off
+
+    def slow_tick(self: Any, nbytes: int) -> None:  # this process waits at its first line
+        deadline = time.monotonic() + 60
+        while not self.any_idle() and time.monotonic() < deadline:
+            self._poll(0.05)
+        real_tick(self, nbytes)
+
+    def hand_off(self: Any, part: Part, cursor: Cursor) -> None:
+        at_hand_off.append((sum(shown), cursor.offset))
+        real_hand_off(self, part, cursor)
+
+    monkeypatch.setattr(ingest_processes._Children, "tick", slow_tick)
+    monkeypatch.setattr(ingest_processes._Children, "hand_off", hand_off)
+    store.add_commit_listener(lambda: None)
+    ingest(store, [src], reject_file=str(tmp_path / "r.jsonl"), workers=2,
+           progress=shown.append)
+
+    assert shared_out == [2]
+    [(bar, offset)] = at_hand_off
+    assert 0 < offset < Path(src).stat().st_size and bar <= offset
+    assert sum(shown) == Path(src).stat().st_size
+
+
+def test_progress_adds_up_to_the_input_without_a_follower(
+    store: Store, tmp_path: Path, shared_out: list[int],
+) -> None:
+    src = write(tmp_path / "in.jsonl", mixed_lines())
+    shown: list[int] = []
+    ingest(store, [src, src], reject_file=str(tmp_path / "r.jsonl"), workers=3,
+           progress=shown.append)
+    assert shared_out == [3]
+    assert all(n > 0 for n in shown) and sum(shown) == 2 * Path(src).stat().st_size
+
+
 def test_rerun_in_processes_is_all_duplicates(
     store: Store, tmp_path: Path, shared_out: list[int]
 ) -> None:
