@@ -857,6 +857,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
+    if args.tmp is not None:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="agentledger-bench-", dir=args.tmp))
     figures: list[Figure] = []
     meta: dict[str, Any] = {"events": args.events, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
