@@ -252,7 +252,6 @@ class _Children:
             self.results[index] = done
         self.idle.append(ready)
 
-
     def _moved(self, part: int, nbytes: int) -> None:
         self.read[part] += nbytes
         if self.progress is not None and (least := min(self.read)) > self.shown:

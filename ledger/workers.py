@@ -4,17 +4,18 @@ Workers are spawned, never forked: the parent holds open store connections, whic
 forked child must not touch. A script that asks for workers must therefore start from
 ``if __name__ == '__main__':`` (Python's rule for spawn). Workers take parts from the
 front; this process takes them from the back, so work begins while the workers are
-still starting. Each part is claimed once, under a lock, by whichever side gets to it
-first: the workers are handed one part each, and the next when one finishes, so no
-part waits behind a busy worker while this process could run it.
+still starting. A part is claimed when it starts, in memory the processes share, by
+whichever side gets to it first: every part is queued for the workers at once (so a
+worker goes from one part to the next without waiting), and a worker passes over a
+part this process has already taken, so no part runs twice or waits behind a busy
+worker while this process could run it.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from ledger.errors import LedgerError
 
@@ -36,8 +37,10 @@ def spawn_pool(size: int, initializer: Callable[..., object] | None = None,
     that uses the pool when an error leaves it (:class:`SpawnPool`)."""
     import multiprocessing
 
-    return SpawnPool(size, mp_context=multiprocessing.get_context("spawn"),
-                     initializer=_start_worker, initargs=(initializer, initargs))
+    context = multiprocessing.get_context("spawn")
+    claims = context.Array("q", 3)  # generation, front, back: see share()
+    return SpawnPool(size, claims, mp_context=context, initializer=_start_worker,
+                     initargs=(claims, initializer, initargs))
 
 
 class SpawnPool(ProcessPoolExecutor):
@@ -49,21 +52,26 @@ class SpawnPool(ProcessPoolExecutor):
     that the caller discards, so stopping one halfway loses nothing.
     """
 
-    def __init__(self, size: int, **kwargs: Any) -> None:
+    def __init__(self, size: int, claims: Any, **kwargs: Any) -> None:
         super().__init__(max_workers=size, **kwargs)
         self.size = size
+        self.claims = claims  # which parts of the current share() are taken
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool | None:
         if exc_type is not None:
-            self.shutdown(wait=False, cancel_futures=True)  # no process starts after this
             for process in list((self._processes or {}).values()):  # no public way in 3.11
                 process.terminate()
-            self.shutdown(wait=True)  # sees them gone: returns at once
+            self.shutdown(wait=True, cancel_futures=True)  # sees them gone: returns at once
         return super().__exit__(exc_type, exc, tb)
 
 
-def _start_worker(initializer: Callable[..., object] | None, initargs: tuple[Any, ...]) -> None:
+_claims: list[Any] = []  # in a worker: the pool's claims (set up at its start)
+
+
+def _start_worker(claims: Any, initializer: Callable[..., object] | None,
+                  initargs: tuple[Any, ...]) -> None:
     die_with_parent()
+    _claims.append(claims)
     if initializer is not None:
         initializer(*initargs)
 
@@ -98,99 +106,71 @@ def share(pool: SpawnPool, parts: Sequence[P], remote: Callable[[P], R],
 
     ``remote`` must be picklable (a module-level function or a ``functools.partial``
     of one). This process runs parts from the back; between two of them it yields
-    what the workers have finished, so an error in a worker stops it there.
+    what the workers have finished, so an error in a worker stops it there. One
+    ``share`` at a time per pool.
     """
-    claims = _Claims(len(parts))
-    feeder = _Feeder(pool, parts, remote, claims)
+    from concurrent.futures import as_completed
+
+    claims = pool.claims
+    with claims.get_lock():  # generation, front, back; parts queued before are void
+        claims[0] += 1
+        claims[1], claims[2] = 0, len(parts)
+        generation = claims[0]
+    futures = {pool.submit(_claimed, generation, index, remote, part): index
+               for index, part in enumerate(parts)}
+    unseen = dict(futures)
     try:
-        while (index := claims.back()) is not None:
+        while (index := _claim_back(claims)) is not None:
             result = local(parts[index])
             yield index, result, True
-            yield from feeder.results(what, wait=False)
-        yield from feeder.results(what, wait=True)
+            for future in [f for f in unseen if f.done()]:
+                yield from _finished(future, unseen.pop(future), what)
+        for future in as_completed(unseen):
+            yield from _finished(future, unseen[future], what)
     finally:
-        claims.close()
+        with claims.get_lock():
+            claims[0] += 1  # this share is over: whatever is left, nobody starts
+        for future in futures:
+            future.cancel()
 
 
-class _Claims:
-    """The parts nobody has claimed yet: ``[front, back)``, taken from either end."""
-
-    def __init__(self, n: int) -> None:
-        self._lock = threading.Lock()
-        self._front, self._back = 0, n
-
-    def front(self) -> int | None:
-        with self._lock:
-            if self._front >= self._back:
-                return None
-            self._front += 1
-            return self._front - 1
-
-    def back(self) -> int | None:
-        with self._lock:
-            if self._front >= self._back:
-                return None
-            self._back -= 1
-            return self._back
-
-    def close(self) -> None:
-        """Claim everything left, so that nothing more starts."""
-        with self._lock:
-            self._front = self._back
+class _Passed:
+    """What a worker returns for a part it did not run (this process took it)."""
 
 
-class _Feeder(Generic[P, R]):
-    """A thread that keeps each worker busy with one part from the front at a time
-    (never more: a part queued behind a busy worker could not be taken back)."""
+def _claimed(generation: int, index: int, remote: Callable[[P], R], part: P) -> R | _Passed:
+    """In a worker: run ``part`` unless this process has taken it (or the share ended).
 
-    def __init__(self, pool: SpawnPool, parts: Sequence[P], remote: Callable[[P], R],
-                 claims: _Claims) -> None:
-        self._pool, self._parts, self._remote, self._claims = pool, parts, remote, claims
-        self._finished: list[tuple[int, Future[R]] | BaseException | None] = []
-        self._taken = 0
-        self._ready = threading.Semaphore(0)  # released once per entry of _finished
-        threading.Thread(target=self._run, name="share-feeder", daemon=True).start()
+    ``front`` is one past the highest part a worker has taken, ``back`` the lowest this
+    process has: a worker takes any part below ``back``, this process only parts at or
+    above ``front``, so no part is taken twice, and none is left (every part below
+    ``back`` is queued for the workers).
+    """
+    claims = _claims[0]
+    with claims.get_lock():
+        if claims[0] != generation or index >= claims[2]:
+            return _Passed()
+        claims[1] = max(claims[1], index + 1)
+    return remote(part)
 
-    def results(self, what: str, *, wait: bool) -> Iterator[tuple[int, R, bool]]:
-        """What the workers finished, as it finishes; with ``wait``, until they are done."""
-        from concurrent.futures.process import BrokenProcessPool
 
-        while self._ready.acquire(blocking=wait):
-            entry = self._finished[self._taken]
-            if entry is None:  # the last entry: nothing is running or left to start
-                self._ready.release()  # and it stays the last, for the next call
-                return
-            self._taken += 1
-            try:
-                if isinstance(entry, BaseException):
-                    raise entry
-                yield entry[0], entry[1].result(), False
-            except BrokenProcessPool as exc:
-                raise WorkerError(
-                    f"{what}: a worker process ended abruptly ({exc}); a script that asks "
-                    "for workers > 1 must start from `if __name__ == '__main__':`") from None
+def _claim_back(claims: Any) -> int | None:
+    with claims.get_lock():
+        if claims[1] >= claims[2]:
+            return None
+        claims[2] -= 1
+        return int(claims[2])
 
-    def _run(self) -> None:
-        from concurrent.futures import FIRST_COMPLETED, wait
 
-        running: dict[Future[R], int] = {}
-        try:
-            for _ in range(self._pool.size):
-                self._hand_out(running)
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self._finish((running.pop(future), future))
-                    if future.exception() is None:
-                        self._hand_out(running)
-            self._finish(None)
-        except BaseException as exc:  # the pool shut down or broke under us
-            self._finish(exc)
+def _finished(future: Future[Any], index: int, what: str) -> Iterator[tuple[int, Any, bool]]:
+    """A worker's result for part ``index``, if it ran the part."""
+    from concurrent.futures.process import BrokenProcessPool
 
-    def _hand_out(self, running: dict[Future[R], int]) -> None:
-        if (index := self._claims.front()) is not None:
-            running[self._pool.submit(self._remote, self._parts[index])] = index
-
-    def _finish(self, entry: tuple[int, Future[R]] | BaseException | None) -> None:
-        self._finished.append(entry)
-        self._ready.release()
+    try:
+        result = future.result()
+    except BrokenProcessPool as exc:
+        raise WorkerError(
+            f"{what}: a worker process ended abruptly ({exc}); a script that asks for "
+            "workers > 1 must start from `if __name__ == '__main__':`") from None
+    if not isinstance(result, _Passed):
+        yield index, result, False

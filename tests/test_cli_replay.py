@@ -11,6 +11,7 @@ outcome for the archive is scripted, and stops with ``needs_outcome`` when not.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +340,7 @@ def test_backtest_in_worker_processes_gives_the_same_report(
     def counted(*a: Any, **kw: Any) -> Any:  # the chunks this process ran (not the workers)
         nonlocal here
         here += 1
+        time.sleep(0.5)  # leaves the workers time to start and take chunks
         return in_process(*a, **kw)
 
     monkeypatch.setattr(replay.backtest, "run_chunk", counted)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import operator
 import threading
 import time
+from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -24,14 +26,26 @@ def test_every_part_runs_once_and_yields_its_own_result() -> None:
     assert sorted(seen) == [(i, -i) for i in parts]
 
 
-def test_no_part_waits_behind_a_busy_worker() -> None:
-    # The worker is busy with part 0 for 2 s; every other part must run here at once.
-    # The executor used to queue one part more than it had workers, marked running, so
-    # this process could not take it back and part 1 waited for part 0 to end.
+def _mark_then_sleep(marker: Path, seconds: float) -> None:
+    marker.touch()
+    time.sleep(seconds)
+
+
+def test_no_part_waits_behind_a_busy_worker(tmp_path: Path) -> None:
+    # The worker is busy with part 0 (3 s) once this process has run part 3; parts 2
+    # and 1 must then run here at once. The executor used to queue one part more than
+    # it had workers, marked running, so this process could not take part 1 back.
+    started = tmp_path / "worker-started"
     here: list[int] = []
+
+    def local(part: float) -> None:
+        deadline = time.monotonic() + 60
+        while part and not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     with spawn_pool(1) as pool:
-        for index, _, ran_here in share(pool, [2.0, 0.0, 0.0, 0.0], time.sleep, time.sleep,
-                                        what="test"):
+        for index, _, ran_here in share(pool, [3.0, 0.0, 0.0, 1.0],
+                                        partial(_mark_then_sleep, started), local, what="test"):
             if ran_here:
                 here.append(index)
     assert here == [3, 2, 1]
