@@ -127,9 +127,11 @@ def share(pool: SpawnPool, parts: Sequence[P], remote: Callable[[P], R],
                 yield from _finished(future, unseen.pop(future), what)
         for future in as_completed(unseen):
             yield from _finished(future, unseen[future], what)
-    finally:
-        with claims.get_lock():
-            claims[0] += 1  # this share is over: whatever is left, nobody starts
+    finally:  # this share is over: whatever is left, nobody starts
+        lock = claims.get_lock()
+        if lock.acquire(timeout=5):  # (a worker killed holding it must not hang us)
+            claims[0] += 1
+            lock.release()
         for future in futures:
             future.cancel()
 

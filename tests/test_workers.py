@@ -52,8 +52,8 @@ def test_no_part_waits_behind_a_busy_worker(tmp_path: Path) -> None:
 
 
 def test_this_process_may_run_the_last_part_to_finish() -> None:
-    # The worker is done (and nothing is left to hand out) while this process still
-    # runs part 1: share must then end, not wait for the workers again.
+    # This process still runs part 1 when the worker has finished part 0 (or it runs
+    # both, if the worker starts late): share must end then, each part yielded once.
     seen: list[int] = []
 
     def run() -> None:
