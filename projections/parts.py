@@ -16,8 +16,10 @@ tables of counts (``Projection.sums``, e.g. hourly tool calls, which every part
 counts for its own streams); copies the parts' per-stream contexts and unreadable
 entries; runs the projection's ``settle`` statements, for what crosses streams
 (whether a cross-agent write is covered by a grant of its tenant's ``$grants``
-stream, which another part read); and sets its tracking position to the head.
-The result is the views a one-process rebuild gives (tests check this row for row).
+stream, which another part read); and sets its tracking position to the head. On
+PostgreSQL it then builds the projection's query indexes and statistics, so that no
+connection waits for the slowest merge before the index builds begin. The result is
+the views a one-process rebuild gives (tests check this row for row).
 
 Until a projection's transaction commits, its views and position are as they
 were: a crash or an error in any part, or in the merge, leaves every projection
@@ -37,7 +39,7 @@ from ledger.store import Store
 from ledger.verify import id_ranges
 from ledger.workers import WorkerError, spawn_pool
 from projections.base import Projection
-from projections.indexes import relation_sizes, side_by_side
+from projections.indexes import APPROXIMATE_STATISTICS, relation_sizes, side_by_side
 from projections.scratch import MAX_SQLITE_PARTS, Scratch, can_share, scratch
 from projections.sql import SQLiteViewDB, ViewDB, view_db
 
@@ -62,8 +64,10 @@ def part_count(projector: Projector, workers: int) -> int:
 
 
 def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: int,
-                     progress: Progress | None) -> int:
-    """Rebuild ``chosen`` in ``count`` parts and merge them; return the entries read."""
+                     progress: Progress | None, *, query_indexes: bool) -> tuple[int, bool]:
+    """Rebuild ``chosen`` in ``count`` parts and merge them; return the entries read and
+    whether the query indexes are built (on PostgreSQL, with ``query_indexes``, each
+    projection's in its merge transaction, after its rows)."""
     store = projector.store
     head = store.backend.last_notification_id()
     names = [p.name for p in chosen]
@@ -74,20 +78,31 @@ def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: 
                  for k in range(count)]
         read = _run_parts(plans, head, progress)
         if projector.db.dialect == "postgres":  # one transaction a projection, side by side
-            side_by_side([functools.partial(_replace, projector, place, [p], head)
+            side_by_side([functools.partial(_replace, projector, place, [p], head,
+                                            indexes=query_indexes)
                           for p in _largest_first(projector.db, place, chosen)], count)
-        else:  # SQLite writes from one connection at a time: one transaction
-            _replace(projector, place, chosen, head)
-    return read
+            return read, query_indexes
+        # SQLite writes from one connection at a time: one transaction
+        _replace(projector, place, chosen, head)
+    return read, False
 
 
 def _replace(projector: Projector, place: Scratch, chosen: Sequence[Projection],
-             head: int) -> None:
-    """Replace the views of ``chosen`` by the parts' in one transaction."""
+             head: int, *, indexes: bool = False) -> None:
+    """Replace the views of ``chosen`` by the parts' in one transaction (with
+    ``indexes``, then build their query indexes and statistics in it too)."""
+    db = projector.db
     with place.merge() as cur:
         for p in chosen:
             projector._reset(cur, p, query_indexes=False)
             _merge(projector, cur, place, p, head)
+            if indexes:  # other merges run side by side: no parallel helpers
+                db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")
+                db.execute(cur, APPROXIMATE_STATISTICS)
+                for statement in p.query_indexes:
+                    db.execute(cur, statement)
+                for table in p.tables:
+                    db.execute(cur, "ANALYZE {" + table + "}")
 
 
 def _largest_first(db: ViewDB, place: Scratch, chosen: Sequence[Projection]

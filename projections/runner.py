@@ -200,15 +200,17 @@ class Projector:
         wanted = None if names is None else {p.name for p in select(names)}  # checks names
         chosen = [p for p in self.projections if wanted is None or p.name in wanted]
         count = parts.part_count(self, workers)
+        indexed = False
         if count > 1:
-            read = parts.rebuild_in_parts(self, chosen, count, progress)
+            read, indexed = parts.rebuild_in_parts(self, chosen, count, progress,
+                                                   query_indexes=query_indexes)
             for p in chosen:
                 self._caches.pop(p.name, None)
                 self._complete.discard(p.name)
             self._known.clear()  # positions are read again by the catch-up below
         else:
             read = self._replay(chosen, progress, query_indexes)
-        if query_indexes:
+        if query_indexes and not indexed:
             build_query_indexes(self.db, chosen, workers=count)
         if count > 1:  # whatever was logged while the parts ran
             read += self.catch_up(progress)
