@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from projections.base import Projection
-from projections.sql import ViewDB, pg_view_table
+from projections.sql import Cursor, ViewDB, pg_view_table
 
 _TABLE_SLOT = re.compile(r"\{(\w+)\}")
 APPROXIMATE_STATISTICS = "SET LOCAL default_statistics_target = 10"
@@ -74,13 +74,19 @@ def _run_apart(db: ViewDB, statements: Sequence[str], workers: int) -> None:
 
     def run(statement: str) -> None:
         with db.transaction() as cur:
-            # Builds already run side by side: the server's parallel helpers would only
-            # compete for the same cores. (The sample size is for the ANALYZE statements.)
-            db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")
-            db.execute(cur, APPROXIMATE_STATISTICS)
-            db.execute(cur, statement)
+            build_beside_others(db, cur, [statement])
 
     side_by_side([functools.partial(run, s) for s in statements], workers)
+
+
+def build_beside_others(db: ViewDB, cur: Cursor, statements: Sequence[str]) -> None:
+    """Run index builds and ``ANALYZE`` statements in a PostgreSQL transaction that runs
+    side by side with others like it: without the server's parallel helpers, which would
+    only compete for the same cores, and with statistics from a sample."""
+    db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")
+    db.execute(cur, APPROXIMATE_STATISTICS)
+    for statement in statements:
+        db.execute(cur, statement)
 
 
 def side_by_side(jobs: Sequence[Callable[[], None]], workers: int) -> None:

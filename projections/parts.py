@@ -39,7 +39,7 @@ from ledger.store import Store
 from ledger.verify import id_ranges
 from ledger.workers import WorkerError, spawn_pool
 from projections.base import Projection
-from projections.indexes import APPROXIMATE_STATISTICS, relation_sizes, side_by_side
+from projections.indexes import build_beside_others, relation_sizes, side_by_side
 from projections.scratch import MAX_SQLITE_PARTS, Scratch, can_share, scratch
 from projections.sql import SQLiteViewDB, ViewDB, view_db
 
@@ -96,13 +96,9 @@ def _replace(projector: Projector, place: Scratch, chosen: Sequence[Projection],
         for p in chosen:
             projector._reset(cur, p, query_indexes=False)
             _merge(projector, cur, place, p, head)
-            if indexes:  # other merges run side by side: no parallel helpers
-                db.execute(cur, "SET LOCAL max_parallel_maintenance_workers = 0")
-                db.execute(cur, APPROXIMATE_STATISTICS)
-                for statement in p.query_indexes:
-                    db.execute(cur, statement)
-                for table in p.tables:
-                    db.execute(cur, "ANALYZE {" + table + "}")
+            if indexes:  # the other projections' merges run side by side
+                build_beside_others(db, cur, [*p.query_indexes,
+                                              *("ANALYZE {" + t + "}" for t in p.tables)])
 
 
 def _largest_first(db: ViewDB, place: Scratch, chosen: Sequence[Projection]
