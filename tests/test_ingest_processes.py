@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +131,26 @@ def test_processes_store_what_one_process_stores(
     assert report.ok, report.problems[:3]
 
 
+def hand_off_at_first_line(monkeypatch: pytest.MonkeyPatch,
+                           seen: Callable[[Part, Cursor], object]) -> None:
+    """Make this process wait at its first line until a spawned one has finished, so
+    that it hands the rest of its share off there; ``seen(part, cursor)`` at the hand-off."""
+    real_tick, real_hand_off = ingest_processes._Children.tick, ingest_processes._Children.hand_off
+
+    def slow_tick(self: Any, nbytes: int) -> None:
+        deadline = time.monotonic() + 60
+        while not self.any_idle() and time.monotonic() < deadline:
+            self._poll(0.05)
+        real_tick(self, nbytes)
+
+    def hand_off(self: Any, part: Part, cursor: Cursor) -> None:
+        seen(part, cursor)
+        real_hand_off(self, part, cursor)
+
+    monkeypatch.setattr(ingest_processes._Children, "tick", slow_tick)
+    monkeypatch.setattr(ingest_processes._Children, "hand_off", hand_off)
+
+
 def test_a_finished_process_takes_the_rest_of_this_ones_share(
     store: Store, store_url: str, tmp_path: Path, shared_out: list[int],
     monkeypatch: pytest.MonkeyPatch,
@@ -142,21 +163,9 @@ def test_a_finished_process_takes_the_rest_of_this_ones_share(
     with Store.open(other_url(store_url, tmp_path)) as single:
         one = ingest(single, [src], reject_file=str(one_rejects), batch_size=7)
         expected = snapshot(single.url, one_rejects)
-    real_tick, handed = ingest_processes._Children.tick, []
-
-    def slow_tick(self: Any, nbytes: int) -> None:
-        deadline = time.monotonic() + 60
-        while not self.any_idle() and time.monotonic() < deadline:
-            self._poll(0.05)
-        real_tick(self, nbytes)
-
-    def hand_off(self: Any, part: Part, cursor: Cursor) -> None:
-        handed.append((part.index, cursor.line))
-        real_hand_off(self, part, cursor)
-
-    real_hand_off = ingest_processes._Children.hand_off
-    monkeypatch.setattr(ingest_processes._Children, "tick", slow_tick)
-    monkeypatch.setattr(ingest_processes._Children, "hand_off", hand_off)
+    handed: list[tuple[int, int]] = []
+    hand_off_at_first_line(monkeypatch, lambda part, cursor: handed.append(
+        (part.index, cursor.line)))
     monkeypatch.setattr(ingest_processes, "FOLLOWING_WEIGHTS", (4, 1))
     store.add_commit_listener(lambda: None)  # a follower: this process takes a smaller share
     many = ingest(store, [src], reject_file=str(many_rejects), batch_size=7, workers=3)
@@ -177,20 +186,8 @@ def test_progress_shows_the_part_furthest_behind(
     src = write(tmp_path / "in.jsonl", mixed_lines())
     shown: list[int] = []
     at_hand_off: list[tuple[int, int]] = []
-    real_tick, real_hand_off = ingest_processes._Children.tick, ingest_processes._Children.hand_off
-
-    def slow_tick(self: Any, nbytes: int) -> None:  # this process waits at its first line
-        deadline = time.monotonic() + 60
-        while not self.any_idle() and time.monotonic() < deadline:
-            self._poll(0.05)
-        real_tick(self, nbytes)
-
-    def hand_off(self: Any, part: Part, cursor: Cursor) -> None:
-        at_hand_off.append((sum(shown), cursor.offset))
-        real_hand_off(self, part, cursor)
-
-    monkeypatch.setattr(ingest_processes._Children, "tick", slow_tick)
-    monkeypatch.setattr(ingest_processes._Children, "hand_off", hand_off)
+    hand_off_at_first_line(monkeypatch, lambda part, cursor: at_hand_off.append(
+        (sum(shown), cursor.offset)))
     store.add_commit_listener(lambda: None)
     ingest(store, [src], reject_file=str(tmp_path / "r.jsonl"), workers=2,
            progress=shown.append)
