@@ -7,7 +7,9 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -84,6 +86,26 @@ def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     """An unsupported --store URL is a usage error."""
     code, _, err = run("mysql://nope", "trace", "list")
     assert code == 2 and err.startswith("Error: unsupported store URL")
+
+
+@pytest.mark.parametrize("url_of, reason", [
+    (lambda c: c.url_for("no_such_db"), 'database "no_such_db" does not exist'),
+    (lambda c: c.url_for("agentledger_test").replace("postgres@", "nobody@"),
+     'role "nobody" does not exist'),
+    (lambda c: "postgresql://postgres@127.0.0.1:1/x", "Connection refused"),
+], ids=["database", "role", "port"])
+def test_an_unusable_postgres_store_fails_at_once_with_the_servers_reason(
+    request: pytest.FixtureRequest, url_of: Any, reason: str
+) -> None:
+    """A missing database, an unknown role or a closed port is exit 1 within a second,
+    naming the store and the server's reason (not a pool timeout after 5 s)."""
+    url = url_of(request.getfixturevalue("pg_cluster"))
+    started = time.monotonic()
+    code, _, err = run(url, "trace", "list", "--tenant", "t")
+    assert code == 1, err
+    assert err.startswith(f"Error: cannot open PostgreSQL store {url}: ")
+    assert reason in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - started < 2.5
 
 
 def test_trace_show_json_fields(store_url: str, demo_file: Path, tmp_path: Path) -> None:

@@ -123,6 +123,9 @@ def parse_url(url: str) -> dict[str, Any]:
     }
 
 
+CONNECT_TIMEOUT = 5  # seconds to wait for a connection, as the library's default
+
+
 class PostgresBackend(Backend):
     """Ledger store in a PostgreSQL schema."""
 
@@ -131,11 +134,12 @@ class PostgresBackend(Backend):
     def __init__(self, url: str) -> None:
         self.url = url
         settings = parse_url(url)
+        _check_reachable(url, settings)
         try:
             self.datastore = PostgresDatastore(
                 settings["dbname"], settings["host"], settings["port"], settings["user"],
                 settings["password"], schema=settings["schema"], originator_id_type="uuid",
-                pool_size=2, max_overflow=4, lock_timeout=30,
+                connect_timeout=CONNECT_TIMEOUT, pool_size=2, max_overflow=4, lock_timeout=30,
                 idle_in_transaction_session_timeout=300,
             )
             self.recorder = LedgerPostgresRecorder(self.datastore)
@@ -349,6 +353,18 @@ of 50,000 at 1M events); without them (right after a large ingest, before autova
 has analyzed the table) it read the id range by the primary key and sorted it for
 every page: 0.6-2.0 s a page.
 """
+
+
+def _check_reachable(url: str, settings: dict[str, Any]) -> None:
+    """Connect once, so an unreachable server, a missing database or a refused login
+    fails at once in the server's own words (the pool would retry for its whole
+    timeout, then say only that it got no connection)."""
+    keys = ("dbname", "host", "port", "user", "password")
+    try:
+        psycopg.connect(connect_timeout=CONNECT_TIMEOUT, **{k: settings[k] for k in keys}).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())  # libpq's message spans lines and tabs
+        raise StoreError(f"cannot open PostgreSQL store {_redact(url)}: {reason}") from None
 
 
 def _redact(url: str) -> str:
