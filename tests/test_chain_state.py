@@ -3,8 +3,11 @@ what encoding the whole record gives (the chain hashes those bytes)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,3 +54,25 @@ def test_validated_event_carries_its_encoded_wire_form() -> None:
                          "payload": {"n": 2**65, "s": "ü"}})
     assert event.wire_json == chain.encode(event.record())
     assert chain.decode(event.wire_json)["payload"]["n"] == 2**65
+
+
+@settings(max_examples=500)
+@given(st.text(), st.text(), st.text())
+def test_stream_id_is_uuid5_of_the_json_array_as_documented(kind: str, tenant: str,
+                                                            name: str) -> None:
+    """The id is ``uuid5(ns, json.dumps([kind, tenant, name], ensure_ascii=False))``, the
+    formula of docs/VERIFY.md, for any text (a lone surrogate fails the same way)."""
+    text = json.dumps([kind, tenant, name], ensure_ascii=False)
+    try:
+        documented = uuid.uuid5(chain.STREAM_NAMESPACE, text)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            chain.stream_id(kind, tenant, name)
+        return
+    assert chain.stream_id(kind, tenant, name) == documented
+
+
+def test_stream_id_of_a_known_trace() -> None:
+    """A fixed id, so the formula cannot drift together with its test."""
+    known = uuid.UUID("898ac15c-e182-5e4f-8893-c3df74895011")  # computed before the rewrite
+    assert chain.stream_id("trace", "acme", "q4-market-report") == known
