@@ -5,6 +5,8 @@
 ``recoveries`` has a row per ``CALLBACK_RETRY`` / ``CALLBACK_FALLBACK`` with
 ``recovered`` set once the retried or fallback tool succeeds (docs/PROJECTIONS.md
 defines exactly when). Open retries and fallbacks are per-trace context.
+``unknown_callbacks`` has a row per event of a ``CALLBACK_*`` subtype the contract
+does not name (accepted as forward compatible, and counted there).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger import chain
+from ledger.payloads import KNOWN_EVENTS
 from projections.base import Batch, Entry, Projection, utc_ts
 
 INSERT_CALL = (
@@ -29,10 +32,16 @@ INSERT_RECOVERY = (
     "INSERT INTO {recoveries} (tenant, trace_id, seq, ts, day, kind, tool, fallback_tool, "
     "attempt, executed_by, recovered, recovered_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+INSERT_UNKNOWN = (
+    "INSERT INTO {unknown_callbacks} (tenant, trace_id, seq, ts, day, event, executed_by) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 MARK_RECOVERED = (
     "UPDATE {recoveries} SET recovered = 1, recovered_seq = ? "
     "WHERE tenant = ? AND trace_id = ? AND seq = ?"
 )
+
+
 def args_digest(args: Any) -> str:
     """Identity of a call's args: sha256 of their JSON with sorted keys (exact match key).
 
@@ -47,11 +56,12 @@ _CLOSERS = frozenset({"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"}
 class AnalyticsProjection(Projection):
     name = "analytics"
     # 2: args_digest, for replay's cassette; 3: hourly rollup; 4: covering index;
-    # 5: the key a unique index, built after the rows in a rebuild
-    version = 5
+    # 5: the key a unique index, built after the rows in a rebuild; 6: unknown callbacks
+    version = 6
     topics = frozenset({chain.EVENT_TOPIC})
-    tables = ("tool_calls", "tool_hourly", "recoveries")
-    description = "tool calls, retries and fallbacks with their outcomes, hourly counts"
+    tables = ("tool_calls", "tool_hourly", "recoveries", "unknown_callbacks")
+    description = ("tool calls, retries and fallbacks with their outcomes, hourly counts; "
+                   "unknown callback subtypes")
     ddl = (
         "CREATE TABLE IF NOT EXISTS {tool_calls} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, tool TEXT NOT NULL, "
@@ -65,6 +75,9 @@ class AnalyticsProjection(Projection):
         "tool TEXT NOT NULL, fallback_tool TEXT, attempt {bigint}, executed_by TEXT NOT NULL, "
         "recovered INTEGER NOT NULL, recovered_seq {bigint}, "
         "PRIMARY KEY (tenant, trace_id, seq))",
+        "CREATE TABLE IF NOT EXISTS {unknown_callbacks} (tenant TEXT NOT NULL, "
+        "trace_id TEXT NOT NULL, seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, "
+        "event TEXT NOT NULL, executed_by TEXT NOT NULL)",
     )
     sums = {"tool_hourly": (("tenant", "hour", "tool", "executed_by"), ("execs", "failures"))}
     query_indexes = (
@@ -75,6 +88,10 @@ class AnalyticsProjection(Projection):
         "ON {tool_calls} (tenant, tool, args_digest, ts, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_recoveries_ts "
         "ON {recoveries} (tenant, kind, ts)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_unknown_callbacks_key "
+        "ON {unknown_callbacks} (tenant, trace_id, seq)",
+        "CREATE INDEX IF NOT EXISTS agentledger_unknown_callbacks_ts "
+        "ON {unknown_callbacks} (tenant, ts)",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
@@ -94,6 +111,10 @@ class AnalyticsProjection(Projection):
                     batch.touch(entry.stream)
                 if event in ("CALLBACK_RETRY", "CALLBACK_FALLBACK"):
                     self._open(entry, ctx, batch, new)
+            elif event not in KNOWN_EVENTS:  # stored, so a CALLBACK_* subtype (the contract)
+                ts = utc_ts(r)
+                batch.insert(INSERT_UNKNOWN, (r["tenant"], r["trace_id"], r["seq"], ts, ts[:10],
+                                              event, r["executed_by"]))
 
     def finish(self, batch: Batch) -> None:
         for row in batch.carry.get("new", {}).values():

@@ -20,12 +20,13 @@ from ledger.memory import memory_hash
 from ledger.reader import parse_bound
 from ledger.store import Store
 from projections.sql import view_db
-from projections.stats import failure_stats, fallback_stats, retry_stats
+from projections.stats import failure_stats, fallback_stats, retry_stats, unknown_callback_stats
 
 __all__ = [
     "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
     "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats", "grants",
     "memory_diff", "memory_histories", "memory_history", "memory_state", "retry_stats",
+    "unknown_callback_stats",
 ]
 
 

@@ -23,8 +23,8 @@ from ledger.errors import StoreError
 PREFIX = "agentledger_"
 VIEW_TABLES = (
     "memory_writes", "failures", "failure_hourly", "write_attribution", "grants",
-    "tool_calls", "tool_hourly", "recoveries", "findings", "projection_context", "projection_state",
-    "unreadable_entries",
+    "tool_calls", "tool_hourly", "recoveries", "unknown_callbacks", "findings",
+    "projection_context", "projection_state", "unreadable_entries",
 )
 PG_TRACKING_TABLE = PREFIX + "tracking"
 

@@ -1,4 +1,5 @@
-"""Fallback, retry and failure statistics over the ``analytics`` and ``failures`` views.
+"""Fallback, retry, failure and unknown-callback statistics over the ``analytics`` and
+``failures`` views.
 
 ``tool_execs`` (the denominator of every rate) is counted exactly for any window:
 whole UTC hours come from ``tool_hourly`` (a few rows per hour), the partial hours
@@ -92,6 +93,28 @@ def failure_stats(store: Store, tenant: str, *, by: str = "tool", since: str | N
                        "rate": _rate(int(failed or 0), calls)}
         out.append(StatRow({keys[0]: key}, values))
     return sorted(out, key=lambda r: (-r.values["failures"], str(list(r.key.values()))))
+
+
+_UNKNOWN_KEYS = {"event": "event", "agent": "executed_by", "day": "day"}
+
+
+def unknown_callback_stats(store: Store, tenant: str, *, by: str = "event",
+                           since: str | None = None, until: str | None = None) -> list[StatRow]:
+    """Events of ``CALLBACK_*`` subtypes the contract does not name, per subtype, agent or
+    day: how many, in how many traces, first and last seen. Most first (by day: in order)."""
+    if by not in _UNKNOWN_KEYS:
+        raise UsageError(f"--by {by!r}: choose from {', '.join(_UNKNOWN_KEYS)}")
+    column = _UNKNOWN_KEYS[by]
+    where, params = _window(tenant, parse_bound(since, "since"), parse_bound(until, "until"))
+    rows = view_db(store.backend).query(
+        f"SELECT {column}, COUNT(*), COUNT(DISTINCT trace_id), MIN(ts), MAX(ts) "
+        f"FROM {{unknown_callbacks}}{where} GROUP BY {column}", params)
+    out = [StatRow({column: key}, {"events": int(n), "traces": int(traces),
+                                   "first_ts": first, "last_ts": last})
+           for key, n, traces, first, last in rows]
+    if by == "day":
+        return sorted(out, key=lambda r: str(r.key["day"]))
+    return sorted(out, key=lambda r: (-r.values["events"], str(r.key[column])))
 
 
 def _recovery_stats(store: Store, tenant: str, kind: str, count_name: str, by: str,

@@ -28,6 +28,11 @@ Row = dict[str, Any]
 
 FAILURE_EVENTS = {"TOOL_FAIL", "CALLBACK_FAIL", "EXEC_FAIL", "EXEC_TERMINATED"}
 STOPS_RECOVERY = {"REASONER_ACTION", "CALLBACK_FALLBACK", "EXEC_TERMINATED"}
+NAMED_CALLBACKS = {  # the contract's callback rows; any other CALLBACK_* is an unknown subtype
+    "CALLBACK_RESULT", "CALLBACK_POLICY_RESOLVED", "CALLBACK_MEMORY_WRITE", "CALLBACK_FALLBACK",
+    "CALLBACK_RETRY", "CALLBACK_NEXT_ACTION", "CALLBACK_PERMISSION", "CALLBACK_SUCCESS",
+    "CALLBACK_FAIL",
+}
 
 
 def utc(ts: str, *, end_of_day: bool = False) -> str:
@@ -427,3 +432,18 @@ class NaiveFold:
                         "rate": ratio(failed, execs[key])}
             out.append(row)
         return out
+
+    def unknown_callback_stats(self, tenant: str, by: str = "event", since: str | None = None,
+                               until: str | None = None) -> list[Row]:
+        """Events of CALLBACK_* subtypes the contract does not name, per subtype, agent or
+        UTC day, with the traces they are in and first and last times (docs/CLI.md)."""
+        field = {"event": "event", "agent": "executed_by", "day": "day"}[by]
+        groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for trace_id, e, _ in self.annotated(tenant):
+            ts = utc(e["ts"])
+            if (e["event"].startswith("CALLBACK_") and e["event"] not in NAMED_CALLBACKS
+                    and in_window(ts, since, until)):
+                groups[ts[:10] if by == "day" else e[field]].append((trace_id, ts))
+        return [{field: key, "events": len(seen), "traces": len({t for t, _ in seen}),
+                 "first_ts": min(ts for _, ts in seen), "last_ts": max(ts for _, ts in seen)}
+                for key, seen in groups.items()]

@@ -1,8 +1,8 @@
 """The read-model commands through click's CliRunner, on both backends.
 
 projections status|rebuild|run, memory show|diff|history, failures, audit
-writes|findings|export and stats fallbacks|retries|failures: their --json fields,
-human output, exit codes, the export files, and tenant isolation.
+writes|findings|export and stats fallbacks|retries|failures|unknown-callbacks: their
+--json fields, human output, exit codes, the export files, and tenant isolation.
 """
 
 from __future__ import annotations
@@ -36,10 +36,25 @@ WRITE_FIELDS = {"tenant", "trace_id", "seq", "ts", "scope", "key", "op", "execut
                 "agent_owner", "cross_agent", "authorized", "basis"}
 
 
+def hook_events() -> list[dict[str, Any]]:
+    """An acme trace whose runtime emits CALLBACK_* subtypes the contract does not name."""
+    steps = [("EXEC_START", "planner"), ("CALLBACK_CACHE_HIT", "planner"),
+             ("CALLBACK_CACHE_HIT", "researcher"), ("CALLBACK_GUARDRAIL", "planner"),
+             ("CALLBACK_SUCCESS", "planner")]
+    return [{"trace_id": "cache-hooks", "seq": seq, "event": event, "tenant": "acme",
+             "ts": f"2026-11-1{6 + seq // 4}T23:5{seq}:00Z", "agent_owner": "planner",
+             "executed_by": by, "payload": {}} for seq, (event, by) in enumerate(steps, 1)]
+
+
+def stored_events() -> list[dict[str, Any]]:
+    """What the ``files`` fixture's demo file holds, its bad lines aside."""
+    return demo_events() + hook_events()
+
+
 def beta_events() -> list[dict[str, Any]]:
     """acme's events (first of each seq) renamed into tenant beta, without runtime hashes."""
     seen, out = set(), []
-    for e in demo_events():
+    for e in stored_events():
         if e["tenant"] != "acme" or (e["trace_id"], e["seq"]) in seen:
             continue
         seen.add((e["trace_id"], e["seq"]))
@@ -62,7 +77,7 @@ def ingest(url: str, path: str, tmp_path: Path, *extra: str) -> None:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, str]:
-    demo = write_jsonl(tmp_path / "demo.jsonl", demo_events())
+    demo = write_jsonl(tmp_path / "demo.jsonl", stored_events())
     with open(demo, "ab") as fh:  # with a conflicting rewrite of an acme event, and junk
         fh.write(b"".join(demo_bad_lines()))
     return {"demo": demo,
@@ -289,7 +304,7 @@ def test_audit_export_jsonl_holds_the_window_with_hashes(loaded: str, tmp_path: 
     lines = _jsonl(out)
     header, events = lines[0], [x for x in lines if x["type"] == "event"]
     findings = [x for x in lines if x["type"] == "finding"]
-    expected = {(e["trace_id"], e["seq"]) for e in demo_events() if e["tenant"] == "acme"
+    expected = {(e["trace_id"], e["seq"]) for e in stored_events() if e["tenant"] == "acme"
                 and normalize_ts(e["ts"])[:10] == "2026-11-18"}
     assert code == 0 and summary["verified_ok"] is True and summary["events"] == len(events)
     assert {(e["trace_id"], e["seq"]) for e in events} == expected
@@ -320,7 +335,7 @@ def test_audit_export_csv_parses_back(loaded: str, tmp_path: Path) -> None:
     events = [r for r in rows if r["type"] == "event"]
     assert rows[0]["type"] == "header" and header["counts"]["events"] == len(events)
     assert len(events) == summary["events"] == len({(e["trace_id"], e["seq"]) for e in
-                                                    demo_events() if e["tenant"] == "acme"})
+                                                    stored_events() if e["tenant"] == "acme"})
     assert isinstance(json.loads(events[0]["payload"]), dict)
     assert {r["kind"] for r in rows if r["type"] == "finding"} == {
         "conflict", "memory_hash_mismatch", "unauthorized_write"}
@@ -372,10 +387,13 @@ STAT_KEYS = {
     ("retries", "tool"): {"tool"}, ("retries", "agent"): {"executed_by"},
     ("retries", "day"): {"day"}, ("failures", "tool"): {"tool"},
     ("failures", "reason"): {"reason"}, ("failures", "agent"): {"executed_by"},
+    ("unknown-callbacks", "event"): {"event"}, ("unknown-callbacks", "agent"): {"executed_by"},
+    ("unknown-callbacks", "day"): {"day"},
 }
 STAT_VALUES = {"fallbacks": {"fallbacks", "recovered", "tool_execs", "rate"},
                "retries": {"retries", "recovered", "tool_execs", "rate"},
-               "failures": {"failures", "share"}}
+               "failures": {"failures", "share"},
+               "unknown-callbacks": {"events", "traces", "first_ts", "last_ts"}}
 
 
 def test_stats_json_rows_are_keyed_by_the_by_option(loaded: str) -> None:
@@ -395,6 +413,28 @@ def test_stats_fallbacks_by_tool_counts(loaded: str) -> None:
         1 for e in demo_events() if e["tenant"] == "acme" and e["event"] == "CALLBACK_FALLBACK"
         and e["payload"]["original_tool"] == "search")
     assert search["rate"] == search["fallbacks"] / search["tool_execs"]
+
+
+def test_stats_unknown_callbacks_counts_each_subtype(loaded: str) -> None:
+    """Each CALLBACK_* subtype the contract does not name: events, traces, first and last
+    time; most first, by day in order; a window narrows it; none in another tenant."""
+    rows = run_json(loaded, "stats", "unknown-callbacks", "--tenant", "acme")
+    assert rows == [
+        {"event": "CALLBACK_CACHE_HIT", "events": 2, "traces": 1,
+         "first_ts": "2026-11-16T23:52:00.000000Z", "last_ts": "2026-11-16T23:53:00.000000Z"},
+        {"event": "CALLBACK_GUARDRAIL", "events": 1, "traces": 1,
+         "first_ts": "2026-11-17T23:54:00.000000Z", "last_ts": "2026-11-17T23:54:00.000000Z"}]
+    days = run_json(loaded, "stats", "unknown-callbacks", "--tenant", "acme", "--by", "day")
+    assert [(r["day"], r["events"]) for r in days] == [("2026-11-16", 2), ("2026-11-17", 1)]
+    window = run_json(loaded, "stats", "unknown-callbacks", "--tenant", "acme",
+                      "--since", "2026-11-16T23:53:00Z", "--until", "2026-11-17")
+    assert [(r["event"], r["events"]) for r in window] == [("CALLBACK_CACHE_HIT", 1),
+                                                           ("CALLBACK_GUARDRAIL", 1)]
+    code, out, _ = run(loaded, "stats", "unknown-callbacks", "--tenant", "globex")
+    assert code == 0 and out.strip() == "No unknown callback subtypes."
+    code, out, _ = run(loaded, "stats", "unknown-callbacks", "--tenant", "acme", "--no-chart")
+    assert out.splitlines()[0].split() == ["event", "events", "traces", "first_ts", "last_ts"]
+    assert "2026-11-16T23:52:00.000000Z" in out
 
 
 def test_stats_chart_draws_a_bar_per_row(loaded: str) -> None:
@@ -466,7 +506,7 @@ def test_every_new_command_has_json(loaded: str) -> None:
             if name in groups or name == "failures":
                 found.append((name, sub))
                 assert "as_json" in {p.name for p in command.params}, (name, sub)
-    assert len(found) == 13
+    assert len(found) == 14
 
 
 def test_demo_shows_the_projections(tmp_path: Path) -> None:

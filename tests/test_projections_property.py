@@ -56,7 +56,8 @@ BASE = datetime(2026, 11, 19, 21, 0, tzinfo=UTC)  # traces run across UTC midnig
 OFFSETS = ("Z", "Z", "+00:00", "+02:00", "-05:00", "+05:30")
 STATS_BY = {"fallback_stats": ("tool", "pair", "agent", "day"),
             "retry_stats": ("tool", "agent", "day"),
-            "failure_stats": ("tool", "reason", "agent")}
+            "failure_stats": ("tool", "reason", "agent"),
+            "unknown_callback_stats": ("event", "agent", "day")}
 MAX_SAFE = 2**53 - 1
 PROJECTIONS = ("memory", "failures", "attribution", "analytics", "findings")
 
@@ -216,7 +217,8 @@ def trace_events(draw: st.DrawFn, tenant: str, trace_id: str,
                 emit("CALLBACK_RESULT", {"tool": draw(tools), "status": "failed"})
         elif step == "misc":
             kind = draw(st.sampled_from(("EXEC_NEXT", "EXEC_LOOP", "CALLBACK_SUCCESS",
-                                         "CALLBACK_NEXT_ACTION", "CALLBACK_CUSTOM_HOOK")))
+                                         "CALLBACK_NEXT_ACTION", "CALLBACK_CUSTOM_HOOK",
+                                         "CALLBACK_CACHE_HIT")))
             emit(kind, {"next_action": {"go": 1}} if kind == "CALLBACK_NEXT_ACTION" else {})
         else:
             code = draw(st.sampled_from((None, None, "E_TERM", 7)))

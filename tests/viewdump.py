@@ -13,6 +13,7 @@ ORDER = {  # every table a projection fills, and what orders its rows
     "tool_calls": "tenant, trace_id, seq", "tool_hourly": "tenant, hour, tool, executed_by",
     "failure_hourly": "tenant, hour, tool, reason, executed_by",
     "recoveries": "tenant, trace_id, seq", "findings": "tenant, finding_seq",
+    "unknown_callbacks": "tenant, trace_id, seq",
     "projection_context": "projection, stream",
     "unreadable_entries": "projection, notification_id",
 }

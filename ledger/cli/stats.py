@@ -25,7 +25,7 @@ _RATIOS = ("rate", "share")
 
 @click.group("stats")
 def stats_group() -> None:
-    """For analysts: fallback, retry and failure statistics per tool, agent, day."""
+    """For analysts: fallback, retry and failure statistics; unknown callback subtypes."""
 
 
 def stat_options(by: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -44,7 +44,8 @@ def stat_options(by: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable
 
 
 def _run(ctx: click.Context, query_name: str, count: str, tenant: str, by: str,
-         since: str | None, until: str | None, chart: bool | None, as_json: bool) -> None:
+         since: str | None, until: str | None, chart: bool | None, as_json: bool,
+         *, none: str | None = None) -> None:
     from projections import queries
 
     query = getattr(queries, query_name)
@@ -53,7 +54,7 @@ def _run(ctx: click.Context, query_name: str, count: str, tenant: str, by: str,
     if as_json:
         emit_json([r.as_json() for r in rows])
     elif not rows:
-        click.echo(f"No {count}.")
+        click.echo(none or f"No {count}.")
     else:
         click.echo(render(rows, count, sys.stdout.isatty() if chart is None else chart))
 
@@ -88,6 +89,17 @@ def stats_failures(ctx: click.Context, tenant: str, by: str, since: str | None,
     _run(ctx, "failure_stats", "failures", tenant, by, since, until, chart, as_json)
 
 
+@stats_group.command("unknown-callbacks")
+@stat_options(("event", "agent", "day"))
+@click.pass_context
+@handle_errors
+def stats_unknown_callbacks(ctx: click.Context, tenant: str, by: str, since: str | None,
+                            until: str | None, chart: bool | None, as_json: bool) -> None:
+    """CALLBACK_* subtypes the contract does not name: how many, in how many traces, when."""
+    _run(ctx, "unknown_callback_stats", "events", tenant, by, since, until, chart, as_json,
+         none="No unknown callback subtypes.")
+
+
 def render(rows: list[StatRow], count: str, chart: bool) -> str:
     """The rows as a table; with ``chart``, a bar of ``count`` (scaled to the largest)."""
     keys, values = list(rows[0].key), list(rows[0].values)
@@ -117,6 +129,8 @@ def _key(value: Any) -> str:
 def _number(name: str, value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):  # a time
+        return value
     if name in _RATIOS:
         return f"{value * 100:.1f}%"
     return f"{value:,}"
