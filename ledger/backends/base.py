@@ -14,7 +14,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import ApplicationRecorder, StoredEvent
+from eventsourcing.persistence import (
+    ApplicationRecorder,
+    IntegrityError,
+    PersistenceError,
+    StoredEvent,
+)
+
+from ledger.errors import ConcurrencyError, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -87,15 +94,27 @@ class Backend(ABC):
     def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
         """Catalog rows of the given streams that exist."""
 
+    @property
     @abstractmethod
+    def label(self) -> str:
+        """What errors call the store: its kind and URL (without a password)."""
+
     def append(
         self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
     ) -> Sequence[int]:
-        """Insert events and upsert catalog rows in one transaction.
+        """Insert events and upsert catalog rows in one transaction (the recorder's
+        ``insert_events``, which takes the heads).
 
         Raises ``ConcurrencyError`` (nothing written) when any (stream, version)
         already exists. Returns the notification ids given to the events.
         """
+        try:
+            ids = self.recorder.insert_events(events, heads=heads)
+        except IntegrityError as exc:
+            raise ConcurrencyError(f"another writer appended first: {exc}") from exc
+        except PersistenceError as exc:
+            raise StoreError(f"{self.label}: {exc}") from exc
+        return ids or []
 
     @abstractmethod
     def list_streams(self, query: StreamQuery) -> list[StreamHead]:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
+from eventsourcing.persistence import PersistenceError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
@@ -36,7 +36,7 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
 )
-from ledger.errors import ConcurrencyError, SchemaVersionError, StoreError, UsageError
+from ledger.errors import SchemaVersionError, StoreError, UsageError
 
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _SCAN_IDS = 2000  # stream ids per scan statement
@@ -211,16 +211,9 @@ class PostgresBackend(Backend):
             )
             return {r[0]: catalog.head_from_row(r, r[0]) for r in c.fetchall()}
 
-    def append(
-        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
-    ) -> Sequence[int]:
-        try:
-            ids = self.recorder.insert_events(events, heads=heads)
-        except IntegrityError as exc:
-            raise ConcurrencyError(f"another writer appended first: {exc}") from exc
-        except PersistenceError as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
-        return ids or []
+    @property
+    def label(self) -> str:
+        return f"PostgreSQL store {_redact(self.url)}"
 
     def list_streams(self, query: StreamQuery) -> list[StreamHead]:
         template, params = catalog.list_streams_sql(query)

@@ -20,7 +20,6 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import (
-    IntegrityError,
     Notification,
     PersistenceError,
     StoredEvent,
@@ -40,7 +39,7 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
 )
-from ledger.errors import ConcurrencyError, SchemaVersionError, StoreError
+from ledger.errors import SchemaVersionError, StoreError
 
 _CHUNK = 500
 
@@ -216,16 +215,9 @@ class SQLiteBackend(Backend):
                     heads[sid] = catalog.head_from_row(row, sid)
         return heads
 
-    def append(
-        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
-    ) -> Sequence[int]:
-        try:
-            ids = self.recorder.insert_events(events, heads=heads)
-        except IntegrityError as exc:
-            raise ConcurrencyError(f"another writer appended first: {exc}") from exc
-        except PersistenceError as exc:
-            raise StoreError(f"SQLite store {self.url}: {exc}") from exc
-        return ids or []
+    @property
+    def label(self) -> str:
+        return f"SQLite store {self.url}"
 
     def list_streams(self, query: StreamQuery) -> list[StreamHead]:
         sql, params = catalog.list_streams_sql(query)
