@@ -92,10 +92,11 @@ def verify(
     backend = store.backend
     if trace_id is not None:
         sid = chain.trace_stream_id(tenant or DEFAULT_TENANT, trace_id)
-        heads = list(backend.load_heads([sid]).values())
-        if not heads:
-            raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
-        return _verify_streams(store, heads, backend.scan_streams([sid]), progress)
+        with backend.snapshot_scan(stream_ids=[sid]) as (heads, streams):
+            if not heads:
+                raise NotFoundError(
+                    f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
+            return _verify_streams(store, heads, streams, progress)
     logged = backend.last_notification_id() if workers > 1 else 0  # caps the processes
     workers = min(workers, logged // EVENTS_PER_WORKER)
     if workers <= 1 or not shareable(backend.url):
@@ -124,13 +125,13 @@ def id_ranges(n: int) -> list[IdRange]:
 
 def verify_range(store: Store, tenant: str | None, id_range: IdRange | None,
                  progress: Callable[[int], None] | None = None) -> VerifyReport:
-    """Verify the streams (of one tenant, or all) whose ids lie in ``id_range``."""
-    backend = store.backend
-    heads = list(backend.iter_catalog(tenant, id_range=id_range))
-    ids = [h.stream_id for h in heads] if tenant is not None else None
-    with paused_gc():
-        return _verify_streams(store, heads, backend.scan_streams(ids, id_range=id_range),
-                               progress)
+    """Verify the streams (of one tenant, or all) whose ids lie in ``id_range``.
+
+    The catalog and the rows are read in one snapshot (``Backend.snapshot_scan``): a
+    writer appending meanwhile is not mistaken for an alteration.
+    """
+    with paused_gc(), store.backend.snapshot_scan(tenant, id_range=id_range) as (heads, streams):
+        return _verify_streams(store, heads, streams, progress)
 
 
 def _verify_streams(store: Store, heads: list[StreamHead],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
@@ -194,3 +195,32 @@ def test_a_new_trace_is_owned_by_its_first_events_owner(store: Store, tmp_path: 
     source.write_bytes(b"\n".join(lines) + b"\n")
     ingest(store, [str(source)], reject_file=str(tmp_path / "r.jsonl"))
     assert [t.agent_owner for t in list_traces(store, "default")] == ["planner"]
+
+
+@pytest.mark.parametrize("scope", ["all", "tenant", "range", "ids"])
+def test_snapshot_scan_does_not_see_what_writers_commit_meanwhile(
+        store: Store, scope: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The catalog rows and the stream rows of snapshot_scan() come from one snapshot:
+    another writer's appends inside the block (to a scanned stream, and a new stream)
+    show in neither, however the streams are chosen, even over several queries."""
+    import ledger.backends.postgres
+    import ledger.backends.sqlite
+
+    monkeypatch.setattr(ledger.backends.sqlite, "_CHUNK", 1)
+    monkeypatch.setattr(ledger.backends.postgres, "_SCAN_IDS", 1)
+    for name in ("a", "b"):
+        store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])
+    ids = [chain.trace_stream_id("t", name) for name in ("a", "b")]
+    kwargs: dict[str, Any] = {"all": {}, "tenant": {"tenant": "t"},
+                              "range": {"id_range": (min(ids), None)},
+                              "ids": {"stream_ids": ids}}[scope]
+    with Store.open(store.url, migrate=False) as other, \
+            store.backend.snapshot_scan(**kwargs) as (heads, streams):
+        for name in ("a", "b"):
+            other.backend.append(_events("t", name, range(3, 4)), [_head("t", name, 3)])
+        other.backend.append(_events("t", "new", range(1, 2)), [_head("t", "new", 1)])
+        scanned = {sid: [r[1] for r in rows] for sid, rows in streams}
+    wanted = sorted(ids)  # the range starts at the lower id
+    assert [h.stream_id for h in heads] == wanted and {h.last_seq for h in heads} == {2}
+    assert scanned == {sid: [1, 2] for sid in wanted}
+    assert chain.trace_stream_id("t", "new") not in scanned  # committed after the snapshot

@@ -241,3 +241,31 @@ def test_verify_in_worker_processes_gives_the_same_report(
     assert here < parts  # the workers ran some of the ranges
     assert verify(ledger, tenant=TENANT, workers=3).as_json() == verify(
         ledger, tenant=TENANT, workers=1).as_json()
+
+
+@pytest.mark.parametrize("trace", [None, TRACE])
+def test_writers_appending_during_verify_are_not_taken_for_tampering(
+        ledger: Store, trace: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another writer appends to the verified trace and starts a new one after verify
+    has begun reading: the report is clean and covers what was there when it began."""
+    import ledger.verify as verify_module
+    from ledger.writer import TraceWriter
+
+    checks = verify_module._verify_streams
+
+    def append_first(*args: object) -> VerifyReport:
+        with Store.open(ledger.url, migrate=False) as other, \
+                TraceWriter(other, tenant=TENANT) as w:
+            w.record(TRACE, "EXEC_NEXT", {}, agent_owner="agent-0", executed_by="agent-0")
+            w.record("late-trace", "EXEC_START", {}, agent_owner="agent-0",
+                     executed_by="agent-0")
+        return checks(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "_verify_streams", append_first)
+    report = verify(ledger, tenant=TENANT if trace else None, trace_id=trace)
+    assert report.ok, report.problems
+    assert report.events == (PER_TRACE if trace else TRACES * PER_TRACE)
+    monkeypatch.undo()
+    after = verify(ledger)
+    assert after.ok and after.events == TRACES * PER_TRACE + 2

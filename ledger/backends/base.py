@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
@@ -127,6 +128,20 @@ class Backend(ABC):
         by stream id; ``id_range`` keeps only streams whose id lies in it.
 
         Rows are plain tuples, built by the driver: the scan verify makes of every row.
+        """
+
+    @abstractmethod
+    def snapshot_scan(
+        self, tenant: str | None = None, *, id_range: IdRange | None = None,
+        stream_ids: Sequence[UUID] | None = None,
+    ) -> AbstractContextManager[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+        """The catalog rows and the stored rows of the same streams, read in one snapshot:
+        what writers commit meanwhile changes neither, so the two agree unless the record
+        was altered (what verify relies on).
+
+        The streams are those of ``tenant`` (or of every tenant) in ``id_range``, or those
+        of ``stream_ids``; the rows as :meth:`scan_streams` gives them, to be read inside
+        the block.
         """
 
     def iter_rows(self, stream_ids: Sequence[UUID] | None = None, *,

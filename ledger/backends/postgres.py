@@ -223,6 +223,32 @@ class PostgresBackend(Backend):
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
                      id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        try:
+            with self.datastore.get_connection() as conn, conn.transaction():
+                yield from self._scan(conn, stream_ids, id_range)
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"{self.label}: {exc}") from exc
+
+    @contextmanager
+    def snapshot_scan(
+        self, tenant: str | None = None, *, id_range: IdRange | None = None,
+        stream_ids: Sequence[UUID] | None = None,
+    ) -> Iterator[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+        try:
+            with self.datastore.get_connection() as conn, conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                query, params = self._catalog_query(tenant, id_range, stream_ids)
+                heads = [catalog.head_from_row(r, r[0]) for r in
+                         conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()]
+                if stream_ids is None and tenant is not None:
+                    stream_ids = [h.stream_id for h in heads]
+                yield heads, self._scan(conn, stream_ids, id_range)
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"{self.label}: {exc}") from exc
+
+    def _scan(self, conn: Any, stream_ids: Sequence[UUID] | None,
+              id_range: IdRange | None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        """scan_streams' rows, read in ``conn``'s transaction."""
         query = sql.SQL(
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
@@ -237,29 +263,32 @@ class PostgresBackend(Backend):
             query += sql.SQL(" WHERE " + " AND ".join(where))
         query += sql.SQL(" ORDER BY originator_id, originator_version")
         copy = sql.SQL("COPY ({}) TO STDOUT (FORMAT BINARY)").format(query)
-        try:  # binary COPY streams the rows and decodes them ~2.5x faster than a cursor
+        with conn.cursor() as cur:  # binary COPY streams and decodes ~2.5x faster than fetch
+            cur.execute(_SCAN_PLAN)
             for batch in batches:
-                with (self.datastore.get_connection() as conn, conn.transaction(),
-                      conn.cursor() as cur):
-                    cur.execute(_SCAN_PLAN)
-                    with cur.copy(copy, params + ([batch] if batch is not None else [])) as rows:
-                        rows.set_types(["uuid", "int8", "int8", "text", "bytea"])
-                        for sid, group in groupby(rows.rows(), itemgetter(0)):
-                            yield sid, list(group)
-        except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+                with cur.copy(copy, params + ([batch] if batch is not None else [])) as rows:
+                    rows.set_types(["uuid", "int8", "int8", "text", "bytea"])
+                    for sid, group in groupby(rows.rows(), itemgetter(0)):
+                        yield sid, list(group)
 
-    def iter_catalog(self, tenant: str | None = None, *,
-                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
+    def _catalog_query(self, tenant: str | None, id_range: IdRange | None,
+                       stream_ids: Sequence[UUID] | None = None) -> tuple[sql.Composed, list[Any]]:
         query = self._sql(catalog.SELECT_STREAMS)
         where, lo_hi = catalog.id_bounds("stream_id", id_range, "%s")
         params: list[Any] = list(lo_hi)
         if tenant is not None:
             where, params = [*where, "tenant = %s"], [*params, tenant]
+        if stream_ids is not None:
+            where, params = [*where, "stream_id = ANY(%s)"], [*params, list(stream_ids)]
         if where:
             query += sql.SQL(" WHERE " + " AND ".join(where))
+        return query + sql.SQL(" ORDER BY stream_id"), params
+
+    def iter_catalog(self, tenant: str | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
+        query, params = self._catalog_query(tenant, id_range)
         with self._txn(commit=False) as c:
-            c.execute(query + sql.SQL(" ORDER BY stream_id"), params)
+            c.execute(query, params)
             rows = c.fetchall()
         for r in rows:
             yield catalog.head_from_row(r, r[0])

@@ -227,6 +227,23 @@ class SQLiteBackend(Backend):
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
                      id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        with self._txn(commit=False) as c:
+            yield from self._scan(c, stream_ids, id_range)
+
+    @contextmanager
+    def snapshot_scan(
+        self, tenant: str | None = None, *, id_range: IdRange | None = None,
+        stream_ids: Sequence[UUID] | None = None,
+    ) -> Iterator[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+        with self._txn(commit=False) as c:  # one read transaction: one snapshot of the WAL
+            heads = self._catalog(c, tenant, id_range, stream_ids)
+            if stream_ids is None and tenant is not None:
+                stream_ids = [h.stream_id for h in heads]
+            yield heads, self._scan(c, stream_ids, id_range)
+
+    def _scan(self, c: SQLiteCursor, stream_ids: Sequence[UUID] | None,
+              id_range: IdRange | None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+        """scan_streams' rows, read in ``c``'s transaction."""
         sql = (  # CAST: a state edited by hand into TEXT still comes back as its bytes
             "SELECT originator_id, originator_version, notification_id, topic, "
             "CAST(state AS BLOB) FROM " + catalog.EVENTS_TABLE
@@ -237,31 +254,43 @@ class SQLiteBackend(Backend):
         if stream_ids is not None:
             keys = sorted(s.hex for s in stream_ids)
             batches = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+        cursor = c.sqlite_cursor  # errors become StoreError in the caller's _txn
         for batch in batches:
             where = list(bounds)
             if batch is not None:
                 where.append("originator_id IN (" + ",".join("?" * len(batch)) + ")")
-            with self._txn(commit=False) as c:
-                cursor = c.sqlite_cursor
-                cursor.execute(sql + (" WHERE " + " AND ".join(where) if where else "")
-                               + " ORDER BY originator_id, originator_version",
-                               bound_params + (batch or []))
-                fetched = chain.from_iterable(iter(partial(cursor.fetchmany, 5000), []))
-                for key, rows in groupby(fetched, itemgetter(0)):
-                    yield UUID(key), list(rows)
+            cursor.execute(sql + (" WHERE " + " AND ".join(where) if where else "")
+                           + " ORDER BY originator_id, originator_version",
+                           bound_params + (batch or []))
+            fetched = chain.from_iterable(iter(partial(cursor.fetchmany, 5000), []))
+            for key, rows in groupby(fetched, itemgetter(0)):
+                yield UUID(key), list(rows)
 
-    def iter_catalog(self, tenant: str | None = None, *,
-                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
+    def _catalog(self, c: SQLiteCursor, tenant: str | None, id_range: IdRange | None,
+                 stream_ids: Sequence[UUID] | None = None) -> list[StreamHead]:
         where, lo_hi = catalog.id_bounds("stream_id", id_range, "?")
         params: list[Any] = [u.hex for u in lo_hi]
         if tenant is not None:
             where, params = [*where, "tenant = ?"], [*params, tenant]
-        sql = _sql(catalog.SELECT_STREAMS) + (" WHERE " + " AND ".join(where) if where else "")
+        chunks: list[list[str] | None] = [None]  # None: no condition on the ids
+        if stream_ids is not None:
+            keys = sorted(s.hex for s in stream_ids)
+            chunks = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+        heads: list[StreamHead] = []
+        for chunk in chunks:
+            clauses = where if chunk is None else [
+                *where, "stream_id IN (" + ",".join("?" * len(chunk)) + ")"]
+            sql = _sql(catalog.SELECT_STREAMS) + (
+                " WHERE " + " AND ".join(clauses) if clauses else "")
+            c.execute(sql + " ORDER BY stream_id", params + (chunk or []))
+            heads += [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
+        return heads
+
+    def iter_catalog(self, tenant: str | None = None, *,
+                     id_range: IdRange | None = None) -> Iterator[StreamHead]:
         with self._txn(commit=False) as c:
-            c.execute(sql + " ORDER BY stream_id", params)
-            rows = c.fetchall()
-        for r in rows:
-            yield catalog.head_from_row(r, UUID(r[0]))
+            heads = self._catalog(c, tenant, id_range)
+        yield from heads
 
     def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
         with self._txn(commit=False) as c:
