@@ -134,6 +134,15 @@ def verify_range(store: Store, tenant: str | None, id_range: IdRange | None,
         return _verify_streams(store, heads, streams, progress)
 
 
+def verify_scanned(store: Store, heads: list[StreamHead],
+                   streams: Iterator[tuple[UUID, list[RowTuple]]],
+                   progress: Callable[[int], None] | None = None) -> VerifyReport:
+    """Check ``streams`` against the catalog ``heads``, both read in one snapshot
+    (``Backend.snapshot_scan``): for a caller that must know which rows were checked."""
+    with paused_gc():
+        return _verify_streams(store, heads, streams, progress)
+
+
 def _verify_streams(store: Store, heads: list[StreamHead],
                     streams: Iterator[tuple[UUID, list[RowTuple]]],
                     progress: Callable[[int], None] | None) -> VerifyReport:

@@ -25,14 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
+from uuid import UUID
 
 from ledger import chain
-from ledger.backends.base import StreamHead, StreamQuery
+from ledger.backends.base import RowTuple, StreamHead, StreamQuery
 from ledger.errors import UsageError
 from ledger.events import normalize_ts
 from ledger.reader import parse_bound
 from ledger.store import Store
-from ledger.verify import Problem, VerifyReport, verify
+from ledger.verify import Problem, VerifyReport, verify_scanned
 from projections.queries import FindingRow, audit_findings
 
 EXPORT_VERSION = 1
@@ -89,7 +90,9 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
     total = sum(h.last_seq for h in store.backend.iter_catalog(tenant))
     step = _counter(progress, total + sum(h.last_seq for h in heads))
-    report = verify(store, tenant=tenant, progress=step)
+    checked: dict[UUID, int] = {}  # stream -> the last version verify saw
+    with store.backend.snapshot_scan(tenant) as (catalog_heads, streams):
+        report = verify_scanned(store, catalog_heads, _noting_lengths(streams, checked), step)
     statuses = _statuses(report.problems, tenant)
     findings = audit_findings(store, tenant)
     writer = _JSONL if fmt == "jsonl" else _CSV
@@ -102,7 +105,8 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         out = writer(body)
         for head in heads:
             before = events
-            for row in _event_rows(store, head, lo, hi, statuses):
+            for row in _event_rows(store, head, lo, hi, statuses,
+                                   checked.get(head.stream_id, 0)):
                 out.event(row)
                 events += 1
                 not_ok += row["verification"] != OK
@@ -181,10 +185,20 @@ def _utc(ts: Any) -> str | None:
         return None
 
 
+def _noting_lengths(streams: Iterator[tuple[UUID, list[RowTuple]]],
+                    checked: dict[UUID, int]) -> Iterator[tuple[UUID, list[RowTuple]]]:
+    for sid, rows in streams:
+        checked[sid] = rows[-1][1]
+        yield sid, rows
+
+
 def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
-                statuses: dict[tuple[str, int], str]) -> Iterator[dict[str, Any]]:
-    """The trace's stored events in the window, as export rows (one trace at a time)."""
+                statuses: dict[tuple[str, int], str], checked: int) -> Iterator[dict[str, Any]]:
+    """The trace's stored events in the window, as export rows (one trace at a time), up
+    to the last one verify checked: what writers appended since is left for the next."""
     for stored in store.backend.iter_rows([head.stream_id]):
+        if stored.version > checked:
+            break
         try:
             record = chain.decode(stored.state)
         except ValueError:

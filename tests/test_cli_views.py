@@ -363,6 +363,34 @@ def test_audit_export_marks_a_tampered_row(loaded: str, tmp_path: Path) -> None:
                                      ("16", status[("budget-review", 16)])]
 
 
+def test_audit_export_holds_only_what_verify_checked(loaded: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event another writer appends once verify has begun is not exported as if checked:
+    the export stops, for each trace, at the last row verify saw."""
+    import projections.export
+    from ledger.store import Store
+    from ledger.writer import TraceWriter
+
+    checks = projections.export.verify_scanned
+
+    def append_first(*args: Any) -> Any:
+        with Store.open(loaded, migrate=False) as other, TraceWriter(other, tenant="acme") as w:
+            w.record("budget-review", "EXEC_NEXT", {"late": True}, agent_owner="planner",
+                     executed_by="planner")
+        return checks(*args)
+
+    monkeypatch.setattr(projections.export, "verify_scanned", append_first)
+    code, summary = _export(loaded, tmp_path / "a.jsonl", "--tenant", "acme")
+    events = [x for x in _jsonl(tmp_path / "a.jsonl") if x["type"] == "event"]
+    assert code == 0 and summary["verified_ok"] is True
+    assert all(e["verification"] == "ok" and "late" not in e["payload"] for e in events)
+    assert summary["events"] == len(events) == len(
+        {(e["trace_id"], e["seq"]) for e in stored_events() if e["tenant"] == "acme"})
+    monkeypatch.undo()
+    code, summary = _export(loaded, tmp_path / "b.jsonl", "--tenant", "acme")
+    assert code == 0 and summary["events"] == len(events) + 1
+
+
 def test_audit_export_refuses_to_overwrite_without_force(loaded: str, tmp_path: Path) -> None:
     """An existing file is exit 2 and left as it was; --force replaces it."""
     out = tmp_path / "keep.jsonl"
