@@ -59,10 +59,8 @@ _DDL = (
     "CREATE INDEX IF NOT EXISTS agentledger_unreadable_tenant "
     "ON {unreadable_entries} (tenant, trace_id, seq)",
 )
-_SKIP = (
-    "INSERT INTO {unreadable_entries} (projection, notification_id, tenant, trace_id, seq, "
-    "reason) VALUES (?, ?, ?, ?, ?, ?)"
-)
+_SKIP = ("INSERT INTO {unreadable_entries} (projection, notification_id, tenant, trace_id, "
+         "seq, reason) VALUES (?, ?, ?, ?, ?, ?)")
 _UPSERT_CONTEXT = (
     "INSERT INTO {projection_context} (projection, stream, context) VALUES (?, ?, ?) "
     "ON CONFLICT (projection, stream) DO UPDATE SET context = excluded.context"
@@ -261,19 +259,20 @@ class Projector:
         """Create what is missing; drop and recreate projections built by another version."""
         if self._ready:
             return
-        self.db.create_tracking_table()
-        with self.db.transaction() as cur:
-            for statement in _DDL:
-                self.db.execute(cur, statement)
-        built = self._built_versions()
-        stale = [p for p in self.projections if built.get(p.name) != p.version]
-        with self.db.transaction() as cur:
-            for p in self.projections:
-                if p in stale:  # its tables may have an older layout: never touch them
-                    self._reset(cur, p)
-                else:  # also builds indexes a crashed rebuild left out
-                    for statement in p.ddl + p.query_indexes:
-                        self.db.execute(cur, statement)
+        with self.db.preparing():
+            self.db.create_tracking_table()
+            with self.db.transaction() as cur:
+                for statement in _DDL:
+                    self.db.execute(cur, statement)
+            with self.db.transaction() as cur:  # read again under the write lock: another
+                built = self._built_versions(cur)  # projector may have just prepared them
+                stale = [p for p in self.projections if built.get(p.name) != p.version]
+                for p in self.projections:
+                    if p in stale:  # its tables may have an older layout: never touch them
+                        self._reset(cur, p)
+                    else:  # also builds indexes a crashed rebuild left out
+                        for statement in p.ddl + p.query_indexes:
+                            self.db.execute(cur, statement)
         for p in stale:
             self._complete.add(p.name)
             self._known[p.name] = 0
@@ -295,8 +294,9 @@ class Projector:
     def _positions(self) -> dict[str, int]:
         return {name: int(nid) for name, nid in self.db.query(_POSITIONS) if nid is not None}
 
-    def _built_versions(self) -> dict[str, int]:
-        rows = self.db.query("SELECT name, version FROM {projection_state}")
+    def _built_versions(self, cur: Cursor | None = None) -> dict[str, int]:
+        query = "SELECT name, version FROM {projection_state}"
+        rows = self.db.query(query) if cur is None else self.db.execute(cur, query).fetchall()
         return {name: int(v) for name, v in rows}
 
     def _forget(self) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
 from typing import Any, NamedTuple, Protocol
 
@@ -27,6 +28,7 @@ VIEW_TABLES = (
     "projection_context", "projection_state", "unreadable_entries",
 )
 PG_TRACKING_TABLE = PREFIX + "tracking"
+_PREPARE_LOCK_CLASS = 7_355_609  # advisory lock (class, hashtext(schema)): views prepared
 
 
 class Cursor(Protocol):
@@ -50,13 +52,29 @@ class ViewDB:
         raise NotImplementedError
 
     def create_tracking_table(self) -> None:
-        """Create the library's tracking table if it is missing."""
+        """Create the library's tracking table if it is missing.
+
+        The library records the table's creation as a migration, and two processes
+        creating it at once make one of them fail: that one tries again (by then the
+        other's migration is recorded, and it is a no-op)."""
         with self.errors():
-            self.tracking.create_table()
+            for attempt in range(3):
+                try:
+                    self.tracking.create_table()
+                    return
+                except PersistenceError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.1)
 
     def errors(self) -> AbstractContextManager[None]:
         """The driver's and the library's errors in the block, as a StoreError."""
         raise NotImplementedError
+
+    def preparing(self) -> AbstractContextManager[None]:
+        """Held while a projector creates or resets the views (SQLite's transactions
+        already take turns: nothing to hold there)."""
+        return nullcontext()
 
     def transaction(self) -> AbstractContextManager[Cursor]:
         """A write transaction: committed when the block ends without an error.
@@ -145,11 +163,27 @@ class SQLiteViewDB(ViewDB):
             pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
             pragma.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")
             try:
-                with conn.transaction(commit=True) as c:
-                    yield c.sqlite_cursor
+                yield from _immediate(conn.cursor().sqlite_cursor)
             finally:
                 for name, value in previous.items():
                     pragma.execute(f"PRAGMA {name} = {value}")
+
+
+def _immediate(cursor: Any) -> Iterator[Cursor]:
+    """A write transaction that takes the write lock as it begins (``BEGIN IMMEDIATE``).
+
+    A deferred one reads first; if another process commits before its first write, that
+    write fails at once with "database is locked" (SQLite cannot move its snapshot
+    forward), where this one waits for the lock like any writer.
+    """
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        yield cursor
+    except BaseException:
+        if cursor.connection.in_transaction:  # SQLite may have rolled it back itself
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
 
 
 ANALYSIS_LIMIT = 1000  # rows of each index an approximate ANALYZE looks at
@@ -191,6 +225,19 @@ class PostgresViewDB(ViewDB):
 
     def render(self, template: str) -> Any:
         return _render_postgres(template, self.schema, self.unlogged)
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """One projector at a time prepares a schema's views: PostgreSQL's ``CREATE TABLE
+        IF NOT EXISTS`` fails when another transaction is creating the same table."""
+        with self.errors(), self.datastore.get_connection() as conn:  # autocommit
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                         (_PREPARE_LOCK_CLASS, self.schema))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))",
+                             (_PREPARE_LOCK_CLASS, self.schema))
 
     def transaction(self) -> AbstractContextManager[Cursor]:
         return self._txn(commit=True)

@@ -179,15 +179,22 @@ class PostgresBackend(Backend):
             )
         if current == SCHEMA_VERSION:
             return []
-        try:
-            with self._txn(commit=True) as c:
-                c.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))
-            self.recorder.create_table()
-        except PersistenceError as exc:
+        try:  # one migration at a time, from its first statement: concurrent CREATE ...
+            with self.datastore.get_connection() as conn:  # IF NOT EXISTS of one name fail
+                conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
+                try:
+                    return self._migrate_locked()
+                finally:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (_ADVISORY_LOCK,))
+        except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"creating tables failed: {exc}") from exc
+
+    def _migrate_locked(self) -> list[int]:
         with self._txn(commit=True) as c:
-            c.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_LOCK,))
+            c.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)))
+        self.recorder.create_table()
+        with self._txn(commit=True) as c:
             c.execute(self._sql(catalog.CREATE_SCHEMA_TABLE))
             c.execute(self._sql(catalog.SELECT_SCHEMA_VERSION))
             row = c.fetchone()

@@ -10,8 +10,9 @@ It passes the library's own recorder test suites (``tests/test_library_suites.py
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from itertools import chain, groupby
@@ -150,6 +151,33 @@ def _key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
+def _use_wal(path: str, url: str) -> None:
+    """Put the store's file in WAL mode before the library's first connection does.
+
+    The library switches a new file to WAL as it connects, and SQLite does not wait for
+    the file to be free to do so: two processes opening a new store at once could fail
+    with "database is locked". Here the switch is tried again until it is done.
+    """
+    if ":memory:" in path or "mode=memory" in path:  # as the library tells memory stores
+        return
+    deadline = time.monotonic() + _WAL_WAIT
+    try:
+        with closing(sqlite3.connect(path, uri=True, timeout=_WAL_WAIT)) as conn:
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite store {url}: {exc}") from None
+
+
+_WAL_WAIT = 5.0  # seconds, as long as a writer waits for the lock
+
+
 class SQLiteBackend(Backend):
     """Ledger store in one SQLite file (WAL mode)."""
 
@@ -158,6 +186,7 @@ class SQLiteBackend(Backend):
     def __init__(self, path: str, *, url: str | None = None) -> None:
         self.url = url or f"sqlite:///{path}"
         self.path = path  # the file (or ":memory:" / a "file:" URI)
+        _use_wal(path, self.url)
         self.datastore = SQLiteDatastore(db_name=path, originator_id_type="uuid")
         self.recorder = LedgerSQLiteRecorder(self.datastore)
 
@@ -188,16 +217,36 @@ class SQLiteBackend(Backend):
             )
         if current == SCHEMA_VERSION:
             return []
-        with self._txn(commit=True) as c:
-            c.execute(_sql(catalog.CREATE_SCHEMA_TABLE))
-            for statement in self.recorder.create_table_statements:
-                c.execute(statement)
-            for statement in catalog.CATALOG_DDL_V1:
-                c.execute(_sql(statement))
-            c.execute(
-                _sql(catalog.INSERT_SCHEMA_VERSION),
-                (1, "events, stream catalog", datetime.now(UTC).isoformat()),
-            )
+        try:
+            with self.datastore.get_connection(commit=True) as conn:
+                cursor = conn.cursor().sqlite_cursor
+                cursor.execute("BEGIN IMMEDIATE")  # a process migrating too: wait for it
+                try:
+                    applied = self._migrate_locked(cursor)
+                except BaseException:
+                    if cursor.connection.in_transaction:  # SQLite may have ended it
+                        cursor.execute("ROLLBACK")
+                    raise
+                cursor.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.label}: {exc}") from exc
+        return applied
+
+    def _migrate_locked(self, c: sqlite3.Cursor) -> list[int]:
+        """The migrations not yet applied, under the write lock (checked again there:
+        another process may have applied them while this one waited)."""
+        c.execute(_sql(catalog.CREATE_SCHEMA_TABLE))
+        c.execute(_sql(catalog.SELECT_SCHEMA_VERSION))
+        if int(c.fetchone()[0] or 0) >= 1:
+            return []
+        for statement in self.recorder.create_table_statements:
+            c.execute(statement)
+        for statement in catalog.CATALOG_DDL_V1:
+            c.execute(_sql(statement))
+        c.execute(
+            _sql(catalog.INSERT_SCHEMA_VERSION),
+            (1, "events, stream catalog", datetime.now(UTC).isoformat()),
+        )
         return [1]
 
     def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
