@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import lru_cache
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from eventsourcing.persistence import PersistenceError
 
@@ -149,6 +149,8 @@ class SQLiteViewDB(ViewDB):
 
     @contextmanager
     def _txn(self, *, commit: bool) -> Iterator[Cursor]:
+        from ledger.backends.sqlite import immediate
+
         with self.errors(), self.datastore.get_connection(commit=commit) as conn:
             if not commit:
                 with conn.transaction(commit=False) as c:
@@ -163,27 +165,11 @@ class SQLiteViewDB(ViewDB):
             pragma.execute(f"PRAGMA synchronous = {self.synchronous}")
             pragma.execute(f"PRAGMA secure_delete = {VIEW_SECURE_DELETE}")
             try:
-                yield from _immediate(conn.cursor().sqlite_cursor)
+                with immediate(conn.cursor().sqlite_cursor) as cursor:
+                    yield cast(Cursor, cursor)
             finally:
                 for name, value in previous.items():
                     pragma.execute(f"PRAGMA {name} = {value}")
-
-
-def _immediate(cursor: Any) -> Iterator[Cursor]:
-    """A write transaction that takes the write lock as it begins (``BEGIN IMMEDIATE``).
-
-    A deferred one reads first; if another process commits before its first write, that
-    write fails at once with "database is locked" (SQLite cannot move its snapshot
-    forward), where this one waits for the lock like any writer.
-    """
-    cursor.execute("BEGIN IMMEDIATE")
-    try:
-        yield cursor
-    except BaseException:
-        if cursor.connection.in_transaction:  # SQLite may have rolled it back itself
-            cursor.execute("ROLLBACK")
-        raise
-    cursor.execute("COMMIT")
 
 
 ANALYSIS_LIMIT = 1000  # rows of each index an approximate ANALYZE looks at

@@ -151,6 +151,24 @@ def _key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
+@contextmanager
+def immediate(cursor: sqlite3.Cursor) -> Iterator[sqlite3.Cursor]:
+    """A write transaction that takes the write lock as it begins (``BEGIN IMMEDIATE``).
+
+    A deferred one reads first; if another process commits before its first write, that
+    write fails at once with "database is locked" (SQLite cannot move its snapshot
+    forward), where this one waits for the lock like any writer.
+    """
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        yield cursor
+    except BaseException:
+        if cursor.connection.in_transaction:  # SQLite may have rolled it back itself
+            cursor.execute("ROLLBACK")
+        raise
+    cursor.execute("COMMIT")
+
+
 def _use_wal(path: str, url: str) -> None:
     """Put the store's file in WAL mode before the library's first connection does.
 
@@ -217,20 +235,12 @@ class SQLiteBackend(Backend):
             )
         if current == SCHEMA_VERSION:
             return []
-        try:
-            with self.datastore.get_connection(commit=True) as conn:
-                cursor = conn.cursor().sqlite_cursor
-                cursor.execute("BEGIN IMMEDIATE")  # a process migrating too: wait for it
-                try:
-                    applied = self._migrate_locked(cursor)
-                except BaseException:
-                    if cursor.connection.in_transaction:  # SQLite may have ended it
-                        cursor.execute("ROLLBACK")
-                    raise
-                cursor.execute("COMMIT")
+        try:  # a process migrating too: wait for it
+            with self.datastore.get_connection(commit=True) as conn, \
+                    immediate(conn.cursor().sqlite_cursor) as cursor:
+                return self._migrate_locked(cursor)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
-        return applied
 
     def _migrate_locked(self, c: sqlite3.Cursor) -> list[int]:
         """The migrations not yet applied, under the write lock (checked again there:
