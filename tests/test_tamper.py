@@ -245,8 +245,7 @@ def test_verify_in_worker_processes_gives_the_same_report(
 
 @pytest.mark.parametrize("trace", [None, TRACE])
 def test_writers_appending_during_verify_are_not_taken_for_tampering(
-        ledger: Store, trace: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+        ledger: Store, trace: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another writer appends to the verified trace and starts a new one after verify
     has begun reading: the report is clean and covers what was there when it began."""
     import ledger.verify as verify_module
