@@ -130,8 +130,8 @@ def verify_range(store: Store, tenant: str | None, id_range: IdRange | None,
     The catalog and the rows are read in one snapshot (``Backend.snapshot_scan``): a
     writer appending meanwhile is not mistaken for an alteration.
     """
-    with paused_gc(), store.backend.snapshot_scan(tenant, id_range=id_range) as (heads, streams):
-        return _verify_streams(store, heads, streams, progress)
+    with store.backend.snapshot_scan(tenant, id_range=id_range) as (heads, streams):
+        return verify_scanned(store, heads, streams, progress)
 
 
 def verify_scanned(store: Store, heads: list[StreamHead],

@@ -88,10 +88,10 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         raise UsageError(f"{target.parent} is not a directory")
     lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
     heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
-    total = sum(h.last_seq for h in store.backend.iter_catalog(tenant))
-    step = _counter(progress, total + sum(h.last_seq for h in heads))
     checked: dict[UUID, int] = {}  # stream -> the last version verify saw
     with store.backend.snapshot_scan(tenant) as (catalog_heads, streams):
+        total = sum(h.last_seq for h in catalog_heads)  # the tenant's rows, verified first
+        step = _counter(progress, total + sum(h.last_seq for h in heads))
         report = verify_scanned(store, catalog_heads, _noting_lengths(streams, checked), step)
     statuses = _statuses(report.problems, tenant)
     findings = audit_findings(store, tenant)

@@ -151,6 +151,15 @@ def _key(originator_id: UUID | str) -> str:
     return originator_id.hex if isinstance(originator_id, UUID) else originator_id
 
 
+def _id_chunks(stream_ids: Sequence[UUID] | None) -> list[list[str] | None]:
+    """Stream keys in order, ``_CHUNK`` a statement; ``[None]`` (no condition on the
+    ids) when no ids are given."""
+    if stream_ids is None:
+        return [None]
+    keys = sorted(s.hex for s in stream_ids)
+    return [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+
+
 @contextmanager
 def immediate(cursor: sqlite3.Cursor) -> Iterator[sqlite3.Cursor]:
     """A write transaction that takes the write lock as it begins (``BEGIN IMMEDIATE``).
@@ -309,10 +318,7 @@ class SQLiteBackend(Backend):
         )
         bounds, lo_hi = catalog.id_bounds("originator_id", id_range, "?")
         bound_params: list[Any] = [u.hex for u in lo_hi]
-        batches: list[list[str] | None] = [None]
-        if stream_ids is not None:
-            keys = sorted(s.hex for s in stream_ids)
-            batches = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+        batches = _id_chunks(stream_ids)
         cursor = c.sqlite_cursor  # errors become StoreError in the caller's _txn
         for batch in batches:
             where = list(bounds)
@@ -331,12 +337,8 @@ class SQLiteBackend(Backend):
         params: list[Any] = [u.hex for u in lo_hi]
         if tenant is not None:
             where, params = [*where, "tenant = ?"], [*params, tenant]
-        chunks: list[list[str] | None] = [None]  # None: no condition on the ids
-        if stream_ids is not None:
-            keys = sorted(s.hex for s in stream_ids)
-            chunks = [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
         heads: list[StreamHead] = []
-        for chunk in chunks:
+        for chunk in _id_chunks(stream_ids):
             clauses = where if chunk is None else [
                 *where, "stream_id IN (" + ",".join("?" * len(chunk)) + ")"]
             sql = _sql(catalog.SELECT_STREAMS) + (
