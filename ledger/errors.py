@@ -103,3 +103,10 @@ class ConflictError(LedgerError):
 
 class ConcurrencyError(StoreError):
     """Another writer appended to the same stream first (optimistic concurrency)."""
+
+
+class OutputError(LedgerError):
+    """A file the command writes (a reject file) could not be written: a full disk, an
+    I/O error. The ingest stops there; what the store committed is kept."""
+
+    exit_code = 1

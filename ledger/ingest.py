@@ -14,6 +14,7 @@ import base64
 import gc
 import os
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -21,7 +22,7 @@ from typing import IO, Any
 import orjson
 
 from ledger.appender import Appender, Outcome
-from ledger.errors import ConcurrencyError, ValidationError
+from ledger.errors import ConcurrencyError, OutputError, UsageError, ValidationError
 from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
 from ledger.sources import STDIN, STDIN_LABEL, Cursor, Line, Part, check_sources, read_lines
@@ -49,11 +50,17 @@ class IngestSummary:
 
 
 class RejectSink:
-    """Appends rejected lines to a JSONL file, created on the first rejection."""
+    """Appends rejected lines to a JSONL file, created on the first rejection.
+
+    A write the system refuses (a full disk) raises :class:`OutputError`: the ingest
+    stops there. A re-run of the same input rejects the same lines again, so from a
+    file nothing is lost (from stdin, what was not yet stored or saved is).
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fh: IO[bytes] | None = None
+        self._last = ""  # the last line written, for the error if saving it fails
 
     def write(self, source: str, line: int, reason: str, raw: bytes,
               context: dict[str, Any] | None = None) -> None:
@@ -63,19 +70,52 @@ class RejectSink:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         entry = {"source": source, "line": line, "reason": reason, "raw": text,
                  "raw_encoding": encoding, **(context or {})}
-        if self._fh is None:
-            self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-        self._fh.write(orjson.dumps(entry) + b"\n")
+        self._last = f"{source} line {line}"
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            self._fh.write(orjson.dumps(entry) + b"\n")
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def flush(self) -> None:
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            except OSError as exc:
+                raise self._failed(exc) from None
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError as exc:
+                raise self._failed(exc) from None
+
+    def _failed(self, exc: OSError) -> OutputError:
+        if self._fh is not None:  # what is left in its buffer cannot be written either
+            with suppress(OSError):
+                self._fh.close()
             self._fh = None
+        return OutputError(
+            f"cannot write the reject file {self.path} ({exc.strerror or exc}): the ingest "
+            f"stopped while saving rejected lines (the last: {self._last or 'none'}); what "
+            "it stored is kept, and running the same ingest again once the file can be "
+            "written saves the rejected lines and stores the rest")
+
+
+def check_reject_file(path: str) -> None:
+    """Raise UsageError, before anything is stored, if the reject file cannot be made:
+    rejected lines must have somewhere to go."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise UsageError(f"reject file {path}: is a directory")
+    if not os.path.isdir(folder):
+        raise UsageError(f"reject file {path}: no such directory {folder}")
+    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        raise UsageError(f"reject file {path}: permission denied")
 
 
 def default_reject_path() -> str:
@@ -102,6 +142,7 @@ def ingest(
     """
     check_sources(sources)
     path = reject_file or default_reject_path()
+    check_reject_file(path)
     if workers > 1:
         from ledger.ingest_processes import ingest_in_processes, process_count
 

@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.appender import CACHE_SIZE, Appender
-from ledger.errors import LedgerError
+from ledger.errors import LedgerError, OutputError
 from ledger.ingest import IngestSummary, ingest_part
 from ledger.sources import STDIN, Cursor, Part
 from ledger.store import Store
@@ -271,10 +271,16 @@ def _append_file(part_path: str, path: str) -> bool:
     """Append a part's reject file to the reject file (synced), then remove it."""
     if not os.path.exists(part_path):
         return False
-    with open(part_path, "rb") as src, open(path, "ab") as dst:
-        shutil.copyfileobj(src, dst)
-        dst.flush()
-        os.fsync(dst.fileno())
+    try:
+        with open(part_path, "rb") as src, open(path, "ab") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except OSError as exc:
+        raise OutputError(
+            f"cannot append {part_path} to the reject file {path} ({exc.strerror or exc}): "
+            f"every line is stored or saved, those rejected by that process in "
+            f"{part_path}") from None
     os.remove(part_path)
     return True
 

@@ -29,7 +29,7 @@ from uuid import UUID
 
 from ledger import chain
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery
-from ledger.errors import UsageError
+from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.reader import parse_bound
 from ledger.store import Store
@@ -269,14 +269,22 @@ def csv_cell(value: Any) -> str:
 
 @contextmanager
 def _temporary(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
-    """A temporary file beside ``target`` (and its path), removed whatever happens."""
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    path = Path(name)
+    """A temporary file beside ``target`` (and its path), removed whatever happens.
+
+    A write the system refuses (a full disk) is an OutputError naming ``target``."""
+    path: Path | None = None
     try:
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
+                                    suffix=".part")
+        path = Path(name)
         with os.fdopen(fd, "w+b") as fh:
             yield fh, path
+    except OSError as exc:
+        raise OutputError(f"cannot write {target} ({exc.strerror or exc}): "
+                          "no file was created or changed") from None
     finally:
-        path.unlink(missing_ok=True)
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 def _publish(target: Path, header: dict[str, Any], body: IO[bytes],

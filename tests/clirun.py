@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,17 @@ def run_json(url: str, *args: str) -> Any:
     code, out, err = run(url, *args, "--json")
     assert code == 0, err
     return json.loads(out)
+
+
+def run_process(url: str, *args: str, stdout: Any = subprocess.PIPE,
+                before: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """``agentledger --store URL ARGS`` in a process of its own (stdout as given, stderr
+    captured), for what CliRunner cannot show: real file descriptors, signals, limits.
+    ``before`` runs in the child before the command starts (``preexec_fn``)."""
+    entry = "from ledger.cli.main import main; main()"
+    return subprocess.run([sys.executable, "-c", entry, "--store", url, *args],
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=before)
 
 
 def write_demo(path: Path) -> Path:

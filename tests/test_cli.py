@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from clirun import run, write_demo
+from clirun import run, run_json, run_process, write_demo
 
 from ledger.cli.main import main
 from ledger.workload import demo_bad_lines, demo_events
@@ -80,6 +81,63 @@ def test_ingest_missing_file_exits_2_with_one_error_line(store_url: str) -> None
     code, _, err = run(store_url, "ingest", "/no/such/file.jsonl")
     assert code == 2
     assert err.strip() == "Error: /no/such/file.jsonl: no such file"
+
+
+def test_a_reject_file_with_no_folder_exits_2_before_anything_is_stored(
+    store_url: str, demo_file: Path, tmp_path: Path
+) -> None:
+    """Rejected lines must have somewhere to go: a reject file in a folder that does
+    not exist is a usage error, found before any line is stored."""
+    rejects = tmp_path / "no-such-folder" / "r.jsonl"
+    code, _, err = run(store_url, "ingest", str(demo_file), "--reject-file", str(rejects))
+    assert code == 2
+    assert err.strip() == f"Error: reject file {rejects}: no such directory {rejects.parent}"
+    assert run_json(store_url, "trace", "list", "--tenant", "acme") == []
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_reject_file_the_disk_refuses_stops_the_ingest_and_a_rerun_completes_it(
+    store_url: str, demo_file: Path, tmp_path: Path
+) -> None:
+    """A full disk under the reject file is exit 1 naming the file and the system's
+    reason (no traceback); run again with room, nothing is lost or stored twice."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(demo_file.read_bytes() + b"\n".join(demo_bad_lines()) + b"\n")
+    code, _, err = run(store_url, "ingest", str(bad), "--reject-file", "/dev/full")
+    assert code == 1
+    assert err.startswith("Error: cannot write the reject file /dev/full (No space left on "
+                          "device): the ingest stopped while saving rejected lines (the "
+                          f"last: {bad} line ")
+    rejects = tmp_path / "r.jsonl"
+    code, out, _ = run(store_url, "ingest", str(bad), "--json", "--reject-file", str(rejects))
+    summary = json.loads(out)
+    assert code == 3 and summary["rejected"] == len(demo_bad_lines())
+    assert summary["accepted"] + summary["duplicates"] == len(demo_events())
+    assert len(rejects.read_bytes().splitlines()) == len(demo_bad_lines())
+
+
+def test_output_to_a_closed_pipe_ends_quietly_with_141(sqlite_url: str, demo_file: Path,
+                                                        tmp_path: Path) -> None:
+    """`... | head` that stops reading: no traceback, no "Internal error", exit 141."""
+    run(sqlite_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first write
+    try:
+        done = run_process(sqlite_url, "audit", "writes", "--tenant", "acme", "--csv",
+                    stdout=write_end)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_output_to_a_full_disk_is_one_error_line_and_exit_1(sqlite_url: str, demo_file: Path,
+                                                            tmp_path: Path) -> None:
+    """stdout on a full disk: the system's reason in one `Error:` line, exit 1."""
+    run(sqlite_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    with open("/dev/full", "w") as full:
+        done = run_process(sqlite_url, "trace", "list", "--tenant", "acme", "--json", stdout=full)
+    assert (done.returncode, done.stderr) == (1, "Error: No space left on device\n")
 
 
 def test_bad_store_url_exits_2(tmp_path: Path) -> None:

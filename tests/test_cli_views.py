@@ -11,6 +11,8 @@ import csv
 import io
 import itertools
 import json
+import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import click
 import orjson
 import pytest
 import rawdb
-from clirun import run, run_json
+from clirun import run, run_json, run_process
 
 from ledger import chain
 from ledger.cli.main import main
@@ -399,6 +401,27 @@ def test_audit_export_refuses_to_overwrite_without_force(loaded: str, tmp_path: 
     assert code == 2 and "pass --force" in err and out.read_text() == "mine\n"
     code, stdout, _ = run(loaded, "audit", "export", str(out), "--tenant", "acme", "--force")
     assert code == 0 and stdout.startswith("Wrote ") and _jsonl(out)[0]["type"] == "header"
+
+
+def test_audit_export_the_disk_refuses_names_the_file_and_changes_nothing(
+    loaded: str, tmp_path: Path
+) -> None:
+    """A write refused mid-export (here a file size limit, as a full disk would) is
+    exit 1 and one `Error:` line naming the file and the system's reason; the file
+    there before keeps its content and no temporary file remains."""
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "keep.jsonl"
+    out.write_text("mine\n")
+
+    def limit_file_size() -> None:  # above SQLite's 32 kB index file, below the export
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
+
+    done = run_process(loaded, "audit", "export", str(out), "--tenant", "acme", "--force",
+                       before=limit_file_size)
+    assert (done.returncode, done.stderr) == (
+        1, f"Error: cannot write {out} (File too large): no file was created or changed\n")
+    assert out.read_text() == "mine\n" and list(out.parent.iterdir()) == [out]
 
 
 def test_audit_export_other_extension_exits_2(loaded: str, tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_PROBLEMS = 4
 EXIT_NOT_FOUND = 5
+EXIT_CLOSED_PIPE = 141  # as a command killed by SIGPIPE: the reader went away (`| head`)
 
 
 def json_option(f: Callable[P, R]) -> Callable[P, R]:
@@ -53,20 +54,37 @@ def tenant_option(required: bool = True) -> Callable[[Callable[P, R]], Callable[
 
 
 def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
-    """Turn LedgerError into ``Error: ...`` and its exit code; never a traceback."""
+    """Turn LedgerError into ``Error: ...`` and its exit code; never a traceback.
+
+    An output whose reader went away (``| head``) ends the command quietly, as
+    SIGPIPE ends other tools (exit 141); any other refused read or write (a full
+    disk) is one ``Error:`` line naming the system's reason, exit 1.
+    """
 
     @functools.wraps(f)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from ledger.errors import LedgerError
 
         try:
-            return f(*args, **kwargs)
+            result = f(*args, **kwargs)
+            sys.stdout.flush()  # a write refused now is reported here, not at exit
+            return result
         except LedgerError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted: committed batches are kept; re-run to resume.", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            _discard_stdout()
+            sys.exit(EXIT_CLOSED_PIPE)
+        except OSError as exc:
+            if os.environ.get("AGENTLEDGER_DEBUG"):
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            _discard_stdout()
+            sys.exit(EXIT_INTERNAL)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as exc:
@@ -77,6 +95,17 @@ def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so what is still buffered for it cannot fail at exit."""
+    try:
+        target = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (captured, as in tests): nothing to redirect
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, target)
+    os.close(devnull)
 
 
 @contextmanager
