@@ -22,7 +22,13 @@ from typing import IO, Any
 import orjson
 
 from ledger.appender import Appender, Outcome
-from ledger.errors import ConcurrencyError, OutputError, UsageError, ValidationError
+from ledger.errors import (
+    ConcurrencyError,
+    OutputError,
+    StoreError,
+    UsageError,
+    ValidationError,
+)
 from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
 from ledger.sources import STDIN, STDIN_LABEL, Cursor, Line, Part, check_sources, read_lines
@@ -143,15 +149,24 @@ def ingest(
     check_sources(sources)
     path = reject_file or default_reject_path()
     check_reject_file(path)
-    if workers > 1:
-        from ledger.ingest_processes import ingest_in_processes, process_count
+    try:
+        if workers > 1:
+            from ledger.ingest_processes import ingest_in_processes, process_count
 
-        count = process_count(store, sources, workers)
-        if count > 1:
-            return ingest_in_processes(store, sources, count, reject_file=path,
-                                       batch_size=batch_size, reorder=reorder, progress=progress)
-    return ingest_part(store, sources, reject_file=path, batch_size=batch_size, reorder=reorder,
-                       progress=progress, appender=appender)
+            count = process_count(store, sources, workers)
+            if count > 1:
+                return ingest_in_processes(store, sources, count, reject_file=path,
+                                           batch_size=batch_size, reorder=reorder,
+                                           progress=progress)
+        return ingest_part(store, sources, reject_file=path, batch_size=batch_size,
+                           reorder=reorder, progress=progress, appender=appender)
+    except StoreError as exc:  # the server went away, the disk filled: say what is kept
+        exc.args = (f"{exc}; {RERUN_HINT}",)
+        raise
+
+
+RERUN_HINT = ("what was committed is kept, and running the same ingest again completes it "
+              "(what is stored counts as duplicates)")
 
 
 def ingest_part(

@@ -41,8 +41,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ledger.appender import CACHE_SIZE, Appender
-from ledger.errors import LedgerError, OutputError
-from ledger.ingest import IngestSummary, ingest_part
+from ledger.errors import LedgerError, OutputError, StoreError
+from ledger.ingest import RERUN_HINT, IngestSummary, ingest_part
 from ledger.sources import STDIN, Cursor, Part
 from ledger.store import Store
 from ledger.workers import WorkerError, die_with_parent, shareable
@@ -318,7 +318,8 @@ def _run_part(sender: Connection, orders: Connection, url: str, sources: list[st
         sender.close()
         return
     except LedgerError as exc:  # sent as exit code and text: PartFailed names the part
-        message: tuple[str, Any] = ("error", (exc.exit_code, str(exc)))
+        text = f"{exc}; {RERUN_HINT}" if isinstance(exc, StoreError) else str(exc)
+        message: tuple[str, Any] = ("error", (exc.exit_code, text))
     except Exception as exc:
         message = ("crash", f"{type(exc).__name__}: {exc}")
     try:

@@ -353,3 +353,42 @@ def test_memory_write_outside_ijson_is_rejected(
     [entry] = rejects(reject_path)
     assert entry["field"] == "payload.value" and "2**53" in entry["reason"]
     assert entry["raw"].encode() == line
+
+
+def test_a_server_gone_mid_ingest_says_a_rerun_completes_it_and_it_does(
+    pg_cluster: Any, tmp_path: Path, reject_path: Path
+) -> None:
+    """PostgreSQL ends the ingest's connections halfway (a restart, an administrator):
+    one StoreError that says what is kept, and the same ingest run again stores every
+    event exactly once."""
+    import uuid
+
+    import psycopg
+
+    from ledger.errors import StoreError
+    from ledger.ingest import RERUN_HINT
+    from ledger.workload import synthetic_lines
+
+    database = pg_cluster.url_for("agentledger_test")
+    url = f"{database}?schema=t_{uuid.uuid4().hex[:12]}"
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(synthetic_lines(3000)))
+    half, read = src.stat().st_size // 2, 0
+
+    def end_connections_halfway(nbytes: int) -> None:
+        nonlocal read
+        read += nbytes
+        if read - nbytes < half <= read:
+            with psycopg.connect(database, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = 'agentledger_test' AND pid <> pg_backend_pid()")
+
+    with Store.open(url) as store, pytest.raises(StoreError) as caught:
+        ingest(store, [str(src)], reject_file=str(reject_path), batch_size=100,
+               progress=end_connections_halfway)
+    assert str(caught.value).endswith(f"; {RERUN_HINT}")
+    with Store.open(url) as store:
+        summary = ingest(store, [str(src)], reject_file=str(reject_path))
+        assert summary.duplicates > 0 and summary.accepted + summary.duplicates == 3000
+        report = verify(store)
+        assert summary.rejected == 0 and report.ok and report.events == 3000
