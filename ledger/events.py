@@ -30,6 +30,9 @@ _TS = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
+_UTC_TS = re.compile(  # the usual form, already normal but for the fraction's length
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z"
+)
 MAX_SEQ = 2**63 - 1  # a bigint in both backends
 
 TraceId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")]
@@ -93,6 +96,8 @@ def normalize_ts(ts: str) -> str:
     Fractions beyond microseconds are truncated; a leap second (``:60``) counts as
     the next second; instants beyond year 1..9999 in UTC are clamped to that range.
     """
+    if _UTC_TS.fullmatch(ts) and _valid_date(ts[:10]):  # half the time of the general path
+        return (ts[:-1] if len(ts) > 20 else ts[:19] + ".").ljust(26, "0") + "Z"
     m = _TS.fullmatch(ts)
     if m is None:
         raise ValueError("not of the form 2026-11-20T10:00:00.123Z")
@@ -106,7 +111,7 @@ def normalize_ts(ts: str) -> str:
         utc = parsed.astimezone(UTC) + timedelta(seconds=1 if leap else 0)
     except OverflowError:
         return "0001-01-01T00:00:00.000000Z" if parsed.year < 5000 else _LATEST
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{utc.year:04}-{utc:%m-%dT%H:%M:%S.%f}Z"  # strftime's %Y drops a year's zeros
 
 
 _LATEST = "9999-12-31T23:59:59.999999Z"

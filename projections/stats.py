@@ -214,4 +214,4 @@ def _hour(hour: str, delta: int) -> str:
         moved = datetime.strptime(hour, "%Y-%m-%dT%H") + timedelta(hours=delta)
     except OverflowError:  # beyond year 1..9999: nothing is stored there
         return hour
-    return moved.strftime("%Y-%m-%dT%H")
+    return f"{moved.year:04}-{moved:%m-%dT%H}"  # strftime's %Y drops a year's leading zeros

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import string
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -343,6 +343,29 @@ def test_event_not_a_string_rejected(event: Any) -> None:
 def test_ts_with_offset_accepted(ts: str) -> None:
     """An RFC 3339 timestamp with Z or a numeric offset is accepted and kept as sent."""
     assert parse_event(_envelope(ts=ts)).ts == ts
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    when=st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    fraction=st.text("0123456789", max_size=9),
+    offset_minutes=st.none() | st.integers(-(24 * 60 - 1), 24 * 60 - 1),
+    lower=st.booleans(),
+)
+def test_ts_utc_is_the_instant_datetime_computes(when: datetime, fraction: str,
+                                                 offset_minutes: int | None, lower: bool) -> None:
+    """ts_utc, for any RFC 3339 form (0-9 fraction digits, Z or an offset, either
+    case), is the instant datetime arithmetic gives, to the microsecond (truncated)."""
+    sign = "-" if (offset_minutes or 0) < 0 else "+"
+    hours, minutes = divmod(abs(offset_minutes or 0), 60)
+    offset = "Z" if offset_minutes is None else f"{sign}{hours:02}:{minutes:02}"
+    ts = f"{when.year:04}-{when:%m-%dT%H:%M:%S}" + (f".{fraction}" if fraction else "") + offset
+    if lower:
+        ts = ts.replace("T", "t").replace("Z", "z")
+    micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
+    instant = when.replace(microsecond=micro) - timedelta(minutes=offset_minutes or 0)
+    expected = f"{instant.year:04}-{instant:%m-%dT%H:%M:%S}.{instant.microsecond:06}Z"
+    assert parse_event(_envelope(ts=ts)).ts_utc == expected
 
 
 def test_ts_more_than_nine_fraction_digits_accepted() -> None:

@@ -221,6 +221,29 @@ def test_stats_windows_are_inclusive_and_count_only_events_inside(projected: Sto
     assert queries.fallback_stats(projected, TENANT, until="2026-11-19") == []
 
 
+def test_instants_before_year_1000_keep_four_digit_years_in_views_and_windows(
+    projected: Store,
+) -> None:
+    """A timestamp before year 1000 given with an offset is normalised to a four-digit
+    year (``0999-...``), so the views sort it as a time, and a stats window inside that
+    year counts its whole hours (from the hourly rollup) as well as its partial ones."""
+    writer = TraceWriter(projected, tenant=TENANT)
+    for when, event, payload in [
+        ("0999-12-31T22:30:00+01:00", "TOOL_EXEC", exec_("search", False)),  # 21:30 UTC
+        ("0999-12-31T21:40:00-01:00", "CALLBACK_FALLBACK", fallback("search", "cache")),
+        ("0999-12-31T22:50:00Z", "TOOL_EXEC", exec_("search", True)),
+        ("0999-12-31T23:10:00Z", "TOOL_EXEC", exec_("cache", True)),
+    ]:
+        writer.record("old", event, payload, agent_owner="planner", executed_by="planner",
+                      ts=when)
+    assert [r.ts for r in queries.failures(projected, TENANT)] == [
+        "0999-12-31T21:30:00.000000Z"]
+    window = queries.fallback_stats(projected, TENANT, since="0999-12-31T21:15:00Z",
+                                    until="0999-12-31T23:05:00Z")
+    assert rows(window, "tool", "fallbacks", "tool_execs") == [
+        {"tool": "search", "fallbacks": 1, "tool_execs": 2}]
+
+
 def test_rates_are_exact_ratios(projected: Store) -> None:
     """``rate = fallbacks / tool_execs`` and ``share`` are the exact quotients."""
     record(projected, "t1", [
