@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, NamedTuple
 
+import orjson
+
+from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
 from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_event
 
@@ -56,7 +59,9 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
     """Every non-blank line of the sources in order, validated.
 
     With ``part`` only the lines of that part's streams (:func:`stream_part`) are
-    validated and yielded; the others are skipped after decoding. ``progress`` is
+    validated and yielded; the others are skipped after decoding. A line is routed
+    on orjson's reading where orjson can read it (the same strings as decode_json's)
+    and on decode_json's otherwise, so every process places every line alike. ``progress`` is
     called with the bytes read, skipped lines included. With ``cursor`` reading
     starts where it points and moves it past each line before that line is yielded.
     """
@@ -71,6 +76,15 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
             at.line = number
             if progress is not None:
                 progress(nbytes)
+            if part is not None:  # route on a plain decode first: most lines are others'
+                try:
+                    routed = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    pass  # decode_json decides, as below
+                else:
+                    if stream_part(routed, part.owners) == part.index:
+                        yield Line(name, number, raw, _exactly(raw, routed))
+                    continue
             try:
                 obj = decode_json(raw)
             except ValidationError as exc:
@@ -123,6 +137,17 @@ def stream_part(obj: Any, owners: tuple[int, ...]) -> int:
         return 0
     key = (tenant + "\x00" + trace_id).encode("utf-8", "surrogatepass")
     return owners[zlib.crc32(key) % len(owners)]
+
+
+def _exactly(raw: bytes, decoded: Any) -> TraceEvent | ValidationError:
+    """What ``raw`` validates to, given ``decoded = orjson.loads(raw)``: that value
+    itself unless it may hold an integer beyond 64 bits (then decode_json reads it)."""
+    if not may_hold_big_int(raw):
+        return _validated(decoded)  # decode_json would return this very value
+    try:
+        return _validated(decode_json(raw))
+    except ValidationError as exc:
+        return exc
 
 
 def _validated(obj: Any) -> TraceEvent | ValidationError:

@@ -70,6 +70,21 @@ def mixed_lines() -> list[bytes]:
     return lines
 
 
+ODD_LINES = [
+    # trace-1 of acme, its trace id written with an escape: the same stream
+    rb'{"tenant": "acme", "trace_id": "trace\u002d1", "seq": 7, "event": "EXEC_TERMINATED", '
+    rb'"ts": "2026-11-20T10:00:07Z", "agent_owner": "planner", "executed_by": "planner", '
+    rb'"payload": {"reason": "done"}}',
+    # an integer beyond 64 bits, which only the exact decoder reads as an integer
+    rb'{"tenant": "globex", "trace_id": "trace-2", "seq": 7, "event": "TOOL_EXEC", '
+    rb'"ts": "2026-11-20T10:00:07Z", "agent_owner": "planner", "executed_by": "planner", '
+    rb'"payload": {"tool": "t", "args": {"n": 123456789012345678901234567890}, "success": true}}',
+    rb'{"trace_id": "\ud800", "seq": 1}',  # a lone surrogate
+    rb'{"trace_id": "nan", "seq": NaN}',
+    rb'{"trace_id": "big", "seq": 99999999999999999999999}',
+]
+
+
 def write(path: Path, lines: list[bytes]) -> str:
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     return str(path)
@@ -223,15 +238,20 @@ def test_rerun_in_processes_is_all_duplicates(
 def test_every_line_goes_to_exactly_one_part(tmp_path: Path, weights: list[int]) -> None:
     """The parts cover the input: each valid line once, each unreadable line in part 0;
     a part's share of the streams follows its weight."""
-    src = write(tmp_path / "in.jsonl", mixed_lines())
-    whole = [(line.number, line.raw) for line in read_lines([src])]
-    parts = [[(line.number, line.raw) for line in read_lines([src], part=Part.of(k, weights))]
-             for k in range(3)]
+    src = write(tmp_path / "in.jsonl", mixed_lines() + ODD_LINES)
+    whole = [(line.number, line.raw, str(line.event)) for line in read_lines([src])]
+    parts = [[(line.number, line.raw, str(line.event))
+              for line in read_lines([src], part=Part.of(k, weights))] for k in range(3)]
     assert sorted(x for part in parts for x in part) == sorted(whole)
+    [escaped_part] = [k for k, part in enumerate(parts) for _, raw, _ in part
+                      if raw == ODD_LINES[0]]
+    assert all(o.get("trace_id") != "trace-1" or o.get("tenant") != "acme"
+               for k, part in enumerate(parts) if k != escaped_part
+               for o in map(_object, part)), "a stream's lines, escaped or not, in one part"
     assert all(parts), "each of the three parts gets some streams"
     unreadable = {b'{"trace_id": "cut off', b"\xff\xfe not utf-8", b"[1, 2]", b'{"seq": 1}',
                   b'{"trace_id": 7, "seq": 1}'}
-    assert unreadable <= {raw for _, raw in parts[0]}
+    assert unreadable <= {raw for _, raw, _ in parts[0]}
     streams = [{(o.get("tenant"), o["trace_id"]) for o in map(_object, part)
                 if isinstance(o.get("trace_id"), str)} for part in parts]
     if weights[0] < weights[1]:
@@ -267,7 +287,7 @@ def _cursor_after(sources: list[str], count: int) -> Cursor:
     return cursor
 
 
-def _object(line: tuple[int, bytes]) -> dict[str, Any]:
+def _object(line: tuple[Any, ...]) -> dict[str, Any]:
     try:
         obj = orjson.loads(line[1])
     except orjson.JSONDecodeError:
