@@ -7,6 +7,8 @@ catches that class only and maps each subclass to a documented exit code
 
 from __future__ import annotations
 
+import sys
+
 
 class LedgerError(Exception):
     """Base class of every expected AgentLedger error."""
@@ -47,6 +49,28 @@ class StoreError(LedgerError):
     """The store failed or is unreachable; wraps the driver's error."""
 
     exit_code = 1
+
+    @property
+    def transient(self) -> bool:
+        """Whether the store could not be reached or was busy, so the same work may
+        succeed later: PostgreSQL's connection or server errors (lost connection, server
+        shutting down, lock or deadlock timeouts), SQLite's "database is locked".
+        Judged from the driver's error this one was raised from."""
+        psycopg, sqlite3 = sys.modules.get("psycopg"), sys.modules.get("sqlite3")
+        error: BaseException | None = self
+        for _ in range(_CAUSES):
+            if error is None:
+                return False
+            if psycopg is not None and isinstance(
+                    error, psycopg.OperationalError | psycopg.InterfaceError):
+                return True
+            if sqlite3 is not None and isinstance(error, sqlite3.OperationalError):
+                return any(word in str(error) for word in ("locked", "busy"))
+            error = error.__cause__ or error.__context__
+        return False
+
+
+_CAUSES = 8  # how far down a chain of wrapped errors the driver's error is looked for
 
 
 class SchemaVersionError(StoreError):

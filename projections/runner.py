@@ -9,7 +9,6 @@ so two projectors on one database never apply an entry twice.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -242,16 +241,6 @@ class Projector:
             p.name, p.description, p.version, built.get(p.name), positions.get(p.name, 0), head,
             max(0, head - positions.get(p.name, 0)), built.get(p.name) != p.version,
             int(unreadable.get(p.name, 0))) for p in self.projections]
-
-    def follow(self, *, interval: float = 1.0, stop: Callable[[], bool] = lambda: False,
-               on_batch: Callable[[int], None] | None = None) -> None:
-        """Catch up, then poll the log every ``interval`` seconds until ``stop()``."""
-        while not stop():
-            applied = self.catch_up()
-            if on_batch is not None and applied:
-                on_batch(applied)
-            if not applied:
-                time.sleep(interval)
 
     # -- internals -------------------------------------------------------------------
 

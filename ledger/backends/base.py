@@ -184,6 +184,11 @@ class Backend(ABC):
     def close(self) -> None:
         """Release connections."""
 
+    @abstractmethod
+    def check_connections(self) -> None:
+        """Replace the idle connections that no longer work (after the store could not
+        be reached), so the next transaction does not fail on one."""
+
     def read_stream(
         self, stream_id: UUID, *, gt: int | None = None, lte: int | None = None
     ) -> Sequence[StoredEvent]:

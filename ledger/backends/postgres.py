@@ -358,6 +358,9 @@ class PostgresBackend(Backend):
     def close(self) -> None:
         self.datastore.close()
 
+    def check_connections(self) -> None:
+        self.datastore.pool.check()  # tests each idle connection, replacing the broken ones
+
 
 _SCAN_PLAN = ("SET LOCAL max_parallel_workers_per_gather = 0; "
               "SET LOCAL random_page_cost = 1.1; SET LOCAL jit = off")

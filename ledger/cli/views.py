@@ -181,7 +181,9 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
     """Follow the log and keep every projection up to date (until Ctrl-C, or --once)."""
     import orjson
 
+    from ledger.errors import StoreError
     from projections import Projector
+    from projections.follower import follow
 
     with open_store(ctx) as store:
         def report(read: int) -> None:
@@ -191,13 +193,17 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
             else:
                 click.echo(f"Up to date: {read:,} log entries read; log head {head:,}.")
 
-        projector = Projector(store)
-        with progress_bar("Catching up") as progress:
-            report(projector.catch_up(progress))
         if once:
+            with progress_bar("Catching up") as progress:
+                report(Projector(store).catch_up(progress))
             return
         click.echo(f"Following {store.url} every {interval:g}s (Ctrl-C to stop).", err=True)
-        projector.follow(interval=interval, on_batch=report)
+
+        def retrying(error: StoreError, wait: float) -> None:
+            click.echo(f"Store unavailable: {error}; retrying in {wait:g}s.", err=True)
+
+        follow(store, interval=interval, on_batch=report, on_retry=retrying,
+               progress=lambda: progress_bar("Catching up"))
 
 
 # -- memory -----------------------------------------------------------------------------
