@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from ledger.errors import UnreadableRecordError
+from ledger.errors import UnreadableRecordError, ValidationError
 
 RECORD_VERSION: Final = 1
 GENESIS_HASH: Final = "sha256:" + "0" * 64
@@ -94,16 +94,46 @@ def record_hash(state: bytes) -> str:
     return "sha256:" + hashlib.sha256(state).hexdigest()
 
 
-def encode(record: Any, *, sort_keys: bool = False) -> bytes:
+MAX_NESTING: Final = 254
+"""How many objects and arrays may nest in an event (the envelope is the first): as
+deep as orjson writes. Deeper events are rejected, so every record the ledger writes
+about one (a conflict's evidence holds the event a level down) stays well within
+reach of the stdlib encoder and of Python's recursion limit."""
+_RECORD_NESTING: Final = 2 * MAX_NESTING  # any record: an event, a level or two down
+
+
+def encode(record: Any, *, sort_keys: bool = False, max_nesting: int = _RECORD_NESTING,
+           ) -> bytes:
     """Serialise a record to the bytes that are stored (and hashed).
 
-    ``sort_keys`` gives a canonical text for comparing values as JSON.
+    ``sort_keys`` gives a canonical text for comparing values as JSON. A record
+    nested deeper than ``max_nesting`` raises ValidationError (events are encoded
+    with ``MAX_NESTING``).
     """
     try:
         return orjson.dumps(record, option=orjson.OPT_SORT_KEYS if sort_keys else None)
-    except TypeError:  # integers beyond 64 bits: orjson refuses them, json keeps them
+    except TypeError:  # integers beyond 64 bits (json keeps them), or nested too deeply
+        if nesting(record) > max_nesting:
+            raise ValidationError(f"nested too deeply: more than {max_nesting} levels of "
+                                  "objects and arrays") from None
         return json.dumps(record, ensure_ascii=False, separators=(",", ":"),
                           sort_keys=sort_keys).encode()
+
+
+def nesting(value: Any) -> int:
+    """How many objects and arrays nest in ``value`` at its deepest (0 for a scalar)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def decode(state: bytes | None) -> dict[str, Any]:

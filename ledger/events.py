@@ -21,7 +21,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger.canonical import canonicalize
-from ledger.chain import encode, may_hold_big_int
+from ledger.chain import MAX_NESTING, encode, may_hold_big_int
 from ledger.errors import ValidationError
 from ledger.payloads import payload_model
 
@@ -148,7 +148,9 @@ def decode_json(raw: bytes) -> Any:
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("string contains a lone surrogate (not valid Unicode)") from None
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise ValidationError("malformed JSON: nested too deeply") from None
+    except ValueError:
         raise ValidationError(f"malformed JSON: {fast_error}") from None
     return value
 
@@ -219,7 +221,8 @@ def validate_event(obj: Any) -> TraceEvent:
     wire = (env.tenant, env.trace_id, env.seq, env.event, env.ts, env.agent_owner,
             env.executed_by, write_scope or f"memory/{env.agent_owner}", env.memory_hash,
             obj["payload"])
-    return TraceEvent(*wire, ts_utc, encode(dict(zip(WIRE_FIELDS, wire, strict=True))))
+    stored = encode(dict(zip(WIRE_FIELDS, wire, strict=True)), max_nesting=MAX_NESTING)
+    return TraceEvent(*wire, ts_utc, stored)
 
 
 _validate_envelope = EventEnvelope.__pydantic_validator__.validate_python  # unwrapped

@@ -9,6 +9,7 @@ the implementation: a failing test here is a deviation from the contract.
 from __future__ import annotations
 
 import copy
+import json
 import string
 from datetime import datetime, timedelta
 from typing import Any
@@ -109,8 +110,44 @@ def _rejected(obj: Any) -> ValidationError:
     return info.value
 
 
+def _rejected_line(line: bytes) -> ValidationError:
+    """The ValidationError ``parse_line`` raises for ``line``."""
+    with pytest.raises(ValidationError) as info:
+        parse_line(line)
+    return info.value
+
+
 def _line(obj: dict[str, Any]) -> bytes:
     return orjson.dumps(obj)
+
+
+# --- Nesting -----------------------------------------------------------------
+
+
+def _nested(levels: int, leaf: Any = 1) -> Any:
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("leaf", [1, 2**70], ids=["int", "int-beyond-64-bits"])
+def test_an_event_nests_up_to_254_levels_and_no_deeper(leaf: Any) -> None:
+    """Objects and arrays may nest 254 deep, the envelope and payload included (as deep
+    as the fast encoder writes); one level more is rejected, as a line or through the
+    API, whichever decoder reads it."""
+    deepest = _envelope("EXEC_NEXT", payload={"x": _nested(252, leaf)})
+    event = parse_line(json.dumps(deepest).encode())
+    assert json.loads(event.wire_json)["payload"] == deepest["payload"]
+    too_deep = _envelope("EXEC_NEXT", payload={"x": _nested(253, leaf)})
+    for error in (_rejected(too_deep), _rejected_line(json.dumps(too_deep).encode())):
+        assert error.reason == "nested too deeply: more than 254 levels of objects and arrays"
+
+
+def test_a_line_nested_beyond_what_any_decoder_reads_is_rejected() -> None:
+    """Thousands of levels: rejected as malformed JSON, not a crash."""
+    line = b'{"trace_id": "t", "seq": 1, "payload": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
+    assert _rejected_line(line).reason == "malformed JSON: nested too deeply"
 
 
 # --- Envelope: required fields ------------------------------------------------

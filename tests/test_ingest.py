@@ -355,6 +355,43 @@ def test_memory_write_outside_ijson_is_rejected(
     assert entry["raw"].encode() == line
 
 
+def test_events_nested_to_the_limit_are_kept_and_deeper_ones_rejected(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """Events nested as deep as the contract allows are stored, and so is the finding
+    of a conflicting one, whose evidence holds it a level deeper; a line nested far
+    deeper is rejected, not a crash. The ledger verifies and the views rebuild."""
+    import json
+
+    from projections import Projector, queries
+
+    def nested(levels: int, leaf: Any = 1) -> Any:
+        for _ in range(levels):
+            leaf = [leaf]
+        return leaf
+
+    deepest = tool(payload={"tool": "t", "args": {"x": nested(251)}, "success": False})
+    rewrite = tool(payload={"tool": "t", "args": {"x": nested(251, 2)}, "success": False})
+    write = ev(seq=3, event="CALLBACK_MEMORY_WRITE", write_scope="memory/planner",
+               payload={"key": "k", "value": nested(251)})
+    src = tmp_path / "deep.jsonl"
+    far_deeper = orjson.dumps(tool("t2", 1, {"tool": "t", "args": {}, "success": True}))
+    far_deeper = far_deeper.replace(b'"args":{}', b'"args":{"x":%s%s}' % (b"[" * 1015, b"]" * 1015))
+    src.write_bytes(b"".join(json.dumps(e).encode() + b"\n" for e in [
+        ev(), deepest, rewrite, write]) + far_deeper + b"\n")
+    Projector(store).attach()
+    summary = run(store, [str(src)], reject_path)
+    assert (summary.accepted, summary.rejected, summary.findings) == (3, 2, 1)
+    assert sorted((r["line"], r["reason"][:19]) for r in rejects(reject_path)) == [
+        (3, "conflict: seq 2 of "), (5, "nested too deeply: ")]
+    [finding] = findings(store, "default")
+    assert finding["finding"] == "conflict" and finding["evidence"]["payload"] == rewrite["payload"]
+    assert stored(store, "default", "t1")[1]["payload"] == deepest["payload"]
+    assert verify(store).ok
+    assert Projector(store).rebuild() == 4
+    assert [f.kind for f in queries.audit_findings(store, "default")] == ["conflict"]
+
+
 def test_a_server_gone_mid_ingest_says_a_rerun_completes_it_and_it_does(
     pg_cluster: Any, tmp_path: Path, reject_path: Path
 ) -> None:
