@@ -33,6 +33,7 @@ class ChainState:
     counts: dict[str, int] = field(default_factory=dict)  # control events so far in the step
     agent: str = "system"  # who ran the latest control event (for chains without a plan step)
     args: Any = None  # the args of the latest call
+    unplanned: bool = False  # the step in progress began with a call, not a reasoner action
 
 
 def observe(plan: Plan, fork_seq: int) -> ChainState:
@@ -55,7 +56,10 @@ def _advance(state: ChainState, plan: Plan, event: str, payload: dict[str, Any],
         state.attempt, state.phase, state.counts = 1, CALL, {}
         state.tried = {state.tool} if state.tool else set()
         state.outcome = state.resolved = None
+        state.unplanned = False
     elif event == "TOOL_EXEC":
+        if state.phase == IDLE:  # a call no reasoner action planned: a step of its own
+            state.unplanned, state.tried = True, set()
         state.tool, state.attempt = payload.get("tool"), int(payload.get("attempt", 1))
         state.outcome, state.phase, state.resolved = payload, RESULT, None
         state.args = payload.get("args")
@@ -79,6 +83,19 @@ def _advance(state: ChainState, plan: Plan, event: str, payload: dict[str, Any],
     else:
         return
     state.counts[event] = state.counts.get(event, 0) + 1
+
+
+def _call_at_fork(state: ChainState, record: dict[str, Any]) -> None:
+    """A fork at a TOOL_EXEC that no reasoner action planned (none before it, or the
+    last step had ended): the replay makes that call again, as its step's plan."""
+    if record["event"] != "TOOL_EXEC":
+        return
+    payload = record["payload"]
+    state.tool, state.args, state.agent = payload.get("tool"), payload.get("args"), \
+        record["executed_by"]
+    state.attempt, state.phase, state.unplanned = int(payload.get("attempt", 1)), CALL, True
+    state.tried = {str(state.tool)}
+    state.outcome = state.resolved = None
 
 
 @dataclass
@@ -107,6 +124,8 @@ class Engine:
 
     def run(self, fork_seq: int) -> Emitted:
         state = observe(self.plan, fork_seq)
+        if state.phase == IDLE and fork_seq <= len(self.plan.records):
+            _call_at_fork(state, self.plan.records[fork_seq - 1])
         self.seq = fork_seq
         self.fork_seq = fork_seq
         while state.phase != DONE:
@@ -256,9 +275,9 @@ class Engine:
         return self._step(state).agent
 
     def _step(self, state: ChainState) -> Step:
-        """The step in progress (a chain that called a tool before any reasoner action
-        gets one made from what it observed)."""
-        if 0 <= state.step < len(self.plan.steps):
+        """The step in progress (a step begun by a call that no reasoner action planned
+        gets one made from what was observed of it)."""
+        if not state.unplanned and 0 <= state.step < len(self.plan.steps):
             return self.plan.steps[state.step]
         return Step(state.step, 0, state.agent, str(state.tool), state.args, None, {})
 

@@ -396,3 +396,56 @@ def test_a_call_no_outcome_source_answers_stops_with_needs_outcome(projected: St
     missing = result.as_json()["missing_outcome"]
     assert (missing["tool"], missing["attempt"], missing["args"]) == (
         "fetch_doc_mirror", 1, {"url": "https://example.org/a"})
+
+
+# -- calls no reasoner action planned --------------------------------------------------
+
+FETCH_ARGS = {"url": "https://example.org/b"}
+
+
+def _record(store: Store, tenant: str, steps: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Record ``(event, executed_by, payload)`` steps as trace TRACE of ``tenant``."""
+    writer = TraceWriter(store, tenant=tenant)
+    for i, (event, by, payload) in enumerate(steps):
+        writer.record(TRACE, event, payload, agent_owner=OWNER, executed_by=by,
+                      ts=f"2026-11-20T10:00:{i:02d}Z")
+    writer.flush()
+
+
+UNPLANNED_FAILURE = [
+    ("TOOL_EXEC", "critic", {"tool": "fetch_doc", "args": FETCH_ARGS, **FETCH_FAILED}),
+    ("CALLBACK_RESULT", "critic", {"tool": "fetch_doc", "status": "failed"}),
+    ("EXEC_TERMINATED", "system", {"reason": "fetch_doc: 503 unavailable"}),
+]
+A_FINISHED_STEP = [
+    ("REASONER_ACTION", OWNER, {"action": {"tool": "search", "args": {"q": "x"}}}),
+    ("TOOL_EXEC", OWNER, {"tool": "search", "args": {"q": "x"}, "success": True}),
+    ("CALLBACK_RESULT", OWNER, {"tool": "search", "status": "success"}),
+    ("CALLBACK_SUCCESS", OWNER, {"next": False}),
+]
+
+
+@pytest.mark.parametrize("before", [[("EXEC_START", OWNER, {})], A_FINISHED_STEP],
+                         ids=["no-reasoner-action", "after-a-finished-step"])
+def test_a_failed_call_no_reasoner_action_planned_is_made_again_from_the_fork(
+        projected: Store, before: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """A trace whose failing TOOL_EXEC no REASONER_ACTION planned (none at all, or the
+    last step had ended) replays from that call: made again with its own tool, args
+    and agent, then the policy's fallback; not an empty replay called recovered."""
+    tenant = fresh_tenant()
+    _record(projected, tenant, before + UNPLANNED_FAILURE)
+    result = Replayer(projected).replay(tenant, TRACE, Policy.from_obj(RECOVER),
+                                        outcomes={"fetch_doc_mirror": MIRROR_DOC},
+                                        dry_run=True)
+    assert result.fork_seq == len(before) + 1 and result.replay_status == "recovered"
+    assert [(e["event"], e["executed_by"]) for e in result.events] == [
+        ("TOOL_EXEC", "critic"), ("CALLBACK_RESULT", "critic"),
+        ("CALLBACK_POLICY_RESOLVED", "critic"), ("CALLBACK_FALLBACK", "critic"),
+        ("TOOL_EXEC", "critic"), ("CALLBACK_RESULT", "critic"),
+        ("CALLBACK_POLICY_RESOLVED", "critic"), ("CALLBACK_MEMORY_WRITE", "critic"),
+        ("CALLBACK_SUCCESS", "critic")]
+    calls = [e["payload"] for e in result.events if e["event"] == "TOOL_EXEC"]
+    assert [(c["tool"], c["args"], c["success"]) for c in calls] == [
+        ("fetch_doc", FETCH_ARGS, False), ("fetch_doc_mirror", FETCH_ARGS, True)]
+    assert [(c["tool"], c["source"]) for c in result.as_json()["outcome_sources"]] == [
+        ("fetch_doc", "source"), ("fetch_doc_mirror", "scripted")]
