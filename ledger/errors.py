@@ -130,7 +130,7 @@ class ConcurrencyError(StoreError):
 
 
 class OutputError(LedgerError):
-    """A file the command writes (a reject file) could not be written: a full disk, an
-    I/O error. The ingest stops there; what the store committed is kept."""
+    """A file the command writes (a reject file, an audit export) could not be written:
+    a full disk, an I/O error. What the store committed is kept."""
 
     exit_code = 1

@@ -279,7 +279,7 @@ def _append_file(part_path: str, path: str) -> bool:
     except OSError as exc:
         raise OutputError(
             f"cannot append {part_path} to the reject file {path} ({exc.strerror or exc}): "
-            f"every line is stored or saved, those rejected by that process in "
+            "every line is stored or saved, those rejected by that process in "
             f"{part_path}") from None
     os.remove(part_path)
     return True

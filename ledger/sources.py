@@ -61,9 +61,10 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
     With ``part`` only the lines of that part's streams (:func:`stream_part`) are
     validated and yielded; the others are skipped after decoding. A line is routed
     on orjson's reading where orjson can read it (the same strings as decode_json's)
-    and on decode_json's otherwise, so every process places every line alike. ``progress`` is
-    called with the bytes read, skipped lines included. With ``cursor`` reading
-    starts where it points and moves it past each line before that line is yielded.
+    and on decode_json's otherwise, so every process places every line alike.
+    ``progress`` is called with the bytes read, skipped lines included. With
+    ``cursor`` reading starts where it points and moves it past each line before that
+    line is yielded.
     """
     at = cursor or Cursor()
     for index in range(at.source, len(sources)):

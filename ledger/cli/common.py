@@ -46,10 +46,10 @@ def workers_option(shared: str, note: str = "") -> Callable[[Callable[P, R]], Ca
 
 
 def tenant_option(required: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """``--tenant T``: the isolation boundary every read is confined to."""
+    """``--tenant T``: the isolation boundary no command crosses."""
     return click.option(
         "--tenant", required=required,
-        help="Tenant to read (every read is confined to one tenant).",
+        help="The tenant (no command reads or writes across tenants).",
     )
 
 
