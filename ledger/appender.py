@@ -3,8 +3,10 @@
 ``Appender.stage`` classifies each event against its stream (a new event at the
 next seq, a duplicate of a stored or staged one, a conflict, or a gap), folds
 memory, chains the record and queues it; ``flush`` writes everything staged, with
-catalog heads and any findings, in one transaction. Ingest and ``TraceWriter`` both
-use it, so the rules live in one place.
+catalog heads and any findings, in one transaction. A conflict is recorded as a
+finding once per attempted content: re-ingesting the file that carried it (to
+resume after a crash) rejects the line again but records nothing new. Ingest and
+``TraceWriter`` both use it, so the rules live in one place.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ledger.store import Store
 
 Status = Literal["accepted", "duplicate", "rejected"]
 _Key = tuple[str, str]  # (tenant, trace_id): how the appender finds a trace's stream
+_Conflict = tuple[Any, Any, str]  # (trace_id, seq, digest of the attempted event)
 CACHE_SIZE = 4096  # streams whose heads and memory an appender keeps between batches
 
 
@@ -87,6 +90,7 @@ class Appender:
         self._dirty: dict[_Key, _Stream] = {}
         self._staged: list[StoredEvent] = []
         self._findings: list[dict[str, Any]] = []
+        self._conflicts: dict[str, set[_Conflict]] = {}  # per tenant: recorded or queued
 
     @property
     def staged(self) -> int:
@@ -172,6 +176,7 @@ class Appender:
         self._dirty.clear()
         self._staged.clear()
         self._findings.clear()
+        self._conflicts.clear()  # it may hold queued ones: read again from the store
 
     def record_finding(
         self, tenant: str, kind: str, *, trace_id: str | None, seq: int | None, detail: str,
@@ -289,9 +294,28 @@ class Appender:
         reason = (f"conflict: seq {event.seq} of trace {event.trace_id!r} (tenant "
                   f"{event.tenant!r}) is already stored with different content "
                   f"(fields differ: {', '.join(changed)})")
-        self.record_finding(event.tenant, "conflict", trace_id=event.trace_id, seq=event.seq,
-                            detail=reason, evidence=submitted)
+        attempt = _conflict(event.trace_id, event.seq, submitted)
+        known = self._recorded_conflicts(event.tenant)
+        if attempt not in known:  # the same attempt again (a re-run of its file): once
+            known.add(attempt)
+            self.record_finding(event.tenant, "conflict", trace_id=event.trace_id,
+                                seq=event.seq, detail=reason, evidence=submitted)
         return Outcome("rejected", reason, "conflict")
+
+    def _recorded_conflicts(self, tenant: str) -> set[_Conflict]:
+        """The tenant's conflict findings, recorded or queued, as attempts."""
+        known = self._conflicts.get(tenant)
+        if known is None:
+            known = self._conflicts[tenant] = set()
+            for stored in self.backend.read_stream(chain.findings_stream_id(tenant)):
+                try:
+                    record = chain.decode(stored.state)
+                except ValueError:  # altered behind the ledger's back: verify names it
+                    continue
+                if record.get("finding") == "conflict":
+                    known.add(_conflict(record.get("trace_id"), record.get("seq"),
+                                        record.get("evidence")))
+        return known
 
     def _stored_records(
         self, wanted: list[tuple[int, UUID]], events: Sequence[TraceEvent]
@@ -330,6 +354,10 @@ class Appender:
             heads.append(head)
         self._findings.clear()
         return out
+
+
+def _conflict(trace_id: Any, seq: Any, attempted: Any) -> _Conflict:
+    return trace_id, seq, sha256(chain.encode(attempted, sort_keys=True)).hexdigest()
 
 
 def _same(a: Any, b: Any) -> bool:

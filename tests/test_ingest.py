@@ -122,6 +122,26 @@ def test_conflict_is_recorded_as_finding(store: Store, tmp_path: Path, reject_pa
     assert finding["evidence"]["payload"] == changed["payload"]
 
 
+def test_the_same_attempted_rewrite_is_recorded_once(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """Re-ingesting the file that carried a conflict (as after a crash) rejects the
+    line again but records no second finding; another content for the same seq is
+    another attempt, recorded, even in the same run."""
+    run(store, [write_lines(tmp_path / "a.jsonl", [ev(), tool()])], reject_path)
+    changed = tool(payload={"tool": "search", "args": {"q": "other"}, "success": False})
+    src = write_lines(tmp_path / "b.jsonl", [changed])
+    first = run(store, [src], reject_path)
+    again = run(store, [src], reject_path)
+    assert (first.rejected, first.findings) == (1, 1) and (again.rejected, again.findings) == (1, 0)
+    other = tool(payload={"tool": "search", "args": {"q": "third"}, "success": True})
+    both = run(store, [write_lines(tmp_path / "c.jsonl", [changed, other, other])], reject_path)
+    assert (both.rejected, both.findings) == (3, 1)
+    assert [f["evidence"]["payload"]["args"] for f in findings(store, "default")] == [
+        {"q": "other"}, {"q": "third"}]
+    assert len(rejects(reject_path)) == 5
+
+
 def test_seq_gap_is_rejected(store: Store, tmp_path: Path, reject_path: Path) -> None:
     """An event whose seq would leave a gap is rejected as out of order."""
     src = write_lines(tmp_path / "in.jsonl", [ev(), tool(seq=3)])
