@@ -140,6 +140,48 @@ def test_output_to_a_full_disk_is_one_error_line_and_exit_1(sqlite_url: str, dem
     assert (done.returncode, done.stderr) == (1, "Error: No space left on device\n")
 
 
+def test_json_output_keeps_big_integers_and_events_nested_to_the_limit(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Read commands print, exactly, what ingest accepted: an integer beyond 64 bits,
+    and values nested as deep as the contract allows, inside their own JSON levels
+    (a memory write's value, a conflict's evidence)."""
+    def nested(levels: int) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    def event(seq: int, name: str, payload: dict[str, Any], **extra: Any) -> bytes:
+        return json.dumps({"trace_id": "t", "seq": seq, "event": name, "agent_owner": "a",
+                           "ts": f"2026-11-20T10:00:0{seq}Z", "executed_by": "a",
+                           "payload": payload, **extra}).encode()
+
+    big = 2**100
+    rewrite = {"tool": "t", "args": {"n": nested(251)}, "success": True}
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join([
+        event(1, "TOOL_EXEC", {"tool": "t", "args": {"n": big}, "success": False}),
+        event(2, "CALLBACK_MEMORY_WRITE", {"key": "k", "value": nested(251)},
+              write_scope="memory/a"),
+        event(2, "TOOL_EXEC", rewrite)]) + b"\n")
+    code, _, err = run(store_url, "ingest", str(src), "--reject-file", str(tmp_path / "r"))
+    assert code == 3, err
+    shown = run_json(store_url, "trace", "show", "t", "--tenant", "default")
+    assert shown["events"][0]["payload"]["args"]["n"] == big
+    assert run_json(store_url, "failures", "--tenant", "default")[0]["seq"] == 1
+    memory = run_json(store_url, "memory", "show", "--tenant", "default", "--trace", "t")
+    assert memory["state"] == {"k": nested(251)}
+    [history] = run_json(store_url, "memory", "history", "--tenant", "default", "--trace", "t")
+    assert history["value"] == nested(251)
+    [finding] = run_json(store_url, "audit", "findings", "--tenant", "default")
+    assert finding["kind"] == "conflict"
+    code, out, err = run(store_url, "trace", "show", "t", "--tenant", "default")
+    assert code == 0 and "t FAILED" in out, err
+    code, out, err = run(store_url, "memory", "show", "--tenant", "default", "--trace", "t")
+    assert code == 0 and "[[[[" in out, err
+
+
 def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     """An unsupported --store URL is a usage error."""
     code, _, err = run("mysql://nope", "trace", "list")

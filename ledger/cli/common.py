@@ -121,10 +121,19 @@ def open_store(ctx: click.Context) -> Iterator[Store]:
 
 
 def emit_json(value: Any) -> None:
-    """Print a JSON document (UTF-8, indented) to stdout."""
+    """Print a JSON document (UTF-8, indented) to stdout.
+
+    Integers beyond 64 bits and events nested to the contract's limit inside the
+    document's own levels are beyond orjson: the stdlib writes those, exactly."""
     import orjson
 
-    sys.stdout.buffer.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2)
+    except TypeError:
+        import json
+
+        text = json.dumps(value, indent=2, ensure_ascii=False).encode()
+    sys.stdout.buffer.write(text + b"\n")
     sys.stdout.flush()
 
 

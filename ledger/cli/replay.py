@@ -321,13 +321,13 @@ def _cell(event: dict[str, Any] | None, width: int) -> str:
 
 def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Whether two events are the same but for seq, ts and hashes."""
-    import orjson
+    from ledger.chain import encode
 
     if a is None or b is None:
         return False
     keys = ("event", "executed_by", "write_scope", "payload")
-    return orjson.dumps({k: a.get(k) for k in keys}, option=orjson.OPT_SORT_KEYS) == \
-        orjson.dumps({k: b.get(k) for k in keys}, option=orjson.OPT_SORT_KEYS)
+    return encode({k: a.get(k) for k in keys}, sort_keys=True) == \
+        encode({k: b.get(k) for k in keys}, sort_keys=True)
 
 
 def _side_by_side(source: list[dict[str, Any]], replayed: list[dict[str, Any]], fork: int,

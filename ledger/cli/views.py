@@ -100,9 +100,9 @@ def warn_unreadable(entries: list[tuple[str | None, int, str]]) -> None:
 
 def short(value: Any, width: int = 60) -> str:
     """A value as compact JSON text, cut to ``width`` characters for a table."""
-    import orjson
+    from ledger.chain import encode
 
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = value if isinstance(value, str) else encode(value).decode()
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
