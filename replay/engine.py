@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.errors import UsageError, ValidationError
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
 from replay.outcomes import Call, Outcome, OutcomeChain
 from replay.plan import CONTROL, END, Anchor, Plan, Step
@@ -299,7 +300,13 @@ class Engine:
         memory = self.memory.get(scope)
         if event == "CALLBACK_MEMORY_WRITE":
             memory = self.memory.setdefault(scope, MemoryState())
-            apply_write(memory, payload)
+            try:
+                apply_write(memory, payload)
+            except ValidationError as exc:  # an outcome's output the contract cannot hash
+                raise UsageError(
+                    f"the replay cannot write memory at seq {self.seq} ({exc}): the output "
+                    "it would store is not I-JSON; a policy rule with `then: {write_memory: "
+                    "false}` for that tool leaves it out") from None
         self.out.events.append({
             "trace_id": self.trace_id, "seq": self.seq, "event": event, "tenant": self.tenant,
             "agent_owner": self.owner, "executed_by": agent, "write_scope": scope,

@@ -449,3 +449,24 @@ def test_a_failed_call_no_reasoner_action_planned_is_made_again_from_the_fork(
         ("fetch_doc", FETCH_ARGS, False), ("fetch_doc_mirror", FETCH_ARGS, True)]
     assert [(c["tool"], c["source"]) for c in result.as_json()["outcome_sources"]] == [
         ("fetch_doc", "source"), ("fetch_doc_mirror", "scripted")]
+
+
+def test_an_output_memory_cannot_hold_stops_the_replay_naming_the_way_out(
+        projected: Store) -> None:
+    """A fallback whose output is not I-JSON (an integer beyond 2**53) cannot be
+    written to memory: a usage error naming the seq and the rule that leaves the
+    write out, and with that rule the replay recovers."""
+    from ledger.errors import UsageError
+
+    tenant = fresh_tenant()
+    _record(projected, tenant, [("EXEC_START", OWNER, {})] + UNPLANNED_FAILURE)
+    huge = {"fetch_doc_mirror": {"success": True, "output": {"bytes": 2**60}}}
+    with pytest.raises(UsageError, match=r"cannot write memory at seq 9 .*payload\.value\.bytes"
+                                         r".*then: \{write_memory: false\}"):
+        Replayer(projected).replay(tenant, TRACE, Policy.from_obj(RECOVER), outcomes=huge,
+                                   dry_run=True)
+    no_write = {**RECOVER, "rules": [{"when": {"tool": "fetch_doc_mirror"},
+                                      "then": {"write_memory": False}}]}
+    result = Replayer(projected).replay(tenant, TRACE, Policy.from_obj(no_write),
+                                        outcomes=huge, dry_run=True)
+    assert result.replay_status == "recovered"
