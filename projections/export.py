@@ -259,12 +259,21 @@ class _TextSink:
 
 
 def csv_cell(value: Any) -> str:
-    """A value as a CSV cell: text as is, ``null`` empty, anything else as JSON text."""
+    """A value as a CSV cell: text as is, ``null`` empty, anything else as JSON text.
+
+    Text that a spreadsheet would take for a formula (it begins with ``=``, ``+``,
+    ``-``, ``@``, a tab or a carriage return) gets a leading ``'``: trace ids, agent
+    names and reasons come from agents and the pages their tools read, and an auditor
+    opening the file must not run what they hold. The JSON outputs keep text as is.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return "'" + value if value[:1] in _FORMULA_STARTS else value
     return chain.encode(value).decode()
+
+
+_FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
 @contextmanager

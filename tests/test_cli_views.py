@@ -269,6 +269,33 @@ def test_audit_writes_json_and_csv_agree(loaded: str) -> None:
     assert code == 0 and "UNAUTHORIZED" in out
 
 
+def test_csv_text_a_spreadsheet_would_run_is_quoted_and_json_keeps_it(
+    store_url: str, tmp_path: Path
+) -> None:
+    """Trace ids, agents and keys that begin like a formula (``=``, ``+``, ``-``,
+    ``@``) get a leading ``'`` in every CSV output, so opening the file runs nothing;
+    the JSON output keeps them verbatim."""
+    from ledger.store import Store
+    from ledger.writer import TraceWriter
+
+    trace, agent, key = "=HYPERLINK(\"http://x\")", "@agent", "-key"
+    with Store.open(store_url) as store, TraceWriter(store, tenant="t") as writer:
+        writer.record(trace, "CALLBACK_MEMORY_WRITE", {"key": key, "value": "+1"},
+                      agent_owner="owner", executed_by=agent, write_scope="memory/owner")
+    [row] = run_json(store_url, "audit", "writes", "--tenant", "t")
+    assert (row["trace_id"], row["executed_by"], row["key"]) == (trace, agent, key)
+    code, out, _ = run(store_url, "audit", "writes", "--tenant", "t", "--csv")
+    [cells] = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and (cells["trace_id"], cells["executed_by"], cells["key"]) == (
+        "'" + trace, "'" + agent, "'" + key)
+    export = tmp_path / "t.csv"
+    assert run(store_url, "audit", "export", str(export), "--tenant", "t")[0] == 0
+    with export.open(newline="") as fh:
+        [event] = [r for r in csv.DictReader(fh) if r["type"] == "event"]
+    assert (event["trace_id"], event["executed_by"]) == ("'" + trace, "'" + agent)
+    assert json.loads(event["payload"]) == {"key": key, "value": "+1"}
+
+
 def test_audit_writes_json_and_csv_together_exit_2(loaded: str) -> None:
     """--json and --csv are exclusive."""
     code, _, err = run(loaded, "audit", "writes", "--tenant", "acme", "--json", "--csv")
