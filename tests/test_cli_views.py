@@ -296,6 +296,37 @@ def test_csv_text_a_spreadsheet_would_run_is_quoted_and_json_keeps_it(
     assert json.loads(event["payload"]) == {"key": key, "value": "+1"}
 
 
+def test_terminal_output_shows_control_characters_instead_of_obeying_them(
+    store_url: str,
+) -> None:
+    """Escape sequences, carriage returns, bells and bidirectional overrides in what
+    agents recorded are printed as escapes in every table and timeline (a reason
+    cannot clear the line it is on, retitle the terminal or reverse text); the JSON
+    outputs keep them verbatim."""
+    from ledger.store import Store
+    from ledger.writer import TraceWriter
+
+    agent, tool, reason = "a\x1b[31mRED", "t\x1b]0;pwned\x07", "boom\x1b[2K\rall good\u202e"
+    with Store.open(store_url) as store, TraceWriter(store, tenant="t\x1bx") as writer:
+        writer.record("tr", "TOOL_EXEC", {"tool": tool, "args": {}, "success": False,
+                                          "error_reason": reason},
+                      agent_owner=agent, executed_by=agent)
+        writer.record("tr", "CALLBACK_MEMORY_WRITE", {"key": "k\r", "value": reason},
+                      agent_owner=agent, executed_by=agent, write_scope=f"memory/{agent}")
+    outputs = []
+    for args in (["trace", "show", "tr"], ["trace", "list"], ["failures"], ["audit", "writes"],
+                 ["memory", "show", "--trace", "tr"], ["memory", "history", "--trace", "tr"],
+                 ["stats", "failures", "--by", "reason"], ["trace", "show", "none\x1b"]):
+        code, out, err = run(store_url, *args, "--tenant", "t\x1bx")
+        assert code in (0, 5), err
+        outputs.append(out + err)
+    for text in outputs:
+        assert not any(c in text for c in "\x1b\r\x07\u202e"), text
+    assert "\\x1b[31mRED" in outputs[0] and "\\x1b[2K\\rall good\\u202e" in outputs[0]
+    [failure] = run_json(store_url, "failures", "--tenant", "t\x1bx")
+    assert (failure["executed_by"], failure["reason"]) == (agent, reason)
+
+
 def test_audit_writes_json_and_csv_together_exit_2(loaded: str) -> None:
     """--json and --csv are exclusive."""
     code, _, err = run(loaded, "audit", "writes", "--tenant", "acme", "--json", "--csv")

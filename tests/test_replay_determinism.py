@@ -459,7 +459,7 @@ def test_an_output_memory_cannot_hold_stops_the_replay_naming_the_way_out(
     from ledger.errors import UsageError
 
     tenant = fresh_tenant()
-    _record(projected, tenant, [("EXEC_START", OWNER, {})] + UNPLANNED_FAILURE)
+    _record(projected, tenant, [("EXEC_START", OWNER, {}), *UNPLANNED_FAILURE])
     huge = {"fetch_doc_mirror": {"success": True, "output": {"bytes": 2**60}}}
     with pytest.raises(UsageError, match=r"cannot write memory at seq 9 .*payload\.value\.bytes"
                                          r".*then: \{write_memory: false\}"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,7 +71,7 @@ def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
             sys.stdout.flush()  # a write refused now is reported here, not at exit
             return result
         except LedgerError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable(str(exc), newlines=True)}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted: committed batches are kept; re-run to resume.", err=True)
@@ -142,8 +143,26 @@ def is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                                 "\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """Recorded text made safe for a terminal: control characters (escape sequences,
+    carriage returns, bells) and bidirectional overrides are shown as escapes
+    (``\\x1b``, ``\\r``, ``\\u202e``), never acted on. Agents and the pages their
+    tools read choose this text; an auditor's screen must show it, not obey it.
+    ``newlines`` keeps line breaks (a multi-line message)."""
+    unsafe = _UNSAFE_BUT_NEWLINE if newlines else _UNSAFE
+    if unsafe.search(text) is None:
+        return text
+    return unsafe.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def table(rows: list[list[str]], headers: list[str]) -> str:
-    """A plain left-aligned text table."""
+    """A plain left-aligned text table (cells made :func:`printable`)."""
+    rows = [[printable(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]

@@ -15,6 +15,7 @@ from ledger.cli.common import (
     handle_errors,
     json_option,
     open_store,
+    printable,
     table,
     tenant_option,
 )
@@ -53,8 +54,8 @@ def grants_add(ctx: click.Context, tenant: str, agent: str, scope: str, valid_fr
     if as_json:
         emit_json(grant.as_json())
     else:
-        click.echo(f"Granted {grant.grant_id}: {grant.agent} may write {grant.scope} from "
-                   f"{grant.valid_from} {_until(grant)} (tenant {grant.tenant!r}).")
+        click.echo(printable(f"Granted {grant.grant_id}: {grant.agent} may write {grant.scope} "
+                             f"from {grant.valid_from} {_until(grant)} (tenant {grant.tenant!r})."))
 
 
 @grants.command("revoke")
@@ -76,8 +77,8 @@ def grants_revoke(ctx: click.Context, grant_id: str, tenant: str, at: str | None
     if as_json:
         emit_json(grant.as_json())
     else:
-        click.echo(f"Revoked {grant.grant_id} ({grant.agent} on {grant.scope}) at "
-                   f"{grant.revoked_at}.")
+        click.echo(printable(f"Revoked {grant.grant_id} ({grant.agent} on {grant.scope}) at "
+                             f"{grant.revoked_at}."))
 
 
 @grants.command("list")

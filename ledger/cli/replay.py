@@ -22,6 +22,7 @@ from ledger.cli.common import (
     handle_errors,
     json_option,
     open_store,
+    printable,
     table,
     tenant_option,
     workers_option,
@@ -187,15 +188,16 @@ def replay_show(ctx: click.Context, replay_id: str, tenant: str, as_json: bool) 
         emit_json(stored)
         return
     color = sys.stdout.isatty()
-    click.echo(f"replay {stored['replay_trace_id']}  recorded {stored['recorded_at']}  by "
-               f"{stored['by']}" + (f"  reason: {stored['reason']}" if stored["reason"] else ""))
+    click.echo(printable(
+        f"replay {stored['replay_trace_id']}  recorded {stored['recorded_at']}  by "
+        f"{stored['by']}" + (f"  reason: {stored['reason']}" if stored["reason"] else "")))
     click.echo(_header(stored["source_trace_id"], tenant, stored["fork_seq"],
                        stored["original_status"], stored["replay_status"], color))
     click.echo(f"forked after source record hash {stored['source_prev_hash']}")
     click.echo(f"policy {stored['policy_digest']}  outcome sources: "
                f"{', '.join(stored['outcome_sources'] or [])}")
     click.echo("\n" + _side_by_side(source, stored["events"], stored["fork_seq"], color))
-    click.echo("\nPolicy as given:\n" + str(stored["policy"]).rstrip())
+    click.echo("\nPolicy as given:\n" + printable(str(stored["policy"]).rstrip(), newlines=True))
 
 
 # -- backtest ---------------------------------------------------------------------------

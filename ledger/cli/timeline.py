@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ledger.cli.common import printable
 from ledger.payloads import is_failure_point
 from ledger.reader import TraceView
 
@@ -52,8 +53,8 @@ def render_timeline(view: TraceView, *, color: bool) -> str:
     status = s.status.upper()
     if color:
         status = click.style(status, fg="red" if s.status == "terminated" else "green")
-    lines = [f"trace {s.trace_id}  tenant {s.tenant}  owner {s.agent_owner}  {status}  "
-             f"{s.events} events  {s.first_ts or ''} .. {s.last_ts or ''}", ""]
+    lines = [printable(f"trace {s.trace_id}  tenant {s.tenant}  owner {s.agent_owner}  ")
+             + f"{status}  {s.events} events  {s.first_ts or ''} .. {s.last_ts or ''}", ""]
     for r in view.records:
         failed = is_failure_point(r["event"], r["payload"])
         scope = ""
@@ -61,8 +62,9 @@ def render_timeline(view: TraceView, *, color: bool) -> str:
             scope = f"  [{r['write_scope']}]"
             if r["write_scope"] != f"memory/{r['executed_by']}":
                 scope += " cross-agent"
-        text = (f"{r['seq']:>5}  {r['ts']:<24}  {'!' if failed else ' '} {r['event']:<26} "
-                f"{r['executed_by']:<12} {summarize(r['event'], r['payload'])}{scope}")
+        text = printable(
+            f"{r['seq']:>5}  {r['ts']:<24}  {'!' if failed else ' '} {r['event']:<26} "
+            f"{r['executed_by']:<12} {summarize(r['event'], r['payload'])}{scope}")
         if color and failed:
             text = click.style(text, fg="red")
         lines.append(text.rstrip())

@@ -20,6 +20,7 @@ from ledger.cli.common import (
     is_terminal,
     json_option,
     open_store,
+    printable,
     table,
     tenant_option,
     workers_option,
@@ -102,7 +103,7 @@ def short(value: Any, width: int = 60) -> str:
     """A value as compact JSON text, cut to ``width`` characters for a table."""
     from ledger.chain import encode
 
-    text = value if isinstance(value, str) else encode(value).decode()
+    text = printable(value if isinstance(value, str) else encode(value).decode())
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
@@ -230,8 +231,8 @@ def memory_show(ctx: click.Context, tenant: str, trace_id: str, scope: str | Non
     if as_json:
         emit_json(view.as_json())
         return
-    click.echo(f"trace {view.trace_id}  scope {view.scope}  after seq {view.seq}  "
-               f"{view.memory_hash}")
+    click.echo(printable(f"trace {view.trace_id}  scope {view.scope}  after seq {view.seq}  "
+                         f"{view.memory_hash}"))
     click.echo(table([[k, short(v)] for k, v in view.state.items()], ["key", "value"])
                if view.state else "(empty)")
 
@@ -255,11 +256,11 @@ def memory_diff(ctx: click.Context, tenant: str, trace_id: str, scope: str | Non
     if as_json:
         emit_json(d.as_json())
         return
-    click.echo(f"trace {d.trace_id}  scope {d.scope}  after seq {d.from_seq} -> "
-               f"after seq {d.to_seq}")
-    lines = [f"+ {k}: {short(v)}" for k, v in d.added.items()]
-    lines += [f"- {k}: {short(v)}" for k, v in d.removed.items()]
-    lines += [f"~ {k}: {short(c['from'], 30)} -> {short(c['to'], 30)}"
+    click.echo(printable(f"trace {d.trace_id}  scope {d.scope}  after seq {d.from_seq} -> "
+                         f"after seq {d.to_seq}"))
+    lines = [f"+ {printable(k)}: {short(v)}" for k, v in d.added.items()]
+    lines += [f"- {printable(k)}: {short(v)}" for k, v in d.removed.items()]
+    lines += [f"~ {printable(k)}: {short(c['from'], 30)} -> {short(c['to'], 30)}"
               for k, c in d.changed.items()]
     click.echo("\n".join(lines) if lines else "no change")
 
