@@ -80,6 +80,17 @@ def list_traces(
     return [TraceSummary.from_head(h) for h in store.backend.list_streams(query)]
 
 
+def parse_window(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """``--since``/``--until`` of an event window (``since <= ts <= until``), normalised;
+    UsageError when since is after until (the window would hold nothing: the two were
+    most likely swapped)."""
+    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(f"--since {since!r} is after --until {until!r}: the window holds "
+                         "nothing")
+    return lo, hi
+
+
 def parse_bound(value: str | None, name: str) -> str | None:
     """A ``--since``/``--until`` value (RFC 3339 or YYYY-MM-DD) as a normalised UTC string."""
     if value is None:

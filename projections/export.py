@@ -31,7 +31,7 @@ from ledger import chain
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
-from ledger.reader import parse_bound
+from ledger.reader import parse_window
 from ledger.store import Store
 from ledger.verify import Problem, VerifyReport, verify_scanned
 from projections.queries import FindingRow, audit_findings
@@ -86,7 +86,7 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         raise UsageError(f"{target} exists: pass --force to replace it")
     if not target.parent.is_dir():
         raise UsageError(f"{target.parent} is not a directory")
-    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    lo, hi = parse_window(since, until)
     heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
     checked: dict[UUID, int] = {}  # stream -> the last version verify saw
     with store.backend.snapshot_scan(tenant) as (catalog_heads, streams):

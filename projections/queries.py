@@ -3,7 +3,7 @@
 Every query takes a store and exactly one tenant, reads the view tables only
 (plus the stream catalog to tell a missing trace from an empty answer), and
 returns dataclasses whose ``as_json()`` has the field names documented in
-docs/CLI.md. Time bounds are RFC 3339 or ``YYYY-MM-DD`` (``ledger.reader.parse_bound``).
+docs/CLI.md. Time bounds are RFC 3339 or ``YYYY-MM-DD`` (``ledger.reader.parse_window``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ledger import chain
 from ledger.backends.base import StreamHead
 from ledger.errors import NotFoundError, StoreError, UsageError
 from ledger.memory import memory_hash
-from ledger.reader import parse_bound
+from ledger.reader import parse_window
 from ledger.store import Store
 from projections.sql import view_db
 from projections.stats import failure_stats, fallback_stats, retry_stats, unknown_callback_stats
@@ -234,7 +234,7 @@ def _where(tenant: str, filters: dict[str, Any], since: str | None,
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
-    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    lo, hi = parse_window(since, until)
     if lo is not None:
         clauses.append("ts >= ?")
         params.append(lo)

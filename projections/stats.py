@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from ledger.errors import UsageError
-from ledger.reader import parse_bound
+from ledger.reader import parse_window
 from ledger.store import Store
 from projections.sql import ViewDB, view_db
 
@@ -72,7 +72,7 @@ def failure_stats(store: Store, tenant: str, *, by: str = "tool", since: str | N
     if by not in _FAILURE_KEYS:
         raise UsageError(f"--by {by!r}: choose from {', '.join(_FAILURE_KEYS)}")
     keys, exec_column = _FAILURE_KEYS[by]
-    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    lo, hi = parse_window(since, until)
     db = view_db(store.backend)
     column = keys[0]
     rows = [(key, n, failed) for key, (n, failed) in _counts(
@@ -105,7 +105,7 @@ def unknown_callback_stats(store: Store, tenant: str, *, by: str = "event",
     if by not in _UNKNOWN_KEYS:
         raise UsageError(f"--by {by!r}: choose from {', '.join(_UNKNOWN_KEYS)}")
     column = _UNKNOWN_KEYS[by]
-    where, params = _window(tenant, parse_bound(since, "since"), parse_bound(until, "until"))
+    where, params = _window(tenant, *parse_window(since, until))
     rows = view_db(store.backend).query(
         f"SELECT {column}, COUNT(*), COUNT(DISTINCT trace_id), MIN(ts), MAX(ts) "
         f"FROM {{unknown_callbacks}}{where} GROUP BY {column}", params)
@@ -122,7 +122,7 @@ def _recovery_stats(store: Store, tenant: str, kind: str, count_name: str, by: s
     if by not in _RECOVERY_KEYS:
         raise UsageError(f"--by {by!r}: choose from {', '.join(_RECOVERY_KEYS)}")
     keys, exec_column = _RECOVERY_KEYS[by]
-    lo, hi = parse_bound(since, "since"), parse_bound(until, "until")
+    lo, hi = parse_window(since, until)
     db = view_db(store.backend)
     where, params = _window(tenant, lo, hi)
     columns = ", ".join(keys)

@@ -251,6 +251,26 @@ def test_failures_bad_since_exits_2(loaded: str) -> None:
     assert code == 2 and "--since 'last week'" in err
 
 
+@pytest.mark.parametrize("command", [
+    ["failures"], ["audit", "writes"], ["stats", "fallbacks"], ["stats", "retries"],
+    ["stats", "failures"], ["stats", "unknown-callbacks"], ["audit", "export", "w.jsonl"]],
+    ids=lambda c: " ".join(c[:2]))
+def test_a_window_whose_since_is_after_its_until_exits_2(loaded: str, tmp_path: Path,
+                                                         command: list[str]) -> None:
+    """Event windows are ``since <= ts <= until``: bounds the wrong way round hold
+    nothing, most likely swapped, and say so (exit 2) instead of an empty answer; a
+    window of one day (both bounds the same date) is fine."""
+    if command[-1] == "w.jsonl":
+        command = [*command[:-1], str(tmp_path / "w.jsonl")]
+    code, _, err = run(loaded, *command, "--tenant", "acme", "--since", "2026-11-19",
+                       "--until", "2026-11-18")
+    assert code == 2 and err.strip() == (
+        "Error: --since '2026-11-19' is after --until '2026-11-18': the window holds nothing")
+    code, _, err = run(loaded, *command, "--tenant", "acme", "--since", "2026-11-18",
+                       "--until", "2026-11-18")
+    assert code == 0, err
+
+
 # -- audit ---------------------------------------------------------------------------
 
 def test_audit_writes_json_and_csv_agree(loaded: str) -> None:
