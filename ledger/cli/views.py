@@ -201,7 +201,8 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
         click.echo(f"Following {store.url} every {interval:g}s (Ctrl-C to stop).", err=True)
 
         def retrying(error: StoreError, wait: float) -> None:
-            click.echo(f"Store unavailable: {error}; retrying in {wait:g}s.", err=True)
+            click.echo(f"Store unavailable: {printable(str(error), newlines=True)}; "
+                       f"retrying in {wait:g}s.", err=True)
 
         follow(store, interval=interval, on_batch=report, on_retry=retrying,
                progress=lambda: progress_bar("Catching up"))
