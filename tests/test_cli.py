@@ -275,6 +275,16 @@ def test_verify_ok_then_exit_4_after_an_edit(sqlite_url: str, demo_file: Path,
     assert {"tenant", "trace_id", "seq", "kind", "detail"} == report["problems"][0].keys()
 
 
+def test_verify_of_a_tenant_with_no_streams_does_not_read_as_ok(store_url: str, demo_file: Path,
+                                                                  tmp_path: Path) -> None:
+    """A mistyped tenant has nothing to verify, and says so instead of "OK"."""
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "verify", "--tenant", "acmee")
+    assert (code, out.strip()) == (0, "Nothing to verify: tenant 'acmee' has no streams.")
+    code, out, _ = run(store_url, "verify", "--tenant", "acme")
+    assert code == 0 and out.startswith("OK: ")
+
+
 def test_verify_reports_the_runtime_memory_hash_finding(store_url: str, demo_file: Path,
                                                          tmp_path: Path) -> None:
     """The demo's lying runtime shows up as a finding, not as tampering."""

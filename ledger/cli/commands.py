@@ -19,6 +19,7 @@ from ledger.cli.common import (
     is_terminal,
     json_option,
     open_store,
+    printable,
     table,
     tenant_option,
     workers_option,
@@ -132,13 +133,16 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers
     if as_json:
         emit_json(report.as_json())
     else:
-        _print_verify(report)
+        _print_verify(report, tenant)
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
 
-def _print_verify(report: Any) -> None:
-    if report.ok:
+def _print_verify(report: Any, tenant: str | None) -> None:
+    if report.ok and report.streams == 0:  # a mistyped tenant must not read as a clean bill
+        where = f"tenant {tenant!r} has" if tenant is not None else "the store has"
+        click.echo(printable(f"Nothing to verify: {where} no streams."))
+    elif report.ok:
         click.echo(f"OK: {report.streams:,} streams, {report.events:,} events; every chain "
                    "and memory hash checks out.")
     else:
