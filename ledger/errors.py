@@ -39,6 +39,19 @@ class UsageError(LedgerError):
     exit_code = 2
 
 
+class UnwritableReplayError(UsageError):
+    """A replay would write to memory an outcome's output the contract cannot hash (not
+    I-JSON). Names the trace, the replay's seq and the reason; a backtest leaves that
+    trace out and goes on."""
+
+    def __init__(self, trace_id: str, seq: int, reason: str) -> None:
+        self.trace_id, self.seq, self.reason = trace_id, seq, reason
+        super().__init__(
+            f"the replay of {trace_id!r} cannot write memory at seq {seq} ({reason}): the "
+            "output it would store is not I-JSON; a policy rule with `then: {write_memory: "
+            "false}` for that tool leaves it out")
+
+
 class InputError(LedgerError):
     """An input could not be read at all (missing file, unreadable stream)."""
 

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ledger.errors import UnreadableRecordError
+from ledger.errors import UnreadableRecordError, UnwritableReplayError
 from ledger.gcpause import paused_gc
 from ledger.store import Store
 from ledger.workers import WorkerError, share, shareable, spawn_pool
@@ -42,11 +42,17 @@ class BacktestReport:
     by_tool: dict[str, dict[str, int]] = field(default_factory=dict)
     extra_tool_calls: int = 0
     unreadable: list[dict[str, Any]] = field(default_factory=list)  # traces left out
+    unwritable: list[dict[str, Any]] = field(default_factory=list)  # and these
 
-    def skip(self, error: UnreadableRecordError) -> None:
-        """Leave out a trace with a stored record that cannot be read (named in the report)."""
-        self.unreadable.append({"trace_id": error.name, "seq": error.seq,
-                                "reason": error.reason})
+    def skip(self, error: UnreadableRecordError | UnwritableReplayError) -> None:
+        """Leave out a trace (named in the report): one with a stored record that cannot
+        be read, or whose replay would write to memory what the contract cannot hash."""
+        if isinstance(error, UnreadableRecordError):
+            self.unreadable.append({"trace_id": error.name, "seq": error.seq,
+                                    "reason": error.reason})
+        else:
+            self.unwritable.append({"trace_id": error.trace_id, "seq": error.seq,
+                                    "reason": error.reason})
 
     def add(self, tool: str | None, result: ReplayResult, source_calls: int) -> None:
         key = {"recovered": "recovered", "completed": "recovered",
@@ -70,6 +76,7 @@ class BacktestReport:
             for key, n in counts.items():
                 row[key] += n
         self.unreadable += other.unreadable
+        self.unwritable += other.unwritable
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +137,7 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
         replayer._index = None
     report.by_tool = dict(sorted(report.by_tool.items()))
     report.unreadable.sort(key=lambda u: (u["trace_id"], u["seq"]))
+    report.unwritable.sort(key=lambda u: (u["trace_id"], u["seq"]))
     return report
 
 
@@ -144,10 +152,14 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
             if trace_id in unreadable:
                 report.skip(unreadable[trace_id])
             else:
-                done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
-                                                history.get(trace_id, []), live)
-                if done is not None:
-                    report.add(*done)
+                try:
+                    done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
+                                                    history.get(trace_id, []), live)
+                except UnwritableReplayError as exc:  # nothing of it was stored
+                    report.skip(exc)
+                else:
+                    if done is not None:
+                        report.add(*done)
             if tick is not None:
                 tick(1)
     return report

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.errors import UsageError, ValidationError
+from ledger.errors import UnwritableReplayError, ValidationError
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_write
 from replay.outcomes import Call, Outcome, OutcomeChain
 from replay.plan import CONTROL, END, Anchor, Plan, Step
@@ -303,10 +303,7 @@ class Engine:
             try:
                 apply_write(memory, payload)
             except ValidationError as exc:  # an outcome's output the contract cannot hash
-                raise UsageError(
-                    f"the replay cannot write memory at seq {self.seq} ({exc}): the output "
-                    "it would store is not I-JSON; a policy rule with `then: {write_memory: "
-                    "false}` for that tool leaves it out") from None
+                raise UnwritableReplayError(self.trace_id, self.seq, str(exc)) from None
         self.out.events.append({
             "trace_id": self.trace_id, "seq": self.seq, "event": event, "tenant": self.tenant,
             "agent_owner": self.owner, "executed_by": agent, "write_scope": scope,

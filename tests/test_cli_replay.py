@@ -33,7 +33,7 @@ LINK_FIELDS = {"replay_trace_id", "tenant", "source_trace_id", "fork_seq", "sour
                "outcome_sources", "by", "reason", "recorded_at"}
 BACKTEST_FIELDS = {"tenant", "policy_digest", "terminated_traces", "recovered",
                    "still_terminated", "needs_outcome", "by_tool", "extra_tool_calls",
-                   "unreadable"}
+                   "unreadable", "unwritable"}
 
 
 @pytest.fixture
@@ -349,6 +349,44 @@ def test_backtest_in_worker_processes_gives_the_same_report(
     assert shared == alone
     assert here < alone["terminated_traces"]  # the workers ran some of the chunks
     assert list(shared["by_tool"]) == sorted(shared["by_tool"])
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_a_trace_whose_replay_cannot_write_memory_is_left_out_and_the_rest_reported(
+        url: str, files: dict[str, str], tmp_path: Path, workers: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive's scripted output holds an integer memory cannot hash (beyond 2**53):
+    contract-fetch's replay cannot write it. The backtest names that trace (stderr and
+    ``unwritable``), stores nothing of it, reports and stores every other trace, and
+    exits 3; in worker processes too."""
+    import replay.backtest
+
+    monkeypatch.setattr(replay.backtest, "CHUNK", 1)
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"fetch_doc_archive": {
+        "success": True, "output": {**ARCHIVE_DOC, "bytes": 2**60}}}))
+    args = ["backtest", "--tenant", "acme", "--policy", files["fallback"], "--outcomes"]
+    fine = run_json(url, *args, files["outcomes"], "--workers", workers)
+    code, out, err = run(url, *args, str(huge), "--workers", workers, "--json")
+    assert code == 3, err
+    report = json.loads(out)
+    assert [(u["trace_id"], u["reason"]) for u in report["unwritable"]] == [
+        (TRACE, "payload.value.bytes: integer 1152921504606846976 is outside "
+                "+-(2**53 - 1)")]
+    assert f"warning: left out trace '{TRACE}': its replay cannot write memory at seq " \
+        f"{report['unwritable'][0]['seq']}" in err and "write_memory: false" in err
+    assert report["terminated_traces"] == fine["terminated_traces"] - 1
+    assert report["recovered"] == fine["recovered"] - 1
+    assert fine["by_tool"].pop("fetch_doc")["terminated_traces"] == 1  # contract-fetch's
+    assert report["by_tool"] == fine["by_tool"]
+    if workers == "1":  # --save runs in one process
+        code, out, err = run(url, *args, str(huge), "--save")
+        assert code == 3 and "left out trace 'contract-fetch'" in err
+        assert f"Stored {report['terminated_traces']} replay(s)" in out
+        stored = {r["source_trace_id"] for r in run_json(url, "replay", "list", "--tenant",
+                                                            "acme")}
+        assert stored == terminated(url, "acme") - {TRACE}
+        assert run_json(url, "verify")["ok"] is True
 
 
 def test_backtest_workers_must_be_positive(url: str, files: dict[str, str]) -> None:

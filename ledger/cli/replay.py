@@ -18,6 +18,7 @@ import click
 
 from ledger.cli.common import (
     EXIT_PROBLEMS,
+    EXIT_REJECTED,
     emit_json,
     handle_errors,
     json_option,
@@ -32,6 +33,7 @@ from ledger.cli.views import catch_up, progress_bar, short
 if TYPE_CHECKING:
     from ledger.store import Store
     from replay import Replayer, ReplayResult
+    from replay.backtest import BacktestReport
 
 CELL = 52  # least characters of one side of the side-by-side table
 STATUS_COLOURS = {"recovered": "green", "completed": "green", "terminated": "red",
@@ -220,8 +222,9 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
              save: bool, workers: int, as_json: bool) -> None:
     """Replay every terminated trace from the failure that led to termination.
 
-    Exit 0, 2 for a bad policy or outcomes file or option value, 4 when traces with
-    an unreadable stored record were left out (the rest are reported).
+    Exit 0; 2 for a bad policy or outcomes file or option value; 3 when traces whose
+    replay would write to memory an output that is not I-JSON were left out, 4 when
+    traces with an unreadable stored record were (the rest are reported).
     """
 
     policy, _ = _load(policy_path, outcomes_path)  # the file is re-read per trace
@@ -233,7 +236,7 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
                                    progress=progress)
     if as_json:
         emit_json(report.as_json())
-        _left_out(report.unreadable)
+        _left_out(report)
         return
     click.echo(f"backtest of policy {report.policy_digest} over tenant {tenant}: "
                f"{report.terminated_traces} terminated trace(s) replayed")
@@ -254,18 +257,25 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
                    f"--tenant {tenant}")
     else:
         click.echo("\nNothing stored (--save stores every replay).")
-    _left_out(report.unreadable)
+    _left_out(report)
 
 
-def _left_out(unreadable: list[dict[str, Any]]) -> None:
-    """Name the traces a backtest left out on stderr, then exit 4 (if there are any)."""
-    if not unreadable:
-        return
-    for u in unreadable:
-        click.echo(f"warning: left out trace {u['trace_id']!r}: its stored record seq "
-                   f"{u['seq']} cannot be read ({u['reason']}); run `agentledger verify`",
-                   err=True)
-    sys.exit(EXIT_PROBLEMS)
+def _left_out(report: BacktestReport) -> None:
+    """Name the traces a backtest left out on stderr, then exit 4 if a stored record
+    cannot be read, else 3 if a replay could not write memory (if any were left out)."""
+    for u in report.unreadable:
+        click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its stored record "
+                             f"seq {u['seq']} cannot be read ({u['reason']}); run "
+                             "`agentledger verify`"), err=True)
+    for u in report.unwritable:
+        click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its replay cannot "
+                             f"write memory at seq {u['seq']} ({u['reason']}); a policy rule "
+                             "with `then: {write_memory: false}` for that tool leaves the "
+                             "write out"), err=True)
+    if report.unreadable:
+        sys.exit(EXIT_PROBLEMS)
+    if report.unwritable:
+        sys.exit(EXIT_REJECTED)
 
 
 # -- rendering --------------------------------------------------------------------------
