@@ -2,8 +2,9 @@
 
 This package is the one place that composes ``ledger``, ``projections`` and
 ``replay``. Exit codes (stable, see docs/CLI.md): 0 ok, 1 internal error or a
-refused write, 2 usage or unreadable input, 3 some input rejected or left out, 4 verification
-found problems, 5 not found, 130 interrupted, 141 the output's reader went away.
+refused write, 2 usage or unreadable input, 3 some input rejected or left out,
+4 verification found problems, 5 not found, 130 interrupted, 141 the output's
+reader went away.
 """
 
 from __future__ import annotations
