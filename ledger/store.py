@@ -31,6 +31,14 @@ def open_backend(url: str) -> Backend:
             path = path[1:]
         if not path:
             raise UsageError(f"SQLite URL {url!r} names no file: use sqlite:///path.db")
+        if path != ":memory:" and not path.startswith("file:"):
+            path = os.path.expanduser(path)  # a shell leaves "~" in a URL as it is
+            folder = os.path.dirname(path) or "."
+            if not os.path.isdir(folder):
+                raise UsageError(f"SQLite store {url}: no such folder {folder} (create it "
+                                 "first)")
+            if os.path.isdir(path):
+                raise UsageError(f"SQLite store {url}: {path} is a folder, not a file")
         from ledger.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(path, url=url)

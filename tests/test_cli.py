@@ -188,6 +188,25 @@ def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     assert code == 2 and err.startswith("Error: unsupported store URL")
 
 
+def test_a_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path: Path) -> None:
+    """A SQLite URL whose folder does not exist (or that names a folder) is a usage
+    error naming it, not the driver's "unable to open database file"."""
+    code, _, err = run(f"sqlite:///{tmp_path}/none/x.db", "trace", "list")
+    assert (code, err) == (2, f"Error: SQLite store sqlite:///{tmp_path}/none/x.db: no such "
+                              f"folder {tmp_path}/none (create it first)\n")
+    code, _, err = run(f"sqlite:///{tmp_path}", "init")
+    assert (code, err) == (2, f"Error: SQLite store sqlite:///{tmp_path}: {tmp_path} is a "
+                              "folder, not a file\n")
+
+
+def test_a_sqlite_url_may_start_at_the_home_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///~/x.db`` is the file in the home folder, as the shell would read ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert run_json("sqlite:///~/x.db", "init")["schema_version"] >= 1
+    assert (tmp_path / "x.db").is_file()
+
+
 @pytest.mark.parametrize("url_of, reason", [
     (lambda c: c.url_for("no_such_db"), 'database "no_such_db" does not exist'),
     (lambda c: c.url_for("agentledger_test").replace("postgres@", "nobody@"),
