@@ -22,7 +22,7 @@ import rawdb
 from viewdump import dump
 
 from ledger import chain
-from ledger.errors import StoreError
+from ledger.errors import StoreError, UsageError
 from ledger.grants import add_grant, revoke_grant
 from ledger.ingest import ingest
 from ledger.store import Store
@@ -178,7 +178,7 @@ def test_a_worker_part_failing_stops_the_part_here_too(
     monkeypatch.setattr(parts, "scratch", broken)
     monkeypatch.setattr(Projector, "_run_slice", slow)
     started = time.monotonic()
-    with pytest.raises(StoreError, match="nonexistent"):
+    with pytest.raises(UsageError, match="no such folder /nonexistent"):
         Projector(store).rebuild(workers=2)
     assert time.monotonic() - started < 30
     assert snapshot(store) == before
