@@ -180,6 +180,26 @@ def test_unsupported_store_url_is_a_usage_error(url: str) -> None:
         open_backend(url)
 
 
+def test_sqlite_connections_checkpoint_the_log_less_often(tmp_path: Path) -> None:
+    """Every connection of a SQLite store lets its write-ahead log grow to
+    WAL_CHECKPOINT_PAGES before a commit copies it into the file (an ingest's batches
+    each paid a checkpoint with SQLite's 1,000); an in-memory store has no log."""
+    from ledger.backends.sqlite import WAL_CHECKPOINT_PAGES
+
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        datastore = store.backend.datastore  # type: ignore[attr-defined]
+        with datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA wal_autocheckpoint")
+            assert c.fetchone()[0] == WAL_CHECKPOINT_PAGES
+            c.execute("PRAGMA journal_mode")
+            assert c.fetchone()[0] == "wal"
+    with Store.open("sqlite:///:memory:") as memory:
+        datastore = memory.backend.datastore  # type: ignore[attr-defined]
+        with datastore.transaction(commit=False) as c:
+            c.execute("PRAGMA wal_autocheckpoint")
+            assert c.fetchone()[0] == 1000
+
+
 def test_a_new_trace_is_owned_by_its_first_events_owner(store: Store, tmp_path: Path) -> None:
     """The catalog's agent_owner of a trace comes from its first event, not a later one."""
     import orjson

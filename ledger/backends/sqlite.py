@@ -27,6 +27,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
     SQLiteCursor,
     SQLiteDatastore,
 )
@@ -203,6 +205,25 @@ def _use_wal(path: str, url: str) -> None:
 
 
 _WAL_WAIT = 5.0  # seconds, as long as a writer waits for the lock
+WAL_CHECKPOINT_PAGES = 50_000
+"""Pages (4 KiB) the write-ahead log may hold before a commit copies them into the
+database file (SQLite's default: 1,000). An ingest batch of 5,000 events dirties
+about 1,000 pages, many of them index pages written again by the next batches; with
+the default every commit also paid a checkpoint. 1M events, two processes, runs
+alternating (2026-12-05): 48.4k, 48.9k, 48.6k/s with 1,000; 50.2k, 50.8k with 10,000;
+51.0k, 53.4k, 51.6k with 20,000; 53.4k, 54.2k, 54.9k with 50,000; 54.0k with 100,000.
+The log thus grows to ~200 MB beside a busy store; it is emptied into the file and
+removed when the last connection closes."""
+
+
+class _ConnectionPool(SQLiteConnectionPool):
+    """The library's pool, each new connection set to checkpoint less often."""
+
+    def _create_connection(self) -> SQLiteConnection:
+        connection = super()._create_connection()
+        if not self.is_sqlite_memory_mode:
+            connection.cursor().execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+        return connection
 
 
 class SQLiteBackend(Backend):
@@ -215,6 +236,7 @@ class SQLiteBackend(Backend):
         self.path = path  # the file (or ":memory:" / a "file:" URI)
         _use_wal(path, self.url)
         self.datastore = SQLiteDatastore(db_name=path, originator_id_type="uuid")
+        self.datastore.pool = _ConnectionPool(db_name=path)  # the library's defaults
         self.recorder = LedgerSQLiteRecorder(self.datastore)
 
     @contextmanager
