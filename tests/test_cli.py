@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from clirun import run, run_json, run_process, write_demo
 
+from ledger.cli.common import usable_cpus
 from ledger.cli.main import main
 from ledger.workload import demo_bad_lines, demo_events
 
@@ -180,6 +181,18 @@ def test_json_output_keeps_big_integers_and_events_nested_to_the_limit(
     assert code == 0 and "t FAILED" in out, err
     code, out, err = run(store_url, "memory", "show", "--tenant", "default", "--trace", "t")
     assert code == 0 and "[[[[" in out, err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_workers_default_to_the_cpus_the_process_may_use() -> None:
+    """Pinned to one CPU (a container's cpuset, ``taskset``), a command's default
+    ``--workers`` is 1, not the machine's CPU count."""
+    code = ("import os; from ledger.cli.common import usable_cpus; "
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cpus())")
+    pinned = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert pinned.stdout == "1\n"
+    assert usable_cpus() == len(os.sched_getaffinity(0))
 
 
 def test_bad_store_url_exits_2(tmp_path: Path) -> None:

@@ -37,11 +37,21 @@ def json_option(f: Callable[P, R]) -> Callable[P, R]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's cpuset or ``taskset`` counts, as
+    Python 3.13's ``os.process_cpu_count`` does), else every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not on every platform
+        return os.cpu_count() or 1
+
+
 def workers_option(shared: str, note: str = "") -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """``--workers N``: processes sharing the work; the command gets N (default: one per CPU)."""
+    """``--workers N``: processes sharing the work; the command gets N (default: one per
+    CPU it may use)."""
     return click.option(
         "--workers", type=click.IntRange(min=1), metavar="N",
-        callback=lambda _ctx, _param, value: value or os.cpu_count() or 1,
+        callback=lambda _ctx, _param, value: value or usable_cpus(),
         help=f"Processes sharing the {shared} (default: one per CPU; 1: this one only).{note}",
     )
 
