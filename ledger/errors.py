@@ -44,12 +44,12 @@ class UnwritableReplayError(UsageError):
     I-JSON). Names the trace, the replay's seq and the reason; a backtest leaves that
     trace out and goes on."""
 
+    WAY_OUT = "a policy rule with `then: {write_memory: false}` for that tool leaves it out"
+
     def __init__(self, trace_id: str, seq: int, reason: str) -> None:
         self.trace_id, self.seq, self.reason = trace_id, seq, reason
-        super().__init__(
-            f"the replay of {trace_id!r} cannot write memory at seq {seq} ({reason}): the "
-            "output it would store is not I-JSON; a policy rule with `then: {write_memory: "
-            "false}` for that tool leaves it out")
+        super().__init__(f"the replay of {trace_id!r} cannot write memory at seq {seq} "
+                         f"({reason}): the output it would store is not I-JSON; {self.WAY_OUT}")
 
 
 class InputError(LedgerError):

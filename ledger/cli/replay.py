@@ -267,11 +267,12 @@ def _left_out(report: BacktestReport) -> None:
         click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its stored record "
                              f"seq {u['seq']} cannot be read ({u['reason']}); run "
                              "`agentledger verify`"), err=True)
+    from ledger.errors import UnwritableReplayError
+
     for u in report.unwritable:
         click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its replay cannot "
-                             f"write memory at seq {u['seq']} ({u['reason']}); a policy rule "
-                             "with `then: {write_memory: false}` for that tool leaves the "
-                             "write out"), err=True)
+                             f"write memory at seq {u['seq']} ({u['reason']}); "
+                             f"{UnwritableReplayError.WAY_OUT}"), err=True)
     if report.unreadable:
         sys.exit(EXIT_PROBLEMS)
     if report.unwritable:
