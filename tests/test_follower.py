@@ -127,9 +127,14 @@ def _json_line(proc: subprocess.Popen[str], timeout: float = DEADLINE_S) -> dict
     return dict(json.loads(proc.stdout.readline()))
 
 
-def test_projections_run_follows_what_other_writers_append(fed: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop, code, said", [
+    (signal.SIGINT, 130, "Interrupted"), (signal.SIGTERM, 143, "Terminated")],
+    ids=["ctrl-c", "sigterm"])
+def test_projections_run_follows_what_other_writers_append(
+        fed: str, tmp_path: Path, stop: int, code: int, said: str) -> None:
     """`agentledger projections run --json`: a line once caught up, a line for what
-    another writer appends later, and Ctrl-C ends it with exit 130."""
+    another writer appends later; Ctrl-C ends it with exit 130, SIGTERM (a service
+    manager stopping it) with 143, each saying what is kept."""
     entry = "from ledger.cli.main import main; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", entry, "--store", fed, "projections", "run", "--interval",
@@ -141,8 +146,10 @@ def test_projections_run_follows_what_other_writers_append(fed: str, tmp_path: P
         with Store.open(fed) as store:
             ingest(store, [str(more)], reject_file=str(tmp_path / "r.jsonl"))
         assert _json_line(proc) == {"entries_read": N_EVENTS, "log_head": 2 * N_EVENTS}
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=DEADLINE_S) == 130
+        proc.send_signal(stop)
+        assert proc.wait(timeout=DEADLINE_S) == code
+        _, err = proc.communicate()
+        assert err.endswith(f"{said}: committed batches are kept; re-run to resume.\n")
     finally:
         proc.kill()
         proc.communicate()

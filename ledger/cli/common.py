@@ -29,7 +29,25 @@ EXIT_USAGE = 2
 EXIT_REJECTED = 3
 EXIT_PROBLEMS = 4
 EXIT_NOT_FOUND = 5
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
 EXIT_CLOSED_PIPE = 141  # as a command killed by SIGPIPE: the reader went away (`| head`)
+EXIT_TERMINATED = 143  # SIGTERM (a service manager, `timeout`, `docker stop`)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the command stops as it does on Ctrl-C
+    (open transactions roll back, worker processes end with it), exit 143."""
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM stop the command through :func:`handle_errors` instead of killing
+    the process without a word (Python's default)."""
+    import signal
+
+    def terminated(_signum: int, _frame: Any) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def json_option(f: Callable[P, R]) -> Callable[P, R]:
@@ -83,9 +101,11 @@ def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
         except LedgerError as exc:
             click.echo(f"Error: {printable(str(exc), newlines=True)}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("Interrupted: committed batches are kept; re-run to resume.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            stopped = isinstance(exc, Terminated)
+            click.echo(f"{'Terminated' if stopped else 'Interrupted'}: committed batches are "
+                       "kept; re-run to resume.", err=True)
+            sys.exit(EXIT_TERMINATED if stopped else EXIT_INTERRUPTED)
         except BrokenPipeError:
             _discard_stdout()
             sys.exit(EXIT_CLOSED_PIPE)

@@ -4,7 +4,7 @@ This package is the one place that composes ``ledger``, ``projections`` and
 ``replay``. Exit codes (stable, see docs/CLI.md): 0 ok, 1 internal error or a
 refused write, 2 usage or unreadable input, 3 some input rejected or left out,
 4 verification found problems, 5 not found, 130 interrupted, 141 the output's
-reader went away.
+reader went away, 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import click
 
 from ledger.cli.audit import audit_group
 from ledger.cli.commands import ingest, init, trace, verify
+from ledger.cli.common import stop_on_sigterm
 from ledger.cli.demo import demo
 from ledger.cli.grants import grants
 from ledger.cli.replay import backtest, replay_group
@@ -28,6 +29,7 @@ from ledger.cli.views import failures, memory_group, projections_group
 @click.pass_context
 def main(ctx: click.Context, store: str | None) -> None:
     """AgentLedger: a tamper-evident audit ledger for AI-agent execution traces."""
+    stop_on_sigterm()
     ctx.ensure_object(dict)
     ctx.obj["store"] = store
 
