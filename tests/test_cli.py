@@ -195,6 +195,19 @@ def test_workers_default_to_the_cpus_the_process_may_use() -> None:
     assert usable_cpus() == len(os.sched_getaffinity(0))
 
 
+def test_the_cli_runs_from_a_thread_other_than_the_main_one(tmp_path: Path) -> None:
+    """A command run from another thread (an embedding program) works: only the main
+    thread may take SIGTERM's handler, so the CLI leaves it there."""
+    import threading
+
+    outcome: list[tuple[int, str, str]] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        run(f"sqlite:///{tmp_path}/t.db", "trace", "list", "--tenant", "acme", "--json")))
+    thread.start()
+    thread.join(timeout=60)
+    assert outcome == [(0, "[]\n", "")]
+
+
 def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     """An unsupported --store URL is a usage error."""
     code, _, err = run("mysql://nope", "trace", "list")

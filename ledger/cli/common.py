@@ -41,13 +41,16 @@ class Terminated(KeyboardInterrupt):
 
 def stop_on_sigterm() -> None:
     """Let SIGTERM stop the command through :func:`handle_errors` instead of killing
-    the process without a word (Python's default)."""
+    the process without a word (Python's default). Only the main thread may set a
+    handler: the command run from another thread (embedded) keeps the process's."""
     import signal
+    import threading
 
     def terminated(_signum: int, _frame: Any) -> None:
         raise Terminated
 
-    signal.signal(signal.SIGTERM, terminated)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, terminated)
 
 
 def json_option(f: Callable[P, R]) -> Callable[P, R]:

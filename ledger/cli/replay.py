@@ -263,12 +263,12 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
 def _left_out(report: BacktestReport) -> None:
     """Name the traces a backtest left out on stderr, then exit 4 if a stored record
     cannot be read, else 3 if a replay could not write memory (if any were left out)."""
+    from ledger.errors import UnwritableReplayError
+
     for u in report.unreadable:
         click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its stored record "
                              f"seq {u['seq']} cannot be read ({u['reason']}); run "
                              "`agentledger verify`"), err=True)
-    from ledger.errors import UnwritableReplayError
-
     for u in report.unwritable:
         click.echo(printable(f"warning: left out trace {u['trace_id']!r}: its replay cannot "
                              f"write memory at seq {u['seq']} ({u['reason']}); "
