@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -180,24 +182,34 @@ def test_unsupported_store_url_is_a_usage_error(url: str) -> None:
         open_backend(url)
 
 
-def test_sqlite_connections_checkpoint_the_log_less_often(tmp_path: Path) -> None:
-    """Every connection of a SQLite store lets its write-ahead log grow to
-    WAL_CHECKPOINT_PAGES before a commit copies it into the file (an ingest's batches
-    each paid a checkpoint with SQLite's 1,000); an in-memory store has no log."""
-    from ledger.backends.sqlite import WAL_CHECKPOINT_PAGES
+def _pragma(store: Store, name: str) -> object:
+    with store.backend.datastore.transaction(commit=False) as c:  # type: ignore[attr-defined]
+        c.execute(f"PRAGMA {name}")
+        return c.fetchone()[0]
 
+
+def test_sqlite_connections_checkpoint_the_log_less_often(tmp_path: Path) -> None:
+    """A new SQLite store file gets PAGE_SIZE pages, and every connection lets its
+    write-ahead log grow to WAL_CHECKPOINT_BYTES before a commit copies it into the file
+    (an ingest's batches each paid a checkpoint with SQLite's 1,000 pages); a file made
+    with another page size keeps it, with the same log size in its pages; an in-memory
+    store has no log."""
+    from ledger.backends.sqlite import PAGE_SIZE, WAL_CHECKPOINT_BYTES
+
+    assert PAGE_SIZE != 4096
     with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
-        datastore = store.backend.datastore  # type: ignore[attr-defined]
-        with datastore.transaction(commit=False) as c:
-            c.execute("PRAGMA wal_autocheckpoint")
-            assert c.fetchone()[0] == WAL_CHECKPOINT_PAGES
-            c.execute("PRAGMA journal_mode")
-            assert c.fetchone()[0] == "wal"
+        assert _pragma(store, "page_size") == PAGE_SIZE
+        assert _pragma(store, "wal_autocheckpoint") == WAL_CHECKPOINT_BYTES // PAGE_SIZE
+        assert _pragma(store, "journal_mode") == "wal"
+    with closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("CREATE TABLE made_before (x)")
+    with Store.open(f"sqlite:///{tmp_path}/old.db") as old:
+        assert _pragma(old, "page_size") == 4096
+        assert _pragma(old, "wal_autocheckpoint") == WAL_CHECKPOINT_BYTES // 4096
+        assert _pragma(old, "journal_mode") == "wal"
     with Store.open("sqlite:///:memory:") as memory:
-        datastore = memory.backend.datastore  # type: ignore[attr-defined]
-        with datastore.transaction(commit=False) as c:
-            c.execute("PRAGMA wal_autocheckpoint")
-            assert c.fetchone()[0] == 1000
+        assert _pragma(memory, "wal_autocheckpoint") == 1000
 
 
 def test_a_new_trace_is_owned_by_its_first_events_owner(store: Store, tmp_path: Path) -> None:
