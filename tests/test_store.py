@@ -188,7 +188,7 @@ def _pragma(store: Store, name: str) -> object:
         return c.fetchone()[0]
 
 
-def test_sqlite_connections_checkpoint_the_log_less_often(tmp_path: Path) -> None:
+def test_new_sqlite_files_get_large_pages_and_checkpoint_less_often(tmp_path: Path) -> None:
     """A new SQLite store file gets PAGE_SIZE pages, and every connection lets its
     write-ahead log grow to WAL_CHECKPOINT_BYTES before a commit copies it into the file
     (an ingest's batches each paid a checkpoint with SQLite's 1,000 pages); a file made
