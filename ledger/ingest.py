@@ -31,6 +31,7 @@ from ledger.errors import (
 )
 from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
+from ledger.paths import file_problem
 from ledger.sources import STDIN, STDIN_LABEL, Cursor, Line, Part, check_sources, read_lines
 from ledger.store import Store
 
@@ -115,13 +116,8 @@ class RejectSink:
 def check_reject_file(path: str) -> None:
     """Raise UsageError, before anything is stored, if the reject file cannot be made:
     rejected lines must have somewhere to go."""
-    folder = os.path.dirname(path) or "."
-    if os.path.isdir(path):
-        raise UsageError(f"reject file {path}: is a directory")
-    if not os.path.isdir(folder):
-        raise UsageError(f"reject file {path}: no such directory {folder}")
-    if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-        raise UsageError(f"reject file {path}: permission denied")
+    if (problem := file_problem(path)) is not None:
+        raise UsageError(f"reject file {path}: {problem}")
 
 
 def default_reject_path() -> str:

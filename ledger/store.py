@@ -13,6 +13,7 @@ from types import TracebackType
 
 from ledger.backends.base import Backend
 from ledger.errors import UsageError
+from ledger.paths import file_problem
 
 DEFAULT_URL = "sqlite:///agentledger.db"
 URL_ENV = "AGENTLEDGER_STORE"
@@ -33,12 +34,8 @@ def open_backend(url: str) -> Backend:
             raise UsageError(f"SQLite URL {url!r} names no file: use sqlite:///path.db")
         if path != ":memory:" and not path.startswith("file:"):
             path = os.path.expanduser(path)  # a shell leaves "~" in a URL as it is
-            folder = os.path.dirname(path) or "."
-            if not os.path.isdir(folder):
-                raise UsageError(f"SQLite store {url}: no such folder {folder} (create it "
-                                 "first)")
-            if os.path.isdir(path):
-                raise UsageError(f"SQLite store {url}: {path} is a folder, not a file")
+            if (problem := file_problem(path, writable=False)) is not None:
+                raise UsageError(f"SQLite store {url}: {problem}")  # reads need no write
         from ledger.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(path, url=url)

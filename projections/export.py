@@ -31,6 +31,7 @@ from ledger import chain
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
+from ledger.paths import file_problem
 from ledger.reader import parse_window
 from ledger.store import Store
 from ledger.verify import Problem, VerifyReport, verify_scanned
@@ -84,8 +85,8 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         raise UsageError(f"{target}: the export file must end in .jsonl or .csv")
     if target.exists() and not force:
         raise UsageError(f"{target} exists: pass --force to replace it")
-    if not target.parent.is_dir():
-        raise UsageError(f"{target.parent} is not a directory")
+    if (problem := file_problem(str(target))) is not None:
+        raise UsageError(f"export file {target}: {problem}")
     lo, hi = parse_window(since, until)
     heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
     checked: dict[UUID, int] = {}  # stream -> the last version verify saw

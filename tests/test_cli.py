@@ -92,7 +92,8 @@ def test_a_reject_file_with_no_folder_exits_2_before_anything_is_stored(
     rejects = tmp_path / "no-such-folder" / "r.jsonl"
     code, _, err = run(store_url, "ingest", str(demo_file), "--reject-file", str(rejects))
     assert code == 2
-    assert err.strip() == f"Error: reject file {rejects}: no such directory {rejects.parent}"
+    assert err.strip() == (f"Error: reject file {rejects}: no such folder {rejects.parent} "
+                           "(create it first)")
     assert run_json(store_url, "trace", "list", "--tenant", "acme") == []
 
 

@@ -508,6 +508,17 @@ def test_audit_export_other_extension_exits_2(loaded: str, tmp_path: Path) -> No
     assert code == 2 and "must end in .jsonl or .csv" in err
 
 
+def test_audit_export_into_a_missing_folder_exits_2_naming_it(loaded: str,
+                                                             tmp_path: Path) -> None:
+    """An export file in a folder that does not exist is a usage error, said as for a
+    reject file or a SQLite store, before the tenant is read; nothing is created."""
+    out = tmp_path / "none" / "x.jsonl"
+    code, _, err = run(loaded, "audit", "export", str(out), "--tenant", "acme")
+    assert (code, err) == (2, f"Error: export file {out}: no such folder {out.parent} "
+                              "(create it first)\n")
+    assert not out.parent.exists()
+
+
 # -- stats ---------------------------------------------------------------------------
 
 STAT_KEYS = {
