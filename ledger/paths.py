@@ -9,16 +9,27 @@ everywhere, rather than a failure halfway through the work.
 from __future__ import annotations
 
 import os
+from typing import Literal
+
+Use = Literal["open", "append", "replace"]
 
 
-def file_problem(path: str, *, writable: bool = True) -> str | None:
-    """What stops a file from being made (or, with ``writable``, written) at ``path``,
-    in words for an error message, or None when nothing does."""
+def file_problem(path: str, use: Use = "append") -> str | None:
+    """What stops ``path`` from serving as a file for ``use``, in words for an error
+    message, or None when nothing does.
+
+    ``open``: the file may exist or be created (a store; reading it needs no write
+    permission). ``append``: it is written in place, or created. ``replace``: a new file
+    is made beside it and renamed over it, so only its folder must be writable.
+    """
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         return f"{path} is a folder, not a file"
     if not os.path.isdir(folder):
         return f"no such folder {folder} (create it first)"
-    if writable and not os.access(path if os.path.exists(path) else folder, os.W_OK):
+    if use == "open":
+        return None
+    written = path if use == "append" and os.path.exists(path) else folder
+    if not os.access(written, os.W_OK):
         return "permission denied"
     return None

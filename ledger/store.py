@@ -34,8 +34,8 @@ def open_backend(url: str) -> Backend:
             raise UsageError(f"SQLite URL {url!r} names no file: use sqlite:///path.db")
         if path != ":memory:" and not path.startswith("file:"):
             path = os.path.expanduser(path)  # a shell leaves "~" in a URL as it is
-            if (problem := file_problem(path, writable=False)) is not None:
-                raise UsageError(f"SQLite store {url}: {problem}")  # reads need no write
+            if (problem := file_problem(path, "open")) is not None:
+                raise UsageError(f"SQLite store {url}: {problem}")
         from ledger.backends.sqlite import SQLiteBackend
 
         return SQLiteBackend(path, url=url)

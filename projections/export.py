@@ -85,7 +85,7 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         raise UsageError(f"{target}: the export file must end in .jsonl or .csv")
     if target.exists() and not force:
         raise UsageError(f"{target} exists: pass --force to replace it")
-    if (problem := file_problem(str(target))) is not None:
+    if (problem := file_problem(str(target), "replace")) is not None:
         raise UsageError(f"export file {target}: {problem}")
     lo, hi = parse_window(since, until)
     heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
