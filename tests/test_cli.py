@@ -226,6 +226,20 @@ def test_a_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path: Path) ->
                               "folder, not a file\n")
 
 
+def test_a_file_that_is_no_sqlite_database_given_as_store_exits_2_naming_it(
+        tmp_path: Path) -> None:
+    """An input file given as ``--store`` by mistake is a usage error, and is left as it
+    was; an empty file becomes a new store."""
+    traces = tmp_path / "traces.jsonl"
+    traces.write_bytes(b'{"trace_id": "t-1", "seq": 1}\n')
+    code, _, err = run(f"sqlite:///{traces}", "trace", "list", "--tenant", "acme")
+    assert (code, err) == (2, f"Error: SQLite store sqlite:///{traces}: {traces} is not a "
+                              "SQLite database (it does not begin with SQLite's header)\n")
+    assert traces.read_bytes() == b'{"trace_id": "t-1", "seq": 1}\n'
+    (tmp_path / "empty.db").touch()
+    assert run_json(f"sqlite:///{tmp_path}/empty.db", "init")["schema_version"] >= 1
+
+
 def test_a_sqlite_url_may_start_at_the_home_folder(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``sqlite:///~/x.db`` is the file in the home folder, as the shell would read ~."""
