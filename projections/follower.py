@@ -10,6 +10,12 @@ connections, and goes on with a fresh :class:`~projections.runner.Projector`, wh
 reads positions and contexts from the store again rather than trusting what it held
 in memory when the transaction failed. Errors that retrying cannot mend (a statement
 the store rejects, a view table dropped behind its back) end it as before.
+
+When it finds nothing new after having applied something (and once at start), it has
+the store give back the space its write-ahead log kept (:meth:`Backend.shrink_log`):
+the log of a SQLite store grows by hundreds of MB during a large ingest and, while a
+connection stays open, keeps that size on disk. A store in use just then is asked
+again at the next idle poll.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ def follow(store: Store, *, interval: float = 1.0, stop: Callable[[], bool] = la
     progress() as callback`` block and reports to that callback (a progress bar).
     """
     projector: Projector | None = None
-    wait, first = 0.0, True
+    wait, first, grown = 0.0, True, True
     while not stop():
         try:
             if projector is None and wait:  # after a failure: drop the broken connections
@@ -52,6 +58,9 @@ def follow(store: Store, *, interval: float = 1.0, stop: Callable[[], bool] = la
             if (applied or first) and on_batch is not None:
                 on_batch(applied)
             first = False
+            grown = grown or applied > 0
+            if grown and not applied:  # idle: give back the log's space
+                grown = not store.backend.shrink_log()
         except StoreError as exc:
             if not exc.transient:
                 raise

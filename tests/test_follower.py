@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,11 @@ DEADLINE_S = 60.0
 @pytest.fixture
 def fed(store_url: str, tmp_path: Path) -> str:
     """A store holding N_EVENTS events that no projection has read yet."""
+    return feed(store_url, tmp_path)
+
+
+def feed(store_url: str, tmp_path: Path) -> str:
+    """Ingest N_EVENTS events into the store, and create the views at position 0."""
     src = tmp_path / "in.jsonl"
     src.write_bytes(b"".join(synthetic_lines(N_EVENTS)))
     with Store.open(store_url) as store:
@@ -117,6 +124,28 @@ def test_the_follower_stops_on_an_error_retrying_cannot_mend(fed: str) -> None:
                    first_wait=0.05)
         assert not caught.value.transient and retries == []
         assert {s.position for s in Projector(store).status()} == {0}
+
+
+def test_the_follower_gives_back_the_sqlite_logs_space_once_idle(
+        sqlite_url: str, tmp_path: Path) -> None:
+    """Another connection stays open (as another writer's would), so no close removes the
+    write-ahead log: the follower's own view writes grow it, and once the follower finds
+    nothing new it is emptied. The views are complete and the events all there."""
+    path = rawdb._sqlite_path(sqlite_url)
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        feed(sqlite_url, tmp_path)
+        applied: list[int] = []
+        started = time.monotonic()
+
+        def stop() -> bool:
+            done = sum(applied) >= N_EVENTS and os.path.getsize(path + "-wal") == 0
+            return done or time.monotonic() - started > DEADLINE_S
+
+        with Store.open(sqlite_url) as store:
+            follow(store, interval=0.05, stop=stop, on_batch=applied.append)
+            assert sum(applied) == N_EVENTS and os.path.getsize(path + "-wal") == 0
+            assert {(s.position, s.lag) for s in Projector(store).status()} == {(N_EVENTS, 0)}
+        assert other.execute("SELECT COUNT(*) FROM agentledger_events").fetchone() == (N_EVENTS,)
 
 
 def _json_line(proc: subprocess.Popen[str], timeout: float = DEADLINE_S) -> dict[str, Any]:

@@ -212,6 +212,37 @@ def test_new_sqlite_files_get_large_pages_and_checkpoint_less_often(tmp_path: Pa
         assert _pragma(memory, "wal_autocheckpoint") == 1000
 
 
+def test_shrink_log_gives_back_the_logs_space_unless_others_use_the_store(
+        store: Store, store_url: str) -> None:
+    """``shrink_log`` on an idle store succeeds, and writes nothing. On SQLite, with
+    another connection open (so closing does not remove the log), it empties the
+    write-ahead log file that appends grew; while that connection reads, it answers
+    False at once, the log as it was, and succeeds once the read has ended. The data
+    is all still there."""
+    for n in range(20):
+        store.backend.append(_events("t", f"s{n}", range(1, 201)),
+                             [_head("t", f"s{n}", 200)])
+    head = store.backend.last_notification_id()
+    if not store_url.startswith("sqlite"):
+        assert store.backend.shrink_log()
+        assert store.backend.last_notification_id() == head
+        return
+    wal = Path(store.backend.path + "-wal")  # type: ignore[attr-defined]
+    with closing(sqlite3.connect(store.backend.path, isolation_level=None)) as other:  # type: ignore[attr-defined]
+        other.execute("BEGIN")
+        assert other.execute("SELECT COUNT(*) FROM agentledger_events").fetchone()[0] == head
+        before = wal.stat().st_size
+        assert before > 0
+        assert not store.backend.shrink_log()  # the reader still uses the log
+        assert wal.stat().st_size == before
+        other.execute("COMMIT")
+        assert store.backend.shrink_log()
+        assert wal.stat().st_size == 0
+        assert other.execute("SELECT COUNT(*) FROM agentledger_events").fetchone()[0] == head
+    assert store.backend.last_notification_id() == head
+    assert store.backend.shrink_log()  # nothing to give back: still done
+
+
 def test_a_new_trace_is_owned_by_its_first_events_owner(store: Store, tmp_path: Path) -> None:
     """The catalog's agent_owner of a trace comes from its first event, not a later one."""
     import orjson

@@ -189,6 +189,13 @@ class Backend(ABC):
         """Replace the idle connections that no longer work (after the store could not
         be reached), so the next transaction does not fail on one."""
 
+    def shrink_log(self) -> bool:
+        """Give back the disk space a write-ahead log kept after past writes; False when
+        others use the store too much just now (try again later). A long-lived process
+        calls it when idle: a SQLite log grown during an ingest otherwise keeps its size
+        until the last connection to the file closes. PostgreSQL recycles its own."""
+        return True
+
     def read_stream(
         self, stream_id: UUID, *, gt: int | None = None, lte: int | None = None
     ) -> Sequence[StoredEvent]:
