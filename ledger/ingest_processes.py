@@ -48,12 +48,18 @@ from ledger.store import Store
 from ledger.workers import WorkerError, die_with_parent, shareable
 
 BYTES_PER_PROCESS = 8_000_000  # ~25k events: a smaller share does not repay starting Python
-FOLLOW_INTERVAL = 0.25
+FOLLOW_INTERVAL = 1.0
 """Seconds between catch-ups of the followers while the parts ingest.
 
-Each catch-up takes the store's write lock from the ingesting processes. At 300k
-events on SQLite with projections attached (one ingesting process): 22.7-24.7k/s
-with 0.1 s, 25.8-26.0k/s with 0.25 s, 25.4-26.7k/s with 0.5 s, 23.9-26.2k/s with 1-2 s.
+Each catch-up's transaction takes the store's write lock from the ingesting processes,
+and a SQLite one writes every page its rows dirtied to the write-ahead log: most of
+them leaf pages of the views' random-key indexes, dirtied again by the next catch-up,
+so fewer, larger catch-ups write far less. 1M events on SQLite, two processes, runs
+alternating (2026-12-05): 28.0-29.6k/s in eight runs with 0.25 s (~160 view commits,
+4.8-5.4 GB of log written) and 29.8-31.8k/s in five with 1 s (120-134 commits,
+3.9-4.4 GB); 30.7, 31.9k/s with 2.5 s. 300k events: 29.9, 30.8k/s and 33.6,
+32.1k/s. PostgreSQL, 1M: 31.0, 28.7k/s and 30.4, 28.8k/s. (With one ingesting process,
+which took no streams while following, 0.25 s had been best at 300k.)
 """
 _PROGRESS_BYTES = 1 << 20
 _TICK_BYTES = 1 << 16  # how often this process, ingesting its part, sees to the others
