@@ -3,7 +3,8 @@
 The reject file, a SQLite store and an audit export each name a file to create. Each
 checks it here first, so that a folder that does not exist, a folder in the file's
 place or a folder it may not write in is one clear usage error, said the same way
-everywhere, rather than a failure halfway through the work.
+everywhere, rather than a failure halfway through the work. And whether a file SQLite refused
+was ever a database at all.
 """
 
 from __future__ import annotations
@@ -33,3 +34,23 @@ def file_problem(path: str, use: Use = "append") -> str | None:
     if not os.access(written, os.W_OK):
         return "permission denied"
     return None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def not_sqlite(path: str) -> str | None:
+    """Why the file at ``path`` is no SQLite database at all (in words), or None.
+
+    Ask only once SQLite has refused the file ("file is not a database"), to tell a
+    file that never was a database (an input file given as ``--store`` by mistake: the
+    user's error) from a damaged one: closing a file opened here releases every POSIX
+    lock this process holds on it, SQLite's for its other connections included.
+    """
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_HEADER))
+    except OSError:
+        return None
+    return None if head == SQLITE_HEADER else (
+        f"{path} is not a SQLite database (it does not begin with SQLite's header)")

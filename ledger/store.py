@@ -34,7 +34,7 @@ def open_backend(url: str) -> Backend:
             raise UsageError(f"SQLite URL {url!r} names no file: use sqlite:///path.db")
         if path != ":memory:" and not path.startswith("file:"):
             path = os.path.expanduser(path)  # a shell leaves "~" in a URL as it is
-            if (problem := file_problem(path, "open") or not_sqlite(path)) is not None:
+            if (problem := file_problem(path, "open")) is not None:
                 raise UsageError(f"SQLite store {url}: {problem}")
         from ledger.backends.sqlite import SQLiteBackend
 
@@ -46,26 +46,6 @@ def open_backend(url: str) -> Backend:
     raise UsageError(
         f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://..."
     )
-
-
-SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
-
-
-def not_sqlite(path: str) -> str | None:
-    """Why the file at ``path`` is no SQLite database (in words), or None.
-
-    An empty or missing file becomes a new store. Any other file must begin with
-    SQLite's header: a file that does not (an input file given as ``--store`` by
-    mistake) is the user's error to mend, not a damaged store.
-    """
-    try:
-        with open(path, "rb") as file:
-            head = file.read(len(SQLITE_HEADER))
-    except OSError:  # missing, or unreadable: SQLite says which when it opens it
-        return None
-    if not head or head == SQLITE_HEADER:
-        return None
-    return f"{path} is not a SQLite database (it does not begin with SQLite's header)"
 
 
 class Store:

@@ -229,13 +229,19 @@ def test_a_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path: Path) ->
 def test_a_file_that_is_no_sqlite_database_given_as_store_exits_2_naming_it(
         tmp_path: Path) -> None:
     """An input file given as ``--store`` by mistake is a usage error, and is left as it
-    was; an empty file becomes a new store."""
+    was; a file with SQLite's header but nothing of a database after it is a damaged
+    store (exit 1); an empty file becomes a new store."""
     traces = tmp_path / "traces.jsonl"
     traces.write_bytes(b'{"trace_id": "t-1", "seq": 1}\n')
     code, _, err = run(f"sqlite:///{traces}", "trace", "list", "--tenant", "acme")
     assert (code, err) == (2, f"Error: SQLite store sqlite:///{traces}: {traces} is not a "
                               "SQLite database (it does not begin with SQLite's header)\n")
     assert traces.read_bytes() == b'{"trace_id": "t-1", "seq": 1}\n'
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"SQLite format 3\x00" + b"garbage " * 20)
+    code, _, err = run(f"sqlite:///{damaged}", "trace", "list", "--tenant", "acme")
+    assert (code, err) == (1, f"Error: SQLite store sqlite:///{damaged}: file is not a "
+                              "database\n")
     (tmp_path / "empty.db").touch()
     assert run_json(f"sqlite:///{tmp_path}/empty.db", "init")["schema_version"] >= 1
 

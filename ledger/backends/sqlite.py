@@ -42,7 +42,8 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
 )
-from ledger.errors import SchemaVersionError, StoreError
+from ledger.errors import SchemaVersionError, StoreError, UsageError
+from ledger.paths import not_sqlite
 
 _CHUNK = 500
 
@@ -203,6 +204,8 @@ def _use_wal(path: str, url: str) -> None:
                         raise
                     time.sleep(0.05)
     except sqlite3.Error as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB and (why := not_sqlite(path)):
+            raise UsageError(f"SQLite store {url}: {why}") from None
         raise StoreError(f"SQLite store {url}: {exc}") from None
 
 
