@@ -3,8 +3,8 @@
 The reject file, a SQLite store and an audit export each name a file to create. Each
 checks it here first, so that a folder that does not exist, a folder in the file's
 place or a folder it may not write in is one clear usage error, said the same way
-everywhere, rather than a failure halfway through the work. And whether a file SQLite refused
-was ever a database at all.
+everywhere, rather than a failure halfway through the work. And once SQLite has
+refused a store file, whether it was ever a database at all.
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 def not_sqlite(path: str) -> str | None:
     """Why the file at ``path`` is no SQLite database at all (in words), or None.
 
-    Ask only once SQLite has refused the file ("file is not a database"), to tell a
-    file that never was a database (an input file given as ``--store`` by mistake: the
-    user's error) from a damaged one: closing a file opened here releases every POSIX
-    lock this process holds on it, SQLite's for its other connections included.
+    This tells a file that never was a database (an input file given as ``--store`` by
+    mistake: the user's error) from a damaged store. Call it only once SQLite has
+    refused the file ("file is not a database"): closing a file opened here releases
+    every POSIX lock this process holds on it, SQLite's for its other connections too.
     """
     try:
         with open(path, "rb") as file:

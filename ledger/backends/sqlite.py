@@ -204,7 +204,8 @@ def _use_wal(path: str, url: str) -> None:
                         raise
                     time.sleep(0.05)
     except sqlite3.Error as exc:
-        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB and (why := not_sqlite(path)):
+        code = getattr(exc, "sqlite_errorcode", None)  # None: raised by Python, not SQLite
+        if code == sqlite3.SQLITE_NOTADB and (why := not_sqlite(path)):
             raise UsageError(f"SQLite store {url}: {why}") from None
         raise StoreError(f"SQLite store {url}: {exc}") from None
 
@@ -429,7 +430,7 @@ class SQLiteBackend(Backend):
 
     def shrink_log(self) -> bool:
         """Copy the write-ahead log into the file (without holding up writers), then cut
-        it to nothing if no one reads or writes for ``_SHRINK_WAIT_MS``; False if busy."""
+        it to nothing if no one reads or writes for 100 ms; False if busy."""
         if self.datastore.pool.is_sqlite_memory_mode:
             return True
         try:
@@ -437,7 +438,7 @@ class SQLiteBackend(Backend):
                 cursor = conn.cursor().sqlite_cursor
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 waited = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
-                cursor.execute(f"PRAGMA busy_timeout = {_SHRINK_WAIT_MS}")
+                cursor.execute("PRAGMA busy_timeout = 100")
                 try:
                     busy = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                 finally:
@@ -445,6 +446,3 @@ class SQLiteBackend(Backend):
                 return not busy
         except sqlite3.Error as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
-
-
-_SHRINK_WAIT_MS = 100
