@@ -227,9 +227,9 @@ batches; with the default every commit also paid a checkpoint. 1M events, two
 processes, 4 KiB pages, runs alternating (2026-12-05): 48.4k, 48.9k, 48.6k/s with 1,000
 pages; 50.2k, 50.8k with 10,000; 51.0k, 53.4k, 51.6k with 20,000; 53.4k, 54.2k, 54.9k
 with 50,000; 54.0k with 100,000. The log then holds up to ~200 MB before a commit
-checkpoints it, more while readers keep a finished checkpoint from restarting it (394
-MB at the end of the CLI's ingest of 1M events, 1.2 GB with 1,000 pages); it is emptied
-into the file and removed when the last connection closes."""
+checkpoints it, more while one copies it and the others go on writing (the CLI's
+ingest of 1M events with projections: peaks of 0.4-3.2 GB, docs/ARCHITECTURE.md); it
+is emptied into the file and removed when the last connection closes."""
 
 
 class _ConnectionPool(SQLiteConnectionPool):
