@@ -429,14 +429,16 @@ class SQLiteBackend(Backend):
         """Nothing to replace: a SQLite connection does not break when the file is busy."""
 
     def shrink_log(self) -> bool:
-        """Copy the write-ahead log into the file (without holding up writers), then cut
-        it to nothing if no one reads or writes for 100 ms; False if busy."""
+        """Copy the write-ahead log into the file without holding up writers; if all was
+        copied, empty it once no one reads or writes (100 ms at most). False if busy."""
         if self.datastore.pool.is_sqlite_memory_mode:
             return True
         try:
             with self.datastore.get_connection(commit=True) as conn:
                 cursor = conn.cursor().sqlite_cursor
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                _, log, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if copied < log:  # written meanwhile, or read from an older state
+                    return False
                 waited = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
                 cursor.execute("PRAGMA busy_timeout = 100")
                 try:
