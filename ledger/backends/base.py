@@ -191,7 +191,7 @@ class Backend(ABC):
 
     def shrink_log(self) -> bool:
         """Give back the disk space a write-ahead log kept after past writes; False when
-        others use the store too much just now (try again later). A long-lived process
+        others were using the store (try again later). A long-lived process
         calls it when idle: a SQLite log grown during an ingest otherwise keeps its size
         until the last connection to the file closes. PostgreSQL recycles its own."""
         return True

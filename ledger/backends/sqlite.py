@@ -439,12 +439,12 @@ class SQLiteBackend(Backend):
                 _, log, copied = cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 if copied < log:  # written meanwhile, or read from an older state
                     return False
-                waited = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
+                previous = cursor.execute("PRAGMA busy_timeout").fetchone()[0]
                 cursor.execute("PRAGMA busy_timeout = 100")
                 try:
                     busy = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
                 finally:
-                    cursor.execute(f"PRAGMA busy_timeout = {int(waited)}")
+                    cursor.execute(f"PRAGMA busy_timeout = {int(previous)}")
                 return not busy
         except sqlite3.Error as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
