@@ -250,7 +250,8 @@ class Projector:
     # -- internals -------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        """Create what is missing; drop and recreate projections built by another version."""
+        """Create what is missing; drop and recreate projections built by another version
+        or with an older column layout."""
         if self._ready:
             return
         with self.db.preparing():
@@ -260,7 +261,9 @@ class Projector:
                     self.db.execute(cur, statement)
             with self.db.transaction() as cur:  # read again under the write lock: another
                 built = self._built_versions(cur)  # projector may have just prepared them
-                stale = [p for p in self.projections if built.get(p.name) != p.version]
+                outdated = self.db.outdated(cur, [t for p in self.projections for t in p.tables])
+                stale = [p for p in self.projections
+                         if built.get(p.name) != p.version or outdated.intersection(p.tables)]
                 for p in self.projections:
                     if p in stale:  # its tables may have an older layout: never touch them
                         self._reset(cur, p)

@@ -4,6 +4,12 @@ Statements are templates with ``?`` placeholders and ``{table}`` slots naming vi
 tables (``{memory_writes}``, ``{tracking}``, ...). SQLite fills a slot with the
 table's name; PostgreSQL with the schema-qualified identifier, and turns ``?`` into
 ``%s``. Column types use ``{bigint}``. No user input ever reaches a template.
+
+Text compares by code point on both backends: SQLite compares bytes, and PostgreSQL
+creates every ``TEXT`` column of a view table ``COLLATE "C"``. With the database's
+collation (on most servers case-insensitive first, punctuation ignored) the same query
+would list rows that tie on time in another order than on SQLite, and its indexes
+would sort and compare more slowly.
 """
 
 from __future__ import annotations
@@ -107,6 +113,11 @@ class ViewDB:
 
         Nothing to do on PostgreSQL, whose autovacuum analyzes tables as they grow.
         """
+
+    def outdated(self, cursor: Cursor, tables: Sequence[str]) -> set[str]:
+        """Those of these view tables made with an older column layout: their projection
+        is rebuilt. None on SQLite."""
+        return set()
 
 
 class SQLiteViewDB(ViewDB):
@@ -230,6 +241,19 @@ class PostgresViewDB(ViewDB):
 
     def read(self) -> AbstractContextManager[Cursor]:
         return self._txn(commit=False)
+
+    def outdated(self, cursor: Cursor, tables: Sequence[str]) -> set[str]:
+        """The tables with a text column that compares by the database's collation: views
+        made before their text columns were created ``COLLATE "C"``."""
+        cursor.execute(
+            "SELECT DISTINCT c.relname FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = ANY(%s) AND a.attnum > 0 "
+            "AND NOT a.attisdropped AND a.atttypid = 'text'::regtype "
+            """AND a.attcollation <> 'pg_catalog."C"'::regcollation""",
+            (self.schema, [PREFIX + t for t in tables]))
+        return {name.removeprefix(PREFIX) for (name,) in cursor.fetchall()}
 
     def executemany(self, cursor: Cursor, template: str, rows: Sequence[Sequence[Any]]) -> None:
         """Plain INSERTs go by COPY (one stream, no statement per row); so do upserts of
@@ -375,12 +399,17 @@ def _copy_statement(template: str, schema: str) -> Any:
         sql.Identifier(schema, PREFIX + match.group(1)), sql.SQL(", ").join(columns))
 
 
+_TEXT_COLUMN = re.compile(r"\bTEXT\b")
+
+
 @lru_cache(maxsize=512)
 def _render_postgres(template: str, schema: str, unlogged: bool = False) -> Any:
     from psycopg import sql
 
-    if unlogged:
-        template = template.replace("CREATE TABLE ", "CREATE UNLOGGED TABLE ")
+    if template.startswith("CREATE TABLE "):
+        template = _TEXT_COLUMN.sub('TEXT COLLATE "C"', template)
+        if unlogged:
+            template = template.replace("CREATE TABLE ", "CREATE UNLOGGED TABLE ", 1)
     slots: dict[str, Any] = {
         name: sql.Identifier(schema, PREFIX + name) for name in VIEW_TABLES}
     slots["tracking"] = sql.Identifier(schema, PG_TRACKING_TABLE)

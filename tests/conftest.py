@@ -2,8 +2,9 @@
 
 The PostgreSQL cluster is started once per session (initdb into a temp dir, as
 the ``postgres`` user when running as root) and stopped at the end; each test gets
-a fresh schema. Without PostgreSQL binaries the postgres cases skip, except with
-``CI=true``, where they fail.
+a fresh schema, in a database whose text is ordered by ICU's ``en-US`` collation, as
+on most servers (not byte by byte, as SQLite orders it). Without PostgreSQL binaries
+the postgres cases skip, except with ``CI=true``, where they fail.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def pg_cluster() -> Iterator[PgCluster]:
     bin_dir = pg_required_or_skip()
     cluster = PgCluster(bin_dir).start()
     try:
-        cluster.create_database("agentledger_test")
+        cluster.create_database("agentledger_test", icu_locale="en-US")
         yield cluster
     finally:
         cluster.stop()
@@ -42,6 +43,12 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A URL of an empty store, once per backend."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return _postgres_url(request)
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """A URL of an empty PostgreSQL store (for behaviour specific to PostgreSQL)."""
     return _postgres_url(request)
 
 

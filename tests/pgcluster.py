@@ -109,12 +109,19 @@ class PgCluster:
             raise RuntimeError("PostgreSQL cluster is not running")
         return f"postgresql://postgres@127.0.0.1:{self.port}/{quote(dbname, safe='')}"
 
-    def create_database(self, name: str) -> str:
-        """Create database ``name`` and return its URL."""
+    def create_database(self, name: str, *, icu_locale: str | None = None) -> str:
+        """Create database ``name`` and return its URL.
+
+        With ``icu_locale`` (PostgreSQL 15 or later) its text is ordered by that ICU
+        collation, as on most servers, instead of byte by byte (the cluster's ``C``).
+        """
         query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         with psycopg.connect(self.url, autocommit=True) as conn:
             if conn.info.server_version >= 150000:  # FILE_COPY: ~2x faster with fsync off
                 query += sql.SQL(" STRATEGY = FILE_COPY")
+            if icu_locale is not None:
+                query += sql.SQL(" TEMPLATE = template0 LOCALE_PROVIDER = icu "
+                                 "ICU_LOCALE = {}").format(sql.Literal(icu_locale))
             conn.execute(query)
         return self.url_for(name)
 

@@ -57,6 +57,17 @@ def test_create_database_returns_url_of_new_database(cluster: PgCluster) -> None
         assert conn.execute("SELECT current_database()").fetchone() == ("ledger test",)
 
 
+def test_a_database_with_an_icu_locale_orders_text_as_most_servers_do(
+        cluster: PgCluster) -> None:
+    """The cluster orders text byte by byte; a database made with ``icu_locale`` (as the
+    suite's is) orders it by that collation: case-insensitively first."""
+    order = "SELECT string_agg(v, ' ' ORDER BY v) FROM (VALUES ('b'), ('B'), ('a'), ('_c')) t(v)"
+    with psycopg.connect(cluster.create_database("bytewise")) as conn:
+        assert conn.execute(order).fetchone() == ("B _c a b",)
+    with psycopg.connect(cluster.create_database("icu", icu_locale="en-US")) as conn:
+        assert conn.execute(order).fetchone() == ("_c a b B",)
+
+
 def test_created_database_is_separate(cluster: PgCluster) -> None:
     """A table made in a created database is not visible from ``postgres``."""
     url = cluster.create_database("separate")

@@ -1,10 +1,15 @@
 """SQL shared by both backends for the stream catalog and schema migrations.
 
 Statements are templates: ``?`` placeholders, and ``{streams}`` / ``{schema_table}``
-/ ``{uuid}`` / ``{bigint}`` slots. SQLite fills the slots with the plain names
-(``render_sqlite``); PostgreSQL fills them with schema-qualified
+/ ``{uuid}`` / ``{bigint}`` / ``{by_code_point}`` slots. SQLite fills the slots with the
+plain names (``render_sqlite``); PostgreSQL fills them with schema-qualified
 ``psycopg.sql.Identifier``s and turns ``?`` into ``%s`` (``postgres.py``). No user
 input ever reaches a template.
+
+``{by_code_point}`` follows a text expression that orders rows: SQLite compares text
+byte by byte (so by code point) already; PostgreSQL would use the database's collation,
+which on most servers ignores case and punctuation at first, so it gets ``COLLATE
+"C"``. Both backends list rows in one order.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ SELECT_STREAMS = "SELECT " + ", ".join(STREAM_COLUMNS) + " FROM {streams}"
 
 SQLITE_SLOTS = {
     "streams": STREAMS_TABLE, "schema_table": SCHEMA_TABLE, "events": EVENTS_TABLE,
-    "uuid": "TEXT", "bigint": "INTEGER",
+    "uuid": "TEXT", "bigint": "INTEGER", "by_code_point": "",
 }
 
 
@@ -80,7 +85,7 @@ def list_streams_sql(query: StreamQuery) -> tuple[str, list[Any]]:
     if query.until is not None:
         sql += " AND first_ts <= ?"
         params.append(query.until)
-    sql += " ORDER BY first_ts, name"
+    sql += " ORDER BY first_ts, name{by_code_point}"
     if query.limit is not None:
         sql += " LIMIT ?"
         params.append(query.limit)

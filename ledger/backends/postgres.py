@@ -100,6 +100,7 @@ def pg_sql(template: str, schema: str) -> sql.Composed:
         events=sql.Identifier(schema, catalog.EVENTS_TABLE),
         uuid=sql.SQL("uuid"),
         bigint=sql.SQL("bigint"),
+        by_code_point=sql.SQL(' COLLATE "C"'),
     )
 
 
