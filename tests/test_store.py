@@ -194,7 +194,7 @@ def test_new_sqlite_files_get_large_pages_and_checkpoint_less_often(tmp_path: Pa
     (an ingest's batches each paid a checkpoint with SQLite's 1,000 pages); a file made
     with another page size keeps it, with the same log size in its pages; an in-memory
     store has no log."""
-    from ledger.backends.sqlite import PAGE_SIZE, WAL_CHECKPOINT_BYTES
+    from ledger.backends.sqlite_file import PAGE_SIZE, WAL_CHECKPOINT_BYTES
 
     assert PAGE_SIZE != 4096
     with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
