@@ -19,8 +19,8 @@ def file_problem(path: str, use: Use = "append") -> str | None:
     """What stops ``path`` from serving as a file for ``use``, in words for an error
     message, or None when nothing does.
 
-    ``open``: the file may exist or be created (a store; reading it needs no write
-    permission). ``append``: it is written in place, or created. ``replace``: a new file
+    ``open``: the file may exist (a store; reading it needs no write permission) or
+    be created. ``append``: it is written in place, or created. ``replace``: a new file
     is made beside it and renamed over it, so only its folder must be writable.
     """
     folder = os.path.dirname(path) or "."
@@ -28,8 +28,10 @@ def file_problem(path: str, use: Use = "append") -> str | None:
         return f"{path} is a folder, not a file"
     if not os.path.isdir(folder):
         return f"no such folder {folder} (create it first)"
-    if use == "open":
-        return None
+    if use == "open":  # an existing file may be read-only: it is then opened read-only
+        if os.path.exists(path) or os.access(folder, os.W_OK):
+            return None
+        return f"no such file, and its folder {folder} is not writable to create it in"
     written = path if use == "append" and os.path.exists(path) else folder
     if not os.access(written, os.W_OK):
         return "permission denied"

@@ -37,7 +37,7 @@ from projections.findings import FindingsProjection
 from projections.indexes import build_query_indexes
 from projections.memory import MemoryProjection
 from projections.scratch import part_ddl, part_insert
-from projections.sql import Cursor, ViewDB, view_db
+from projections.sql import Cursor, ViewDB, check_readable, view_db
 
 PROJECTIONS: tuple[type[Projection], ...] = (
     MemoryProjection, FailureProjection, AttributionProjection, AnalyticsProjection,
@@ -253,6 +253,10 @@ class Projector:
         """Create what is missing; drop and recreate projections built by another version
         or with an older column layout."""
         if self._ready:
+            return
+        if self.store.backend.read_only is not None:  # views as they are, or none at all
+            check_readable(self.db, self.projections)
+            self._ready = True
             return
         with self.db.preparing():
             self.db.create_tracking_table()

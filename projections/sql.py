@@ -52,6 +52,7 @@ class ViewDB:
     """The view tables of one store, and transactions over them."""
 
     dialect: str
+    backend: Backend
     tracking: Any  # the library's SQLite or PostgreSQL TrackingRecorder
 
     def render(self, template: str) -> Any:
@@ -120,6 +121,18 @@ class ViewDB:
         return set()
 
 
+def check_readable(db: ViewDB, projections: Sequence[Any]) -> None:
+    """On a store this process may not write, where views can be neither made nor
+    rebuilt: raise UsageError unless each projection's views were built by its version."""
+    try:
+        built = dict(db.query("SELECT name, version FROM {projection_state}"))
+    except StoreError:  # no views at all
+        built = {}
+    missing = [p.name for p in projections if built.get(p.name) != p.version]
+    if missing:
+        db.backend.writable(f"build the views of {', '.join(missing)}")
+
+
 class SQLiteViewDB(ViewDB):
     dialect = "sqlite"
 
@@ -135,6 +148,7 @@ class SQLiteViewDB(ViewDB):
         return _render_sqlite(template)
 
     def transaction(self) -> AbstractContextManager[Cursor]:
+        self.backend.writable("write its views")
         return self._txn(commit=True)
 
     def read(self) -> AbstractContextManager[Cursor]:

@@ -22,7 +22,7 @@ from eventsourcing.persistence import (
     StoredEvent,
 )
 
-from ledger.errors import ConcurrencyError, StoreError
+from ledger.errors import ConcurrencyError, StoreError, UsageError
 
 SCHEMA_VERSION = 1
 
@@ -82,6 +82,15 @@ class Backend(ABC):
 
     url: str
     recorder: ApplicationRecorder
+    read_only: str | None = None
+    """Why this process may not write the store, in words (None: it may)."""
+
+    def writable(self, what: str) -> None:
+        """Raise UsageError when the store is read-only here (``what``: the write refused,
+        e.g. "append events to it")."""
+        if self.read_only is not None:
+            raise UsageError(f"{self.label} is read-only here ({self.read_only}): cannot "
+                             f"{what}; work on a copy in a folder you may write in")
 
     @abstractmethod
     def migrate(self) -> list[int]:
@@ -109,6 +118,7 @@ class Backend(ABC):
         Raises ``ConcurrencyError`` (nothing written) when any (stream, version)
         already exists. Returns the notification ids given to the events.
         """
+        self.writable("append events to it")
         try:
             ids = self.recorder.insert_events(events, heads=heads)
         except IntegrityError as exc:

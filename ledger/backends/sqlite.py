@@ -39,7 +39,7 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
 )
-from ledger.backends.sqlite_file import ConnectionPool, use_wal
+from ledger.backends.sqlite_file import ConnectionPool, read_only_name, use_wal
 from ledger.errors import SchemaVersionError, StoreError
 
 _CHUNK = 500
@@ -186,9 +186,13 @@ class SQLiteBackend(Backend):
     def __init__(self, path: str, *, url: str | None = None) -> None:
         self.url = url or f"sqlite:///{path}"
         self.path = path  # the file (or ":memory:" / a "file:" URI)
-        use_wal(path, self.url)
-        self.datastore = SQLiteDatastore(db_name=path, originator_id_type="uuid")
-        self.datastore.pool = ConnectionPool(db_name=path)  # the library's defaults
+        name = path
+        if (opened := read_only_name(path, self.url)) is not None:
+            name, self.read_only = opened
+        else:
+            use_wal(path, self.url)
+        self.datastore = SQLiteDatastore(db_name=name, originator_id_type="uuid")
+        self.datastore.pool = ConnectionPool(db_name=name)  # the library's defaults
         self.recorder = LedgerSQLiteRecorder(self.datastore)
 
     @contextmanager
@@ -218,6 +222,7 @@ class SQLiteBackend(Backend):
             )
         if current == SCHEMA_VERSION:
             return []
+        self.writable(f"bring its schema from version {current} to {SCHEMA_VERSION}")
         try:  # a process migrating too: wait for it
             with self.datastore.get_connection(commit=True) as conn, \
                     immediate(conn.cursor().sqlite_cursor) as cursor:

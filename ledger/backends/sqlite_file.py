@@ -1,19 +1,57 @@
-"""How a SQLite store's file is opened: WAL mode, page size and checkpoints.
+"""How a SQLite store's file is opened: WAL mode, page size, checkpoints, and read-only.
 
-A new store is made with ``PAGE_SIZE`` pages in WAL mode (``use_wal``), and every
-connection checkpoints every ``WAL_CHECKPOINT_BYTES`` of log (``ConnectionPool``).
+A store the user may write is opened as it is, and a new one is made with
+``PAGE_SIZE`` pages in WAL mode (``use_wal``). A store this process may not write
+(on a read-only mount, or a file or folder it lacks write permission for: an
+auditor's evidence copy) is opened read-only (``read_only_name``): reading commands
+work, and writing ones stop with a usage error naming why.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from contextlib import closing
+from urllib.parse import quote
 
 from eventsourcing.sqlite import SQLiteConnection, SQLiteConnectionPool
 
 from ledger.errors import StoreError, UsageError
 from ledger.paths import not_sqlite
+
+
+def read_only_name(path: str, url: str) -> tuple[str, str] | None:
+    """The name (a ``file:`` URI) to open the store at ``path`` by, read-only, and why,
+    when this process may not write there; None when it may, or the store is not a
+    file yet.
+
+    On a read-only file system nothing can change the file, so SQLite is told it is
+    immutable (no locks; no ``-shm`` file, which could not be made there). Elsewhere a
+    writer may still have it open, so SQLite reads it with its usual locks, through a
+    ``-shm`` index that must exist or be made beside it.
+    """
+    if ":memory:" in path or path.startswith("file:") or not os.path.exists(path):
+        return None
+    folder = os.path.dirname(path) or "."
+    if os.access(path, os.W_OK) and os.access(folder, os.W_OK):
+        return None
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    log = path + "-wal"
+    unchecked = os.path.exists(log) and os.path.getsize(log) > 0
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        if not unchecked:
+            return uri + "&immutable=1", "a read-only file system"
+        why = "a read-only file system"
+    else:
+        why = "this process may not write " + (folder if os.access(path, os.W_OK) else path)
+    if not os.path.exists(path + "-shm") and not os.access(folder, os.W_OK):
+        raise UsageError(
+            f"SQLite store {url}: cannot be read here: it is read-only to this process, "
+            f"and SQLite needs to make {path}-shm beside it (its folder is not writable)"
+            + (f", to read the commits in {log}" if unchecked else "")
+            + ": copy the store's files to a folder you may write in")
+    return uri, why
 
 
 def use_wal(path: str, url: str) -> None:

@@ -75,7 +75,7 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
 
     check_sources(files)
     total = sum(os.path.getsize(f) for f in files if f != "-")
-    with open_store(ctx) as store:
+    with open_store(ctx, writes="ingest into it") as store:
         if not no_projections:
             from ledger.cli.views import attach_views
 

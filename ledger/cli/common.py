@@ -143,12 +143,17 @@ def _discard_stdout() -> None:
 
 
 @contextmanager
-def open_store(ctx: click.Context) -> Iterator[Store]:
-    """Open (and migrate) the store named by ``--store`` / ``$AGENTLEDGER_STORE``."""
+def open_store(ctx: click.Context, *, writes: str | None = None) -> Iterator[Store]:
+    """Open (and migrate) the store named by ``--store`` / ``$AGENTLEDGER_STORE``.
+
+    A command that ``writes`` (what, e.g. "ingest into it") stops at once with a usage
+    error on a store this process may only read."""
     from ledger.store import Store
 
     store = Store.open(ctx.obj.get("store"))
     try:
+        if writes is not None:
+            store.backend.writable(writes)
         yield store
     finally:
         store.close()

@@ -44,7 +44,7 @@ def demo(ctx: click.Context, out_dir: str) -> None:
             fh.write(line + b"\n")
     rejects.unlink(missing_ok=True)
 
-    with open_store(ctx) as store:
+    with open_store(ctx, writes="ingest the demo into it") as store:
         click.echo(f"Store: {store.url}\n")
         _heading("1. Ingest")
         click.echo(f"$ agentledger ingest {source} --reject-file {rejects}")

@@ -48,7 +48,7 @@ def grants_add(ctx: click.Context, tenant: str, agent: str, scope: str, valid_fr
     """Record a grant letting --agent write --scope in every trace of --tenant."""
     from ledger.grants import add_grant
 
-    with open_store(ctx) as store:
+    with open_store(ctx, writes="record a grant in it") as store:
         grant = add_grant(store, tenant, agent, scope, valid_from=valid_from,
                           valid_until=valid_until, by=by, reason=reason)
     if as_json:
@@ -72,7 +72,7 @@ def grants_revoke(ctx: click.Context, grant_id: str, tenant: str, at: str | None
     """End grant GRANT_ID of --tenant at --at (exit 5 if the tenant has no such grant)."""
     from ledger.grants import revoke_grant
 
-    with open_store(ctx) as store:
+    with open_store(ctx, writes="record a revocation in it") as store:
         grant = revoke_grant(store, tenant, grant_id, at=at, by=by, reason=reason)
     if as_json:
         emit_json(grant.as_json())

@@ -87,7 +87,10 @@ def _replayer(store: Store, tool_timeout: float) -> Replayer:
     from projections import Projector
     from replay import Replayer
 
-    catch_up(store, Projector(store, ["memory", "analytics"]))
+    projector = Projector(store, ["memory", "analytics"])
+    if store.backend.read_only is not None and any(s.lag for s in projector.status()):
+        store.backend.writable("bring the views that replays read up to date")
+    catch_up(store, projector)
     return Replayer(store, tool_timeout=tool_timeout)
 
 
@@ -128,7 +131,7 @@ def replay_run(ctx: click.Context, trace_id: str, tenant: str, from_seq: int | N
     from ledger.reader import get_trace
 
     policy, outcomes = _load(policy_path, outcomes_path)
-    with open_store(ctx) as store:
+    with open_store(ctx, writes=None if dry_run else "store a replay in it") as store:
         result = _replayer(store, tool_timeout).replay(
             tenant, trace_id, policy, from_seq=from_seq, outcomes=outcomes, tools=tools,
             reason=reason, by=by, dry_run=dry_run)
@@ -228,7 +231,8 @@ def backtest(ctx: click.Context, tenant: str, policy_path: str, outcomes_path: s
     """
 
     policy, _ = _load(policy_path, outcomes_path)  # the file is re-read per trace
-    with (open_store(ctx) as store, _replayer(store, tool_timeout) as replayer,
+    with (open_store(ctx, writes="store replays in it" if save else None) as store,
+          _replayer(store, tool_timeout) as replayer,
           progress_bar("Backtesting") as progress):
         report = replayer.backtest(tenant, policy, outcomes=outcomes_path, tools=tools,
                                    since=since, until=until, tool=tool, agent=agent, save=save,

@@ -62,6 +62,14 @@ def catch_up(store: Store, projector: Projector | None = None) -> Projector:
     from projections import Projector
 
     projector = projector or Projector(store)
+    backend = store.backend
+    if backend.read_only is not None:  # the views stay as they are: say what they lack
+        behind = max((s.lag for s in projector.status()), default=0)
+        if behind:
+            click.echo(f"warning: {backend.label} is read-only here ({backend.read_only}), "
+                       f"so the views cannot catch up: they leave out the last {behind:,} log "
+                       "entries (`verify` and `trace show` read the ledger itself)", err=True)
+        return projector
     with progress_bar("Updating views") as progress:
         projector.catch_up(progress)
     return projector
@@ -159,7 +167,8 @@ def projections_rebuild(ctx: click.Context, names: tuple[str, ...], workers: int
     """Drop projections NAME... (default: all) and replay the log from position 0."""
     from projections import Projector
 
-    with open_store(ctx) as store, progress_bar("Rebuilding") as progress:
+    with open_store(ctx, writes="rebuild its views") as store, \
+            progress_bar("Rebuilding") as progress:
         projector = Projector(store, names or None)
         read = projector.rebuild(progress=progress, workers=workers)
         head = store.backend.last_notification_id()
@@ -186,7 +195,7 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
     from projections import Projector
     from projections.follower import follow
 
-    with open_store(ctx) as store:
+    with open_store(ctx, writes="keep its views up to date") as store:
         def report(read: int) -> None:
             head = store.backend.last_notification_id()
             if as_json:

@@ -1,0 +1,201 @@
+"""A SQLite store this process may not write: an auditor's evidence on a read-only mount.
+
+Reading commands answer as on a writable store, without creating or changing
+anything; the views are used as they stand (a warning says what they lack); writing
+commands stop with exit 2 saying why. The store is bind-mounted read-only, which
+needs root (as on CI).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from clirun import run, run_json, write_demo
+from freezegun import freeze_time
+
+READ_ONLY_WHY = "is read-only here (a read-only file system): cannot "
+
+
+def _mount_read_only(source: Path, target: Path) -> None:
+    target.mkdir()
+    for args in (["--bind", source, target], ["-o", "remount,bind,ro", target]):
+        done = subprocess.run(["mount", *map(str, args)], capture_output=True, text=True)
+        if done.returncode != 0:
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"cannot mount read-only: {done.stderr.strip()}")
+            pytest.skip(f"needs root to mount read-only ({done.stderr.strip()})")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """``mount(folder)``: the folder's files, seen through a read-only mount."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path) -> Path:
+        target = tmp_path / f"ro{len(mounted)}"
+        _mount_read_only(folder, target)
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def late_events() -> bytes:
+    """A trace ingested after the views were last brought up to date."""
+    steps = [("EXEC_START", {}), ("TOOL_EXEC", {"tool": "search", "args": {}, "success": False,
+                                                "error_reason": "late outage"})]
+    return b"".join(orjson.dumps({
+        "trace_id": "late-1", "seq": seq, "event": event, "tenant": "acme",
+        "ts": f"2026-11-20T10:00:0{seq}Z", "agent_owner": "planner", "executed_by": "planner",
+        "payload": payload}) + b"\n" for seq, (event, payload) in enumerate(steps, 1))
+
+
+def write_policy(tmp_path: Path) -> str:
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"retry": {"max_attempts": 3}}')
+    return str(policy)
+
+
+def store_in(folder: Path, tmp_path: Path, *ingest_args: str) -> str:
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    demo = write_demo(tmp_path / "demo.jsonl")
+    code, _, err = run(url, "ingest", str(demo), "--reject-file", str(tmp_path / "r.jsonl"),
+                       *ingest_args)
+    assert code == 0, err
+    return url
+
+
+READS = (
+    ("verify",), ("trace", "list", "--tenant", "acme"),
+    ("trace", "show", "q4-market-report", "--tenant", "acme"),
+    ("failures", "--tenant", "acme"), ("audit", "writes", "--tenant", "acme"),
+    ("audit", "findings", "--tenant", "acme"), ("stats", "fallbacks", "--tenant", "acme"),
+    ("memory", "history", "--tenant", "acme", "--trace", "q4-market-report"),
+    ("grants", "list", "--tenant", "acme"), ("projections", "status"),
+    ("replay", "list", "--tenant", "acme"),
+)
+
+
+def test_reading_commands_answer_on_a_read_only_mount_as_on_the_store_itself(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    url = store_in(tmp_path / "evidence", tmp_path)
+    expected = [run_json(url, *args) for args in READS]
+    before = sorted(os.listdir(tmp_path / "evidence"))
+    mounted = read_only(tmp_path / "evidence")
+    ro_url = f"sqlite:///{mounted / 'ledger.db'}"
+    for args, answer in zip(READS, expected, strict=True):
+        code, out, err = run(ro_url, *args, "--json")
+        assert (code, err) == (0, ""), args
+        assert orjson.loads(out) == answer, args
+    policy = write_policy(tmp_path)
+    for args in (("backtest", "--tenant", "acme", "--policy", policy),
+                 ("replay", "run-d19f0b13", "--tenant", "acme", "--policy", policy,
+                  "--dry-run")):
+        with freeze_time("2026-12-01T12:00:00Z"):  # replayed events are stamped now
+            assert run_json(ro_url, *args) == run_json(url, *args), args
+    out_path = tmp_path / "export.jsonl"
+    code, _, err = run(ro_url, "audit", "export", "--tenant", "acme", str(out_path))
+    assert (code, err) == (0, "") and out_path.stat().st_size > 0
+    assert sorted(os.listdir(mounted)) == before  # no -wal or -shm file made beside it
+    code, _, err = run(f"sqlite:///{mounted / 'new.db'}", "trace", "list", "--tenant", "acme")
+    assert (code, err) == (2, f"Error: SQLite store sqlite:///{mounted / 'new.db'}: no such "
+                              f"file, and its folder {mounted} is not writable to create it in\n")
+
+
+def test_writing_commands_on_a_read_only_mount_exit_2_saying_why(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    store_in(tmp_path / "evidence", tmp_path)
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(late_events())
+    policy = write_policy(tmp_path)
+    ro_url = f"sqlite:///{read_only(tmp_path / 'evidence') / 'ledger.db'}"
+    writes = {
+        "ingest into it": ("ingest", str(late), "--reject-file", str(tmp_path / "r2.jsonl")),
+        "record a grant in it": ("grants", "add", "--tenant", "acme", "--agent", "critic",
+                                 "--scope", "memory/planner"),
+        "rebuild its views": ("projections", "rebuild"),
+        "keep its views up to date": ("projections", "run", "--once"),
+        "store a replay in it": ("replay", "run-d19f0b13", "--tenant", "acme",
+                                 "--policy", policy),
+        "store replays in it": ("backtest", "--tenant", "acme", "--policy", policy, "--save"),
+    }
+    for what, args in writes.items():
+        code, _, err = run(ro_url, *args)
+        assert code == 2, (args, err)
+        assert err == f"Error: SQLite store {ro_url} {READ_ONLY_WHY}{what}; work on a copy " \
+                      "in a folder you may write in\n", args
+
+
+def test_views_behind_the_ledger_are_used_as_they_stand_with_a_warning(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    url = store_in(tmp_path / "evidence", tmp_path)
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(late_events())
+    code, _, err = run(url, "ingest", str(late), "--no-projections",
+                       "--reject-file", str(tmp_path / "r2.jsonl"))
+    assert code == 0, err
+    ro_url = f"sqlite:///{read_only(tmp_path / 'evidence') / 'ledger.db'}"
+    code, out, err = run(ro_url, "failures", "--tenant", "acme", "--trace", "late-1", "--json")
+    assert (code, orjson.loads(out)) == (0, [])
+    assert err == (f"warning: SQLite store {ro_url} is read-only here (a read-only file "
+                   "system), so the views cannot catch up: they leave out the last 2 log "
+                   "entries (`verify` and `trace show` read the ledger itself)\n")
+    shown = run_json(ro_url, "trace", "show", "late-1", "--tenant", "acme")
+    assert [e["event"] for e in shown["events"]] == ["EXEC_START", "TOOL_EXEC"]
+    code, _, err = run(ro_url, "backtest", "--tenant", "acme", "--policy", write_policy(tmp_path))
+    assert code == 2  # a replay reads memory and recorded outcomes from the views: all of them
+    assert err == (f"Error: SQLite store {ro_url} {READ_ONLY_WHY}bring the views that replays "
+                   "read up to date; work on a copy in a folder you may write in\n")
+
+
+def test_views_never_built_cannot_be_built_on_a_read_only_mount(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    store_in(tmp_path / "evidence", tmp_path, "--no-projections")
+    ro_url = f"sqlite:///{read_only(tmp_path / 'evidence') / 'ledger.db'}"
+    code, _, err = run(ro_url, "failures", "--tenant", "acme")
+    assert code == 2
+    assert err.startswith(f"Error: SQLite store {ro_url} {READ_ONLY_WHY}build the views of "
+                          "memory, failures, attribution, analytics, findings;")
+    assert run_json(ro_url, "verify")["ok"] is True
+
+
+def test_commits_still_in_the_write_ahead_log_are_read_or_the_store_refused(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    """Files copied while a writer had the store open: the last commits are in the
+    ``-wal`` file. With its ``-shm`` index beside it SQLite reads them; without it,
+    which SQLite cannot make on a read-only mount, the store is refused (exit 2)
+    rather than read without those commits."""
+    url = store_in(tmp_path / "live", tmp_path)
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(late_events())
+    db = tmp_path / "live" / "ledger.db"
+    holder = sqlite3.connect(db)  # keeps the log from being emptied when the ingest ends
+    try:
+        holder.execute("SELECT count(*) FROM agentledger_events").fetchone()
+        holder.execute("PRAGMA wal_autocheckpoint = 0")
+        code, _, err = run(url, "ingest", str(late), "--reject-file", str(tmp_path / "r2.jsonl"))
+        assert code == 0, err
+        for name, files in (("with-index", ("", "-wal", "-shm")), ("without", ("", "-wal"))):
+            (tmp_path / name).mkdir()
+            for suffix in files:
+                shutil.copy(f"{db}{suffix}", tmp_path / name / f"ledger.db{suffix}")
+    finally:
+        holder.close()
+    assert (tmp_path / "without" / "ledger.db-wal").stat().st_size > 0
+    with_index = f"sqlite:///{read_only(tmp_path / 'with-index') / 'ledger.db'}"
+    shown = run_json(with_index, "trace", "show", "late-1", "--tenant", "acme")
+    assert len(shown["events"]) == 2
+    without = read_only(tmp_path / "without")
+    code, _, err = run(f"sqlite:///{without / 'ledger.db'}", "verify")
+    assert code == 2
+    assert "SQLite needs to make" in err and "to read the commits in" in err
