@@ -251,6 +251,7 @@ class PostgresViewDB(ViewDB):
                              (_PREPARE_LOCK_CLASS, self.schema))
 
     def transaction(self) -> AbstractContextManager[Cursor]:
+        self.backend.writable("write its views")
         return self._txn(commit=True)
 
     def read(self) -> AbstractContextManager[Cursor]:

@@ -199,3 +199,58 @@ def test_commits_still_in_the_write_ahead_log_are_read_or_the_store_refused(
     code, _, err = run(f"sqlite:///{without / 'ledger.db'}", "verify")
     assert code == 2
     assert "SQLite needs to make" in err and "to read the commits in" in err
+
+
+def read_only_login(url: str, *, privileges: str = "SELECT", read_only_sessions: bool = False,
+                    ) -> str:
+    """``url`` with a new login that has ``privileges`` on every table of its schema."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+    from rawdb import _pg_target
+
+    conninfo, schema = _pg_target(url)
+    role = sql.Identifier(name := "auditor_" + uuid.uuid4().hex[:8])
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        conn.execute(sql.SQL("GRANT " + privileges + " ON ALL TABLES IN SCHEMA {} TO {}").format(
+            sql.Identifier(schema), role))
+        if read_only_sessions:
+            conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(
+                role))
+    return url.replace("postgres@", name + "@", 1)
+
+
+def test_a_postgresql_login_that_may_only_read_reads_and_is_told_why_it_cannot_write(
+        postgres_url: str, tmp_path: Path) -> None:
+    url = postgres_url
+    demo = write_demo(tmp_path / "demo.jsonl")
+    code, _, err = run(url, "ingest", str(demo), "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0, err
+    expected = [run_json(url, *args) for args in READS]
+    auditor = read_only_login(url)
+    for args, answer in zip(READS, expected, strict=True):
+        code, out, err = run(auditor, *args, "--json")
+        assert (code, err) == (0, ""), (args, err)
+        assert orjson.loads(out) == answer, args
+    schema = url.rsplit("schema=", 1)[1]
+    why = f'role {auditor.split("//")[1].split("@")[0]} may not insert into ' \
+          f'"{schema}"."agentledger_events"'
+    late = tmp_path / "late.jsonl"
+    late.write_bytes(late_events())
+    code, _, err = run(auditor, "ingest", str(late), "--reject-file", str(tmp_path / "r2.jsonl"))
+    assert (code, err) == (2, f"Error: PostgreSQL store {auditor} is read-only here ({why}): "
+                              "cannot ingest into it; connect to the primary server as a login "
+                              "that may write\n")
+    code, _, err = run(url, "ingest", str(late), "--no-projections",
+                       "--reject-file", str(tmp_path / "r3.jsonl"))
+    assert code == 0, err
+    code, out, err = run(auditor, "failures", "--tenant", "acme", "--trace", "late-1", "--json")
+    assert (code, orjson.loads(out)) == (0, [])
+    assert "so the views cannot catch up: they leave out the last 2 log entries" in err
+    sessions = read_only_login(url, privileges="ALL", read_only_sessions=True)
+    code, _, err = run(sessions, "grants", "add", "--tenant", "acme", "--agent", "critic",
+                       "--scope", "memory/planner")
+    assert code == 2 and "(default_transaction_read_only is on for this login)" in err

@@ -84,13 +84,14 @@ class Backend(ABC):
     recorder: ApplicationRecorder
     read_only: str | None = None
     """Why this process may not write the store, in words (None: it may)."""
+    how_to_write = "work on a copy in a folder you may write in"
 
     def writable(self, what: str) -> None:
         """Raise UsageError when the store is read-only here (``what``: the write refused,
         e.g. "append events to it")."""
         if self.read_only is not None:
             raise UsageError(f"{self.label} is read-only here ({self.read_only}): cannot "
-                             f"{what}; work on a copy in a folder you may write in")
+                             f"{what}; {self.how_to_write}")
 
     @abstractmethod
     def migrate(self) -> list[int]:

@@ -131,11 +131,12 @@ class PostgresBackend(Backend):
     """Ledger store in a PostgreSQL schema."""
 
     recorder: LedgerPostgresRecorder
+    how_to_write = "connect to the primary server as a login that may write"
 
     def __init__(self, url: str) -> None:
         self.url = url
         settings = parse_url(url)
-        _check_reachable(url, settings)
+        self.read_only = _check_reachable(url, settings)
         try:
             self.datastore = PostgresDatastore(
                 settings["dbname"], settings["host"], settings["port"], settings["user"],
@@ -180,6 +181,7 @@ class PostgresBackend(Backend):
             )
         if current == SCHEMA_VERSION:
             return []
+        self.writable(f"bring its schema from version {current} to {SCHEMA_VERSION}")
         try:  # one migration at a time, from its first statement: concurrent CREATE ...
             with self.datastore.get_connection() as conn:  # IF NOT EXISTS of one name fail
                 conn.execute("SELECT pg_advisory_lock(%s)", (_ADVISORY_LOCK,))
@@ -388,16 +390,34 @@ every page: 0.6-2.0 s a page.
 """
 
 
-def _check_reachable(url: str, settings: dict[str, Any]) -> None:
+def _check_reachable(url: str, settings: dict[str, Any]) -> str | None:
     """Connect once, so an unreachable server, a missing database or a refused login
     fails at once in the server's own words (the pool would retry for its whole
-    timeout, then say only that it got no connection)."""
+    timeout, then say only that it got no connection). Return why the store is
+    read-only to this login (``Backend.read_only``), or None."""
     keys = ("dbname", "host", "port", "user", "password")
+    events = sql.Identifier(settings["schema"], catalog.EVENTS_TABLE).as_string()
     try:
-        psycopg.connect(connect_timeout=CONNECT_TIMEOUT, **{k: settings[k] for k in keys}).close()
+        with psycopg.connect(connect_timeout=CONNECT_TIMEOUT,
+                             **{k: settings[k] for k in keys}) as conn:
+            row = conn.execute(_READ_ONLY, (events, events)).fetchone()
     except psycopg.Error as exc:
         reason = " ".join(str(exc).split())  # libpq's message spans lines and tabs
         raise StoreError(f"cannot open PostgreSQL store {_redact(url)}: {reason}") from None
+    standby, reads_only, may_insert = row or (False, False, None)
+    if standby:
+        return "a standby server, which only reads"
+    if reads_only:
+        return "default_transaction_read_only is on for this login"
+    if may_insert is False:
+        return f"role {settings['user']} may not insert into {events}"
+    return None
+
+
+_READ_ONLY = (  # a standby; read-only sessions; the events table there and not writable
+    "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on', "
+    "CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE has_table_privilege(%s, 'INSERT') END"
+)
 
 
 def _redact(url: str) -> str:
