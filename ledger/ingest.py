@@ -24,6 +24,7 @@ import orjson
 from ledger.appender import Appender, Outcome
 from ledger.errors import (
     ConcurrencyError,
+    InputError,
     OutputError,
     StoreError,
     UsageError,
@@ -192,22 +193,26 @@ def ingest_part(
     try:
         with paused_gc():  # collected by hand after each batch (and batch of rejects)
             batch: list[tuple[Line, TraceEvent]] = []
-            for line in read_lines(sources, progress, part=part, cursor=cursor):
-                summary.lines += 1
-                event = line.event
-                if isinstance(event, ValidationError):
-                    _reject(sink, summary, line.source, line.number, str(event), line.raw,
-                            _context(line.raw, event))
-                    if summary.rejected % batch_size == 0:
-                        gc.collect(1)
-                else:
-                    batch.append((line, event))
-                    if len(batch) >= batch_size:
-                        _commit(app, batch, sink, summary, reorder, notify)
-                        batch = []
-                        gc.collect(1)  # young objects only: the batch's cycles are garbage
-                if stop is not None and stop():
-                    break
+            try:
+                for line in read_lines(sources, progress, part=part, cursor=cursor):
+                    summary.lines += 1
+                    event = line.event
+                    if isinstance(event, ValidationError):
+                        _reject(sink, summary, line.source, line.number, str(event), line.raw,
+                                _context(line.raw, event))
+                        if summary.rejected % batch_size == 0:
+                            gc.collect(1)
+                    else:
+                        batch.append((line, event))
+                        if len(batch) >= batch_size:
+                            _commit(app, batch, sink, summary, reorder, notify)
+                            batch = []
+                            gc.collect(1)  # young objects only: the batch's cycles are garbage
+                    if stop is not None and stop():
+                        break
+            except InputError as exc:  # the input broke off: keep what was read before it
+                _commit(app, batch, sink, summary, reorder, notify)
+                raise InputError(f"{exc}; the lines before it are stored") from None
             _commit(app, batch, sink, summary, reorder, notify)
     finally:
         sink.close()

@@ -43,7 +43,7 @@ from typing import Any
 from ledger.appender import CACHE_SIZE, Appender
 from ledger.errors import LedgerError, OutputError, StoreError
 from ledger.ingest import RERUN_HINT, IngestSummary, ingest_part
-from ledger.sources import STDIN, Cursor, Part
+from ledger.sources import STDIN, Cursor, Part, input_size
 from ledger.store import Store
 from ledger.workers import WorkerError, die_with_parent, shareable
 
@@ -88,7 +88,7 @@ def process_count(store: Store, sources: Sequence[str], workers: int) -> int:
     ``BYTES_PER_PROCESS`` of input; 1 for stdin or a store only this process can open."""
     if workers <= 1 or STDIN in sources or not shareable(store.backend.url):
         return 1
-    total = sum(os.path.getsize(src) for src in sources)
+    total = sum(input_size(src) for src in sources)
     return max(1, min(workers, total // BYTES_PER_PROCESS))
 
 

@@ -10,6 +10,7 @@ order in one process and nothing is validated twice.
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 import zlib
@@ -24,6 +25,7 @@ from ledger.errors import InputError, ValidationError
 from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_event
 
 STDIN = "-"
+GZIP_MAGIC = b"\x1f\x8b"  # how a gzip-compressed file begins
 STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
 
 
@@ -49,6 +51,18 @@ def check_sources(sources: Sequence[str]) -> None:
             raise InputError(f"{src}: permission denied")
 
 
+def input_size(src: str) -> int:
+    """About how many bytes of lines the file at ``src`` holds: its size, or for a
+    gzip-compressed file the larger of that and the size its trailer records (which
+    counts modulo 4 GiB)."""
+    size = os.path.getsize(src)
+    with open(src, "rb") as fh:
+        if fh.read(2) != GZIP_MAGIC or size < 20:
+            return size
+        fh.seek(-4, os.SEEK_END)
+        return max(size, int.from_bytes(fh.read(4), "little"))
+
+
 def label(src: str) -> str:
     """How a source is named in reject files and errors."""
     return STDIN_LABEL if src == STDIN else src
@@ -62,7 +76,8 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
     validated and yielded; the others are skipped after decoding. A line is routed
     on orjson's reading where orjson can read it (the same strings as decode_json's)
     and on decode_json's otherwise, so every process places every line alike.
-    ``progress`` is called with the bytes read, skipped lines included. With
+    ``progress`` is called with the bytes read, skipped lines included (of the file as
+    stored: compressed bytes for a gzip-compressed source). With
     ``cursor`` reading starts where it points and moves it past each line before that
     line is yielded.
     """
@@ -72,11 +87,11 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
         name = label(src)
         if index != at.source:
             at.source, at.offset, at.line = index, 0, 0
-        for number, raw, nbytes in _raw_lines(src, at.offset, at.line):
+        for number, raw, nbytes, stored in _raw_lines(src, at.offset, at.line):
             at.offset += nbytes
             at.line = number
             if progress is not None:
-                progress(nbytes)
+                progress(stored)
             if part is not None:  # route on a plain decode first: most lines are others'
                 try:
                     routed = orjson.loads(raw)
@@ -158,26 +173,49 @@ def _validated(obj: Any) -> TraceEvent | ValidationError:
         return exc
 
 
-def _raw_lines(src: str, offset: int = 0, line: int = 0) -> Iterator[tuple[int, bytes, int]]:
-    """``(line number, line without its ending, bytes read)`` for each non-blank line,
-    from byte ``offset`` (the end of line number ``line``) on."""
-    fh: IO[bytes]
+def _raw_lines(src: str, offset: int = 0, line: int = 0
+               ) -> Iterator[tuple[int, bytes, int, int]]:
+    """``(line number, line without its ending, bytes it took, bytes of the source as
+    stored that it took)`` for each non-blank line, from byte ``offset`` (the end of line
+    number ``line``) on.
+
+    A gzip-compressed source (one that begins with gzip's magic bytes) is read
+    decompressed: line numbers and ``offset`` count its decompressed lines and bytes,
+    and the last count its compressed bytes, in steps of the decompressor's reads.
+    Elsewhere the two counts are equal.
+    """
+    stored: IO[bytes]
     try:
-        fh = sys.stdin.buffer if src == STDIN else open(src, "rb")  # noqa: SIM115
+        stored = sys.stdin.buffer if src == STDIN else open(src, "rb")  # noqa: SIM115
     except OSError as exc:
         raise InputError(f"{src}: {exc.strerror}") from None
+    number = line
     try:
+        fh, counted = stored, False
+        if _begins_gzip(stored):
+            fh, counted = gzip.GzipFile(fileobj=stored, mode="rb"), stored.seekable()
         if offset:
             fh.seek(offset)
         size = 0  # blank lines count towards the next line's bytes (progress stays exact)
+        at = stored.tell() if counted else 0
         for number, text in enumerate(fh, line + 1):
             size += len(text)
             raw = text.rstrip(b"\r\n")
             if raw.strip():
-                yield number, raw, size
+                took = size
+                if counted:
+                    took, at = stored.tell() - at, stored.tell()
+                yield number, raw, size, took
                 size = 0
-    except OSError as exc:
-        raise InputError(f"{src}: read failed: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a damaged gzip
+        where = f" after line {number}" if number else ""
+        raise InputError(f"{src}: read failed{where}: {exc}") from None
     finally:
-        if fh is not sys.stdin.buffer:
-            fh.close()
+        if stored is not sys.stdin.buffer:
+            stored.close()
+
+
+def _begins_gzip(fh: Any) -> bool:
+    """Whether a buffered binary stream begins with gzip's magic bytes (not consumed;
+    a stream that cannot be peeked at is taken as it is)."""
+    return hasattr(fh, "peek") and fh.peek(2)[:2] == GZIP_MAGIC

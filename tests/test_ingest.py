@@ -6,6 +6,7 @@ Every test runs on SQLite and PostgreSQL (the ``store`` / ``store_url`` fixtures
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import sys
 import types
@@ -251,6 +252,48 @@ def test_stdin_dash_is_read(
     summary = run(store, ["-"], reject_path)
     assert (summary.accepted, summary.rejected) == (2, 0)
     assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
+
+
+def test_gzip_compressed_input_is_read_decompressed(
+    store: Store, tmp_path: Path, reject_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file or stdin that begins with gzip's magic bytes is read decompressed; its
+    rejects name the file and the line of the decompressed text, raw bytes as they were."""
+    plain = write_lines(tmp_path / "in.jsonl", [ev(), tool(), b"{bad", ev("t2")])
+    packed = tmp_path / "in.jsonl.gz"
+    packed.write_bytes(gzip.compress(Path(plain).read_bytes()))
+    summary = run(store, [str(packed)], reject_path)
+    assert (summary.accepted, summary.rejected) == (3, 1)
+    assert [(r["source"], r["line"], r["raw"]) for r in rejects(reject_path)] == [
+        (str(packed), 3, "{bad")]
+    again = run(store, [plain], tmp_path / "r2.jsonl")
+    assert (again.accepted, again.duplicates) == (0, 3)  # the very same events
+    piped = gzip.compress(orjson.dumps(ev("t3")) + b"\n")
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BufferedReader(
+        io.BytesIO(piped))))  # type: ignore[arg-type]
+    assert run(store, ["-"], tmp_path / "r3.jsonl").accepted == 1
+
+
+def test_a_gzip_stream_that_breaks_off_keeps_the_lines_before_it(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path
+) -> None:
+    """A truncated download: the lines decompressed before the break are stored, then
+    the ingest stops naming the file and line; the whole file later completes it."""
+    events = [ev(f"t{n}", seq) for n in range(300) for seq in (1,)]
+    whole = gzip.compress(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError) as raised:
+        run(store, [str(cut)], reject_path, batch_size=1000)
+    message = str(raised.value)
+    assert message.startswith(f"{cut}: read failed after line ")
+    assert message.endswith("; the lines before it are stored")
+    kept = int(message.split("after line ")[1].split(":")[0])
+    assert 0 < kept < 300 and rawdb.count(store_url) == kept
+    full = tmp_path / "full.jsonl.gz"
+    full.write_bytes(whole)
+    summary = run(store, [str(full)], reject_path)
+    assert (summary.accepted, summary.duplicates, summary.rejected) == (300 - kept, kept, 0)
 
 
 def test_missing_input_file_raises_before_anything_is_stored(

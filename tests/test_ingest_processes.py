@@ -6,6 +6,7 @@ small inputs are shared out for real (spawned processes, their own connections).
 
 from __future__ import annotations
 
+import gzip
 import time
 import uuid
 from collections.abc import Callable
@@ -307,6 +308,25 @@ def test_process_count(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyP
     with Store.open("sqlite:///:memory:") as memory:
         monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", 1)
         assert ingest_processes.process_count(memory, [src], 8) == 1  # no other process sees it
+    packed = tmp_path / "in.jsonl.gz"  # counted by the size of its lines, not of the file
+    packed.write_bytes(gzip.compress(Path(src).read_bytes()))
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", size // 2)
+    assert packed.stat().st_size < size // 2
+    assert ingest_processes.process_count(store, [str(packed)], 8) == 2
+
+
+def test_a_gzip_compressed_input_shared_out_gives_what_one_process_gives(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest_processes, "BYTES_PER_PROCESS", 1)
+    lines = mixed_lines()
+    packed = tmp_path / "in.jsonl.gz"
+    packed.write_bytes(gzip.compress(b"".join(line + b"\n" for line in lines)))
+    alone = ingest(store, [write(tmp_path / "in.jsonl", lines)], workers=1,
+                   reject_file=str(tmp_path / "r1.jsonl"))
+    assert alone.accepted > 0
+    shared = ingest(store, [str(packed)], workers=3, reject_file=str(tmp_path / "r3.jsonl"))
+    assert (shared.accepted, shared.duplicates + shared.rejected) == (
+        0, alone.accepted + alone.duplicates + alone.rejected)
 
 
 def test_a_failing_process_stops_the_ingest_with_its_error(
