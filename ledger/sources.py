@@ -26,6 +26,7 @@ from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_even
 
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip-compressed file begins
+UTF8_BOM = b"\xef\xbb\xbf"
 STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
 
 
@@ -182,7 +183,8 @@ def _raw_lines(src: str, offset: int = 0, line: int = 0
     A gzip-compressed source (one that begins with gzip's magic bytes) is read
     decompressed: line numbers and ``offset`` count its decompressed lines and bytes,
     and the last count its compressed bytes, in steps of the decompressor's reads.
-    Elsewhere the two counts are equal.
+    Elsewhere the two counts are equal. A UTF-8 byte order mark that begins a source
+    (as some Windows tools write) marks its encoding: it is not part of the first line.
     """
     stored: IO[bytes]
     try:
@@ -201,6 +203,8 @@ def _raw_lines(src: str, offset: int = 0, line: int = 0
         for number, text in enumerate(fh, line + 1):
             size += len(text)
             raw = text.rstrip(b"\r\n")
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             if raw.strip():
                 took = size
                 if counted:

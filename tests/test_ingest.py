@@ -254,6 +254,24 @@ def test_stdin_dash_is_read(
     assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
 
 
+def test_a_byte_order_mark_that_begins_a_file_is_not_part_of_its_first_line(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """Windows tools may begin a UTF-8 file with a byte order mark. Taken as part of the
+    first line it would reject that event, then every later event of its trace as a
+    gap. Anywhere else it is the line's own bytes, rejected as such."""
+    bom = b"\xef\xbb\xbf"
+    src = tmp_path / "bom.jsonl"
+    src.write_bytes(bom + orjson.dumps(ev()) + b"\r\n" + orjson.dumps(tool()) + b"\r\n"
+                    + bom + orjson.dumps(ev("t2")) + b"\r\n")
+    summary = run(store, [str(src)], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 1)
+    assert [r["line"] for r in rejects(reject_path)] == [3]
+    packed = tmp_path / "bom.jsonl.gz"
+    packed.write_bytes(gzip.compress(bom + orjson.dumps(ev("t3")) + b"\n"))
+    assert run(store, [str(packed)], tmp_path / "r2.jsonl").accepted == 1
+
+
 def test_gzip_compressed_input_is_read_decompressed(
     store: Store, tmp_path: Path, reject_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
