@@ -211,6 +211,8 @@ def ingest_part(
                     if stop is not None and stop():
                         break
             except InputError as exc:  # the input broke off: keep what was read before it
+                if not summary.lines:
+                    raise
                 _commit(app, batch, sink, summary, reorder, notify)
                 raise InputError(f"{exc}; the lines before it are stored") from None
             _commit(app, batch, sink, summary, reorder, notify)

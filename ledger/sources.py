@@ -50,6 +50,16 @@ def check_sources(sources: Sequence[str]) -> None:
             raise InputError(f"{src}: is a directory")
         if not os.access(src, os.R_OK):
             raise InputError(f"{src}: permission denied")
+        with open(src, "rb") as fh:
+            _check_encoding(src, fh.read(2))
+
+
+def _check_encoding(src: str, head: bytes) -> None:
+    """Raise InputError when an input begins with a UTF-16 byte order mark (what
+    Windows PowerShell's ``>`` writes): read as UTF-8, every line would be rejected."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise InputError(f"{label(src)}: is UTF-16 text (it begins with a UTF-16 byte order "
+                         "mark), and JSONL is UTF-8: convert it first (iconv -f UTF-16 -t UTF-8)")
 
 
 def input_size(src: str) -> int:
@@ -198,6 +208,8 @@ def _raw_lines(src: str, offset: int = 0, line: int = 0
             fh, counted = gzip.GzipFile(fileobj=stored, mode="rb"), stored.seekable()
         if offset:
             fh.seek(offset)
+        elif hasattr(fh, "peek"):  # stdin and gzip input are checked here, as read
+            _check_encoding(src, fh.peek(2))
         size = 0  # blank lines count towards the next line's bytes (progress stays exact)
         at = stored.tell() if counted else 0
         for number, text in enumerate(fh, line + 1):

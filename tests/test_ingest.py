@@ -272,6 +272,27 @@ def test_a_byte_order_mark_that_begins_a_file_is_not_part_of_its_first_line(
     assert run(store, [str(packed)], tmp_path / "r2.jsonl").accepted == 1
 
 
+def test_utf16_input_is_refused_before_anything_is_stored(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Windows PowerShell's ``>`` writes (UTF-16 with its byte order mark) would
+    have every line rejected as UTF-8: it is refused up front, saying what to do."""
+    good = write_lines(tmp_path / "good.jsonl", [ev()])
+    wide = tmp_path / "wide.jsonl"
+    wide.write_bytes((orjson.dumps(tool()).decode() + "\n").encode("utf-16"))
+    with pytest.raises(InputError) as raised:
+        run(store, [good, str(wide)], reject_path)
+    assert str(raised.value) == (f"{wide}: is UTF-16 text (it begins with a UTF-16 byte "
+                                 "order mark), and JSONL is UTF-8: convert it first "
+                                 "(iconv -f UTF-16 -t UTF-8)")
+    assert rawdb.count(store_url) == 0 and not reject_path.exists()
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BufferedReader(
+        io.BytesIO(wide.read_bytes()))))  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^<stdin>: is UTF-16 text"):
+        run(store, ["-"], reject_path)
+
+
 def test_gzip_compressed_input_is_read_decompressed(
     store: Store, tmp_path: Path, reject_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
