@@ -50,8 +50,9 @@ def check_sources(sources: Sequence[str]) -> None:
             raise InputError(f"{src}: is a directory")
         if not os.access(src, os.R_OK):
             raise InputError(f"{src}: permission denied")
-        with open(src, "rb") as fh:
-            _check_encoding(src, fh.read(2))
+        if os.path.isfile(src):  # a pipe (``<(zcat ...)``) is checked as it is read: a
+            with open(src, "rb") as fh:  # read here would take its bytes from the ingest
+                _check_encoding(src, fh.read(2))
 
 
 def _check_encoding(src: str, head: bytes) -> None:
@@ -67,6 +68,8 @@ def input_size(src: str) -> int:
     gzip-compressed file the larger of that and the size its trailer records (which
     counts modulo 4 GiB)."""
     size = os.path.getsize(src)
+    if not os.path.isfile(src):  # a pipe: reading it here would take bytes from the ingest
+        return size
     with open(src, "rb") as fh:
         if fh.read(2) != GZIP_MAGIC or size < 20:
             return size

@@ -272,6 +272,32 @@ def test_a_byte_order_mark_that_begins_a_file_is_not_part_of_its_first_line(
     assert run(store, [str(packed)], tmp_path / "r2.jsonl").accepted == 1
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "gzip"])
+def test_a_pipe_named_as_a_file_is_read_once_whole(
+    store: Store, tmp_path: Path, reject_path: Path, packed: bool
+) -> None:
+    """``ingest <(zcat traces.jsonl.gz)`` names a pipe: nothing may read from it before
+    the ingest does (checking its encoding or size there would take its first bytes)."""
+    import os
+    import threading
+
+    data = b"".join(orjson.dumps(ev(f"t{n}")) + b"\n" for n in range(2000))
+    read_end, write_end = os.pipe()  # named /dev/fd/N, as a shell names <(...)
+
+    def feed() -> None:
+        with os.fdopen(write_end, "wb") as fh:
+            fh.write(gzip.compress(data) if packed else data)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        summary = run(store, [f"/dev/fd/{read_end}"], reject_path, workers=2)
+    finally:
+        writer.join(timeout=10)
+        os.close(read_end)
+    assert (summary.accepted, summary.rejected) == (2000, 0)
+
+
 def test_utf16_input_is_refused_before_anything_is_stored(
     store: Store, store_url: str, tmp_path: Path, reject_path: Path,
     monkeypatch: pytest.MonkeyPatch
