@@ -117,7 +117,7 @@ class ViewDB:
 
     def outdated(self, cursor: Cursor, tables: Sequence[str]) -> set[str]:
         """Those of these view tables made with an older column layout: their projection
-        is rebuilt. None on SQLite."""
+        is rebuilt. SQLite's never are (its text always compares byte by byte)."""
         return set()
 
 
