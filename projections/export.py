@@ -5,7 +5,8 @@ stored event of the tenant's traces with ``since <= ts <= until`` (UTC), each wi
 its stored record fields, its ``record_hash`` (sha256 over the stored bytes) and a
 ``verification`` status, then every finding in the window. JSONL (a header line,
 then ``{"type": "event", ...}`` and ``{"type": "finding", ...}`` lines) or CSV
-(:data:`CSV_COLUMNS`, nested values as JSON text), chosen by the file's extension.
+(:data:`CSV_COLUMNS`, nested values as JSON text), chosen by the file's extension, and
+gzip-compressed when that is followed by ``.gz``.
 
 The export streams (memory does not grow with the number of events), writes to a
 temporary file beside the target and renames it into place, so a crash never
@@ -16,6 +17,7 @@ date first (``Projector(store).catch_up()``). See docs/CLI.md (``audit export``)
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
@@ -80,9 +82,11 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     then the exported traces'). Refuses to replace an existing file unless ``force``.
     """
     target = Path(out_path)
-    fmt = FORMATS.get(target.suffix.lower())
+    packed = target.name.lower().endswith(".gz")
+    fmt = FORMATS.get(Path(target.name[:-3] if packed else target.name).suffix.lower())
     if fmt is None:
-        raise UsageError(f"{target}: the export file must end in .jsonl or .csv")
+        raise UsageError(f"{target}: the export file must end in .jsonl or .csv "
+                         "(or .jsonl.gz or .csv.gz, gzip-compressed)")
     if target.exists() and not force:
         raise UsageError(f"{target} exists: pass --force to replace it")
     if (problem := file_problem(str(target), "replace")) is not None:
@@ -128,7 +132,7 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
                        "events_not_ok": not_ok},
             "verification": _verification(report),
         }
-        _publish(target, header, body, writer, force)
+        _publish(target, header, body, writer, force, packed=packed)
     return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, len(chosen),
                          not_ok, report.ok, len(report.problems))
 
@@ -298,13 +302,20 @@ def _temporary(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
 
 
 def _publish(target: Path, header: dict[str, Any], body: IO[bytes],
-             writer: type[_JSONL], force: bool) -> None:
-    """Write header + body to a second temporary file and rename it onto ``target``."""
+             writer: type[_JSONL], force: bool, *, packed: bool = False) -> None:
+    """Write header + body (``packed``: gzip-compressed, named inside as ``target``
+    without its ``.gz``) to a second temporary file and rename it onto ``target``."""
     with _temporary(target) as (final, path):
-        writer(final).header(header)
+        out: IO[bytes] = final
+        if packed:
+            out = cast(IO[bytes], gzip.GzipFile(filename=target.name[:-3], fileobj=final,
+                                                mode="wb"))
+        writer(out).header(header)
         body.seek(0)
         while chunk := body.read(1 << 20):
-            final.write(chunk)
+            out.write(chunk)
+        if packed:
+            out.close()  # writes gzip's trailer; ``final`` stays open
         final.flush()
         os.fsync(final.fileno())
         os.chmod(path, 0o666 & ~_umask())  # as an ordinary new file (mkstemp gives 0600)

@@ -421,6 +421,24 @@ def test_audit_export_csv_parses_back(loaded: str, tmp_path: Path) -> None:
         "conflict", "memory_hash_mismatch", "unauthorized_write"}
 
 
+@pytest.mark.parametrize("name", ["acme.jsonl", "acme.csv"])
+def test_audit_export_to_a_gz_name_is_the_same_file_gzip_compressed(
+        loaded: str, tmp_path: Path, name: str) -> None:
+    """``OUT.jsonl.gz`` / ``OUT.csv.gz``: the export of that format, compressed, naming
+    the uncompressed file inside; only when it was generated differs."""
+    import gzip
+    import re
+
+    plain, packed = tmp_path / name, tmp_path / f"{name}.gz"
+    assert _export(loaded, plain, "--tenant", "acme") == \
+        (0, {**_export(loaded, packed, "--tenant", "acme")[1], "path": str(plain)})
+    generated = re.compile(rb"(generated_at\W+)[0-9T:.Z-]+")
+    assert generated.sub(rb"\1", gzip.decompress(packed.read_bytes())) == \
+        generated.sub(rb"\1", plain.read_bytes())
+    assert packed.read_bytes()[10:10 + len(name) + 1] == name.encode() + b"\0"  # FNAME
+    assert not list(tmp_path.glob(f".{name}.gz.*"))
+
+
 def test_audit_export_marks_a_tampered_row(loaded: str, tmp_path: Path) -> None:
     """An edited stored row shows as a non-ok verification in both formats, and exit 4."""
     sid = chain.trace_stream_id("acme", "budget-review")
