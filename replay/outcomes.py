@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ledger import chain
 from ledger.errors import StoreError, UsageError
 from ledger.store import Store
-from projections.analytics import args_digest
+from projections.analytics import args_digest, call_key
 from projections.sql import view_db
 from replay.policy import ErrorClass, format_errors, load_document
 
@@ -148,8 +148,9 @@ class CassetteIndex:
         if calls is None:
             calls = sorted(((str(ts), str(trace), int(seq)) for ts, trace, seq in self._db.query(
                 "SELECT ts, trace_id, seq FROM {tool_calls} "
-                "WHERE tenant = ? AND tool = ? AND args_digest = ?",
-                (self.tenant, tool, digest))), reverse=True)
+                "WHERE call_key = ? AND tenant = ? AND tool = ? AND args_digest = ?",
+                (call_key(self.tenant, tool, digest), self.tenant, tool, digest))),
+                reverse=True)
             self._calls[(tool, digest)] = calls
         for _ts, trace, seq in calls:
             if trace != exclude:

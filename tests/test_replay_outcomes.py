@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import threading
@@ -16,6 +17,7 @@ from ledger.errors import InputError, StoreError, UsageError
 from ledger.ingest import ingest
 from ledger.store import Store
 from projections import Projector
+from projections.analytics import args_digest, call_key
 from projections.sql import view_db
 from replay.outcomes import (
     Call,
@@ -216,6 +218,44 @@ def test_cassette_stays_in_its_tenant(store: Store, record: Callable[..., None])
                      output="theirs"))
     assert Cassette(store, "acme").lookup(call()) is None
     assert output(Cassette(store, "other").lookup(call())) == "theirs"
+
+
+def test_call_key_follows_its_definition() -> None:
+    """Args digest's first 8 bytes XOR sha256(tenant NUL tool)'s, as a signed 64-bit int."""
+    digest = args_digest({"q": "x"})
+    scope = hashlib.sha256(b"acme\0search").digest()[:8]
+    expected = int.from_bytes(bytes(a ^ b for a, b in zip(
+        bytes.fromhex(digest.removeprefix("sha256:"))[:8], scope, strict=True)), "big",
+        signed=True)
+    assert call_key("acme", "search", digest) == expected
+    assert len({call_key(t, tool, digest) for t in ("acme", "other")
+                for tool in ("search", "fetch")}) == 4
+    keys = [call_key("acme", "search", args_digest(n)) for n in range(2_000)]
+    assert all(-2**63 <= k < 2**63 for k in keys) and min(keys) < 0 < max(keys)
+
+
+def test_cassette_tells_apart_calls_that_share_a_lookup_key(
+        store: Store, record: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup key is a bucket: with one key for every call (a clash for each pair),
+    each lookup still answers by tenant, tool and exact args alone."""
+    from projections import analytics
+    from replay import outcomes
+
+    for module in (analytics, outcomes):
+        monkeypatch.setattr(module, "call_key", lambda tenant, tool, digest: -7)
+    record(tool_exec("t-1", 1, "2026-01-01T10:00:00Z", {"q": "x"}, output="x"),
+           tool_exec("t-1", 2, "2026-01-01T10:00:01Z", {"q": "y"}, output="y"),
+           tool_exec("t-1", 3, "2026-01-01T10:00:02Z", {"q": "x"}, tool="fetch",
+                     output="fetch x"),
+           tool_exec("t-1", 1, "2026-01-01T10:00:03Z", {"q": "x"}, tenant="other",
+                     output="theirs"))
+    keys = view_db(store.backend).query("SELECT DISTINCT call_key FROM {tool_calls}")
+    assert [tuple(k) for k in keys] == [(-7,)]
+    assert output(Cassette(store, "acme").lookup(call())) == "x"
+    assert output(Cassette(store, "acme").lookup(call(args={"q": "y"}))) == "y"
+    assert output(Cassette(store, "acme").lookup(call("fetch"))) == "fetch x"
+    assert output(Cassette(store, "other").lookup(call())) == "theirs"
+    assert Cassette(store, "acme").lookup(call(args={"q": "z"})) is None
 
 
 def test_cassette_answers_each_call_once(store: Store, record: Callable[..., None]) -> None:
