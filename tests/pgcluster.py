@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -129,6 +130,47 @@ class PgCluster:
         """Run initdb and start the server; raise RuntimeError with the log tail on failure."""
         if self.root is not None:
             return self
+        root = self._make_root()
+        return self._start_in(root, lambda: self._initdb(root))
+
+    def start_standby(self) -> PgCluster:
+        """Start a hot standby of this running server: another private server, made by
+        ``pg_basebackup`` and replaying this one's WAL as it comes (it only reads)."""
+        if not self._running:
+            raise RuntimeError("PostgreSQL cluster is not running")
+        standby = PgCluster(self.bin_dir, timeout=self.timeout)
+        root = standby._make_root()
+
+        def copy() -> None:
+            sock = standby._socket_dir(root)
+            result = standby._run(
+                self.bin_dir / "pg_basebackup", "-D", root / "data", "-R", "-X", "stream",
+                "--no-sync", "--checkpoint=fast", "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", "postgres",
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise RuntimeError(f"pg_basebackup failed: {result.stderr.strip()}")
+            with (root / "data" / "postgresql.conf").open("a") as conf:
+                conf.write(f"unix_socket_directories = '{sock}'\n")  # not the primary's
+
+        return standby._start_in(root, copy)
+
+    def wait_for(self, primary: PgCluster) -> None:
+        """Wait until this standby has replayed everything ``primary`` has written so far."""
+        with psycopg.connect(primary.url) as conn:  # commits are asynchronous here, so
+            conn.execute("SET synchronous_commit = on")  # commit one that writes to the
+            conn.execute("SELECT pg_logical_emit_message(true, 'test', 'flush')")  # log
+            conn.commit()  # and waits: the log is written, and sent, up to it
+            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        deadline = time.monotonic() + self.timeout
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
+                                   row).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the standby did not catch up in time")
+                time.sleep(0.05)
+
+    def _make_root(self) -> Path:
         if self.bin_dir is None or not _has_binaries(self.bin_dir):
             raise RuntimeError(
                 f"PostgreSQL binaries {_REQUIRED} not found (bin dir: {self.bin_dir}); "
@@ -141,14 +183,21 @@ class PgCluster:
                 raise RuntimeError("running as root needs a 'postgres' OS user") from None
             self._uid, self._gid = entry.pw_uid, entry.pw_gid
         self.root = Path(tempfile.mkdtemp(prefix="agentledger-pg-"))
+        if self._uid is not None and self._gid is not None:
+            os.chown(self.root, self._uid, self._gid)
         atexit.register(self.stop)
+        return self.root
+
+    def _start_in(self, root: Path, make_data: Callable[[], None]) -> PgCluster:
+        """Make the data dir with ``make_data``, then start a server on it on a free port."""
+        assert self.bin_dir is not None
         try:
-            self._initdb(self.root)
+            make_data()
             for attempt in range(3):  # another process may grab the port between pick and bind
                 self.port = _free_port()
                 result = self._run(
-                    self.bin_dir / "pg_ctl", "start", "-D", self.root / "data", "-w",
-                    "-t", str(int(self.timeout)), "-l", self.root / "server.log",
+                    self.bin_dir / "pg_ctl", "start", "-D", root / "data", "-w",
+                    "-t", str(int(self.timeout)), "-l", root / "server.log",
                     "-o", f"-p {self.port}",
                 )  # fmt: skip
                 if result.returncode == 0:
@@ -190,13 +239,16 @@ class PgCluster:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _initdb(self, root: Path) -> None:
-        assert self.bin_dir is not None
+    def _socket_dir(self, root: Path) -> Path:
         sock = root / "sock"
         sock.mkdir()
         if self._uid is not None and self._gid is not None:
-            for path in (root, sock):
-                os.chown(path, self._uid, self._gid)
+            os.chown(sock, self._uid, self._gid)
+        return sock
+
+    def _initdb(self, root: Path) -> None:
+        assert self.bin_dir is not None
+        sock = self._socket_dir(root)
         result = self._run(
             self.bin_dir / "initdb", "-D", root / "data", "-A", "trust", "-U", "postgres",
             "--no-sync", "-E", "UTF8", "--locale=C",

@@ -254,3 +254,53 @@ def test_a_postgresql_login_that_may_only_read_reads_and_is_told_why_it_cannot_w
     code, _, err = run(sessions, "grants", "add", "--tenant", "acme", "--agent", "critic",
                        "--scope", "memory/planner")
     assert code == 2 and "(default_transaction_read_only is on for this login)" in err
+
+
+def test_a_postgresql_standby_answers_reads_and_is_told_why_it_cannot_write(
+        tmp_path: Path) -> None:
+    """A hot standby (an auditor's usual PostgreSQL) reads as its primary does, backtest
+    and dry-run replay included, and refuses writes in its own words."""
+    from pgcluster import PgCluster, pg_required_or_skip
+
+    with PgCluster(pg_required_or_skip()) as primary:
+        url = primary.create_database("ledger") + "?schema=evidence"
+        demo = write_demo(tmp_path / "demo.jsonl")
+        code, _, err = run(url, "ingest", str(demo), "--reject-file", str(tmp_path / "r.jsonl"))
+        assert code == 0, err
+        expected = [run_json(url, *args) for args in READS]
+        policy = write_policy(tmp_path)
+        replays = (("backtest", "--tenant", "acme", "--policy", policy),
+                   ("replay", "run-d19f0b13", "--tenant", "acme", "--policy", policy,
+                    "--dry-run"))
+        frozen = freeze_time(  # the connection pool's timers keep real time (frozen: 5 s each)
+            "2026-12-01T12:00:00Z", ignore=["psycopg_pool"])
+        with frozen:  # replayed events are stamped now
+            replayed = [run_json(url, *args) for args in replays]
+        with primary.start_standby() as standby:
+            standby.wait_for(primary)
+            ro_url = standby.url_for("ledger") + "?schema=evidence"
+            for args, answer in zip(READS, expected, strict=True):
+                code, out, err = run(ro_url, *args, "--json")
+                assert (code, err) == (0, ""), (args, err)
+                assert orjson.loads(out) == answer, args
+            with frozen:
+                assert [run_json(ro_url, *args) for args in replays] == replayed
+            out_path = tmp_path / "export.jsonl"
+            code, _, err = run(ro_url, "audit", "export", "--tenant", "acme", str(out_path))
+            assert (code, err) == (0, "") and out_path.stat().st_size > 0
+            late = tmp_path / "late.jsonl"
+            late.write_bytes(late_events())
+            code, _, err = run(ro_url, "ingest", str(late),
+                               "--reject-file", str(tmp_path / "r2.jsonl"))
+            assert (code, err) == (2, f"Error: PostgreSQL store {ro_url} is read-only here (a "
+                                      "standby server, which only reads): cannot ingest into "
+                                      "it; connect to the primary server as a login that may "
+                                      "write\n")
+            code, _, err = run(url, "ingest", str(late), "--no-projections",
+                               "--reject-file", str(tmp_path / "r3.jsonl"))
+            assert code == 0, err
+            standby.wait_for(primary)
+            code, out, err = run(ro_url, "failures", "--tenant", "acme", "--trace", "late-1",
+                                 "--json")
+            assert (code, orjson.loads(out)) == (0, [])
+            assert "so the views cannot catch up: they leave out the last 2 log entries" in err
