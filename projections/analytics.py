@@ -58,8 +58,8 @@ def call_key(tenant: str, tool: str, digest: str) -> int:
 
     A bucket, not an identity: the cassette compares tenant, tool and digest as well,
     so two calls that share a key by chance (about 1 in 2**64) cost a row read, never a
-    wrong answer. One integer keeps its index a fifth of the size of one on the three
-    columns, and cheap to build and to write (docs/PROJECTIONS.md).
+    wrong answer. One integer keeps the index small and cheap to build and to write: 2.5 MB
+    at 1M events, against 54 MB for the covering index it replaced (docs/PROJECTIONS.md).
     """
     key = int(digest[7:23], 16) ^ _scope_key(tenant, tool)
     return key - (1 << 64) if key >= 1 << 63 else key
