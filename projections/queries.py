@@ -23,11 +23,21 @@ from projections.sql import view_db
 from projections.stats import failure_stats, fallback_stats, retry_stats, unknown_callback_stats
 
 __all__ = [
-    "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView", "WriteRow",
-    "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats", "grants",
-    "memory_diff", "memory_histories", "memory_history", "memory_state", "retry_stats",
+    "READS", "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView",
+    "WriteRow", "audit_findings", "audit_writes", "failure_stats", "failures", "fallback_stats",
+    "grants", "memory_diff", "memory_histories", "memory_history", "memory_state", "retry_stats",
     "unknown_callback_stats",
 ]
+
+READS: dict[str, tuple[str, ...]] = {
+    "memory_state": ("memory",), "memory_diff": ("memory",), "memory_history": ("memory",),
+    "memory_histories": ("memory",), "failures": ("failures",), "audit_writes": ("attribution",),
+    "audit_findings": ("findings", "attribution"), "grants": ("attribution",),
+    "fallback_stats": ("analytics",), "retry_stats": ("analytics",),
+    "failure_stats": ("failures", "analytics"), "unknown_callback_stats": ("analytics",),
+}
+"""The projections whose views each query reads: on a store this process may not write,
+a query needs only these built by this version (``Projector(store, READS[name])``)."""
 
 
 class _Row:

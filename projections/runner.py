@@ -39,10 +39,9 @@ from projections.memory import MemoryProjection
 from projections.scratch import part_ddl, part_insert
 from projections.sql import Cursor, ViewDB, check_readable, view_db
 
-PROJECTIONS: tuple[type[Projection], ...] = (
-    MemoryProjection, FailureProjection, AttributionProjection, AnalyticsProjection,
-    FindingsProjection,
-)
+PROJECTIONS: tuple[type[Projection], ...] = (MemoryProjection, FailureProjection,
+                                              AttributionProjection, AnalyticsProjection,
+                                              FindingsProjection)
 NAMES = tuple(p.name for p in PROJECTIONS)
 Progress = Callable[[int, int], None]  # (entries read so far, entries to read)
 
@@ -234,9 +233,10 @@ class Projector:
                 build_query_indexes(self.db, chosen, analyze=False)
             raise
 
-    def status(self) -> list[ProjectionStatus]:
-        """Position, lag and version of each projection."""
-        self._prepare()
+    def status(self, *, outdated: bool = False) -> list[ProjectionStatus]:
+        """Position, lag and version of each projection (``outdated``: on a store this
+        process may not write, report views another version built, not refuse them)."""
+        self._prepare(any_version=outdated)
         positions = self._positions()
         built = self._built_versions()
         head = self.store.backend.last_notification_id()
@@ -249,14 +249,14 @@ class Projector:
 
     # -- internals -------------------------------------------------------------------
 
-    def _prepare(self) -> None:
+    def _prepare(self, *, any_version: bool = False) -> None:
         """Create what is missing; drop and recreate projections built by another version
-        or with an older column layout."""
+        or with an older column layout (``any_version``: see ``status``)."""
         if self._ready:
             return
         if self.store.backend.read_only is not None:  # views as they are, or none at all
-            check_readable(self.db, self.projections)
-            self._ready = True
+            check_readable(self.db, self.projections, any_version=any_version)
+            self._ready = not any_version  # queries still need the check
             return
         with self.db.preparing():
             self.db.create_tracking_table()

@@ -121,14 +121,17 @@ class ViewDB:
         return set()
 
 
-def check_readable(db: ViewDB, projections: Sequence[Any]) -> None:
+def check_readable(db: ViewDB, projections: Sequence[Any], *, any_version: bool = False
+                   ) -> None:
     """On a store this process may not write, where views can be neither made nor
-    rebuilt: raise UsageError unless each projection's views were built by its version."""
+    rebuilt: raise UsageError unless each projection's views were built by its version
+    (``any_version``: by any version)."""
     try:
         built = dict(db.query("SELECT name, version FROM {projection_state}"))
     except StoreError:  # no views at all
         built = {}
-    missing = [p.name for p in projections if built.get(p.name) != p.version]
+    missing = [p.name for p in projections
+               if p.name not in built or (not any_version and built[p.name] != p.version)]
     if missing:
         db.backend.writable(f"build the views of {', '.join(missing)}")
 

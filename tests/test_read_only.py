@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -165,8 +166,42 @@ def test_views_never_built_cannot_be_built_on_a_read_only_mount(
     code, _, err = run(ro_url, "failures", "--tenant", "acme")
     assert code == 2
     assert err.startswith(f"Error: SQLite store {ro_url} {READ_ONLY_WHY}build the views of "
+                          "failures;")  # the views this command reads
+    code, _, err = run(ro_url, "projections", "status")
+    assert code == 2
+    assert err.startswith(f"Error: SQLite store {ro_url} {READ_ONLY_WHY}build the views of "
                           "memory, failures, attribution, analytics, findings;")
     assert run_json(ro_url, "verify")["ok"] is True
+
+
+def test_views_another_version_built_stop_only_the_commands_that_read_them(
+        tmp_path: Path, read_only: Callable[[Path], Path]) -> None:
+    """After an upgrade that changed one projection, an auditor's read-only copy still
+    answers every query of the others; `projections status` says which needs a rebuild."""
+    url = store_in(tmp_path / "evidence", tmp_path)
+    unaffected = [args for args in READS if args[0] not in ("stats", "projections")]
+    expected = [run_json(url, *args) for args in unaffected]
+    with closing(sqlite3.connect(tmp_path / "evidence" / "ledger.db")) as db, db:
+        db.execute("UPDATE agentledger_projection_state SET version = version - 1 "
+                   "WHERE name = 'analytics'")  # as the version before an upgrade built it
+    ro_url = f"sqlite:///{read_only(tmp_path / 'evidence') / 'ledger.db'}"
+    for args, answer in zip(unaffected, expected, strict=True):
+        code, out, err = run(ro_url, *args, "--json")
+        assert (code, err) == (0, ""), (args, err)
+        assert orjson.loads(out) == answer, args
+    code, _, err = run(ro_url, "audit", "export", "--tenant", "acme", str(tmp_path / "e.jsonl"))
+    assert (code, err) == (0, "")
+    status = {row["name"]: row for row in run_json(ro_url, "projections", "status")}
+    assert [n for n, row in status.items() if row["rebuild_needed"]] == ["analytics"]
+    assert status["analytics"]["built_version"] == status["analytics"]["version"] - 1
+    policy = write_policy(tmp_path)
+    for args in (("stats", "fallbacks", "--tenant", "acme"),
+                 ("stats", "failures", "--tenant", "acme"),
+                 ("backtest", "--tenant", "acme", "--policy", policy)):
+        code, _, err = run(ro_url, *args)
+        assert code == 2, args
+        assert err.startswith(f"Error: SQLite store {ro_url} {READ_ONLY_WHY}build the views "
+                              "of analytics;"), (args, err)
 
 
 def test_commits_still_in_the_write_ahead_log_are_read_or_the_store_refused(

@@ -51,7 +51,7 @@ def audit_writes(ctx: click.Context, tenant: str, scope: str | None, by: str | N
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
-    with open_views(ctx) as store:
+    with open_views(ctx, "audit_writes") as store:
         rows = query(store, tenant, scope=scope, by=by, key=key, trace_id=trace_id,
                      since=since, until=until, limit=limit)
     if as_json:
@@ -96,7 +96,7 @@ def audit_findings(ctx: click.Context, tenant: str, kind: str | None, trace_id: 
     """Integrity findings: conflicts, memory-hash mismatches and unauthorized writes."""
     from projections.queries import audit_findings as query
 
-    with open_views(ctx) as store:
+    with open_views(ctx, "audit_findings") as store:
         rows = query(store, tenant, kind=kind, trace_id=trace_id)
     if as_json:
         emit_json([r.as_json() for r in rows])
@@ -127,7 +127,7 @@ def audit_export(ctx: click.Context, out: str, tenant: str, since: str | None,
     from projections.export import export_audit
 
     with open_store(ctx) as store, progress_bar("Exporting") as progress:
-        catch_up(store)
+        catch_up(store, query="audit_findings")
         summary = export_audit(store, tenant, out, since=since, until=until, force=force,
                                progress=progress)
     if as_json:

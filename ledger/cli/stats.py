@@ -49,7 +49,7 @@ def _run(ctx: click.Context, query_name: str, count: str, tenant: str, by: str,
     from projections import queries
 
     query = getattr(queries, query_name)
-    with open_views(ctx) as store:
+    with open_views(ctx, query_name) as store:
         rows: list[StatRow] = query(store, tenant, by=by, since=since, until=until)
     if as_json:
         emit_json([r.as_json() for r in rows])

@@ -57,12 +57,22 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
-def catch_up(store: Store, projector: Projector | None = None) -> Projector:
-    """Bring the projections up to date (a progress bar on a terminal if there is a backlog)."""
-    from projections import Projector
+def catch_up(store: Store, projector: Projector | None = None, *,
+             query: str | None = None) -> Projector:
+    """Bring the projections up to date (a progress bar on a terminal if there is a backlog).
 
-    projector = projector or Projector(store)
+    On a store this process may not write, with ``query`` (a name in
+    ``projections.queries.READS``), only the projections that query reads must have
+    views built by this version: after an upgrade that changed one projection,
+    queries of the others still answer.
+    """
+    from projections import Projector
+    from projections.queries import READS
+
     backend = store.backend
+    if projector is None:
+        names = READS[query] if backend.read_only is not None and query is not None else None
+        projector = Projector(store, names)
     if backend.read_only is not None:  # the views stay as they are: say what they lack
         behind = max((s.lag for s in projector.status()), default=0)
         if behind:
@@ -81,8 +91,9 @@ def attach_views(store: Store) -> Projector:
 
 
 @contextmanager
-def open_views(ctx: click.Context) -> Iterator[Store]:
-    """Open the store with its projections brought up to date.
+def open_views(ctx: click.Context, query: str) -> Iterator[Store]:
+    """Open the store with its projections brought up to date for ``query`` (see
+    :func:`catch_up`).
 
     When the command's tenant has log entries the views had to leave out (their
     stored record cannot be read), a warning on stderr says which.
@@ -90,7 +101,7 @@ def open_views(ctx: click.Context) -> Iterator[Store]:
     from projections.queries import unreadable_entries
 
     with open_store(ctx) as store:
-        catch_up(store)
+        catch_up(store, query=query)
         tenant = ctx.params.get("tenant")
         if isinstance(tenant, str):
             warn_unreadable(unreadable_entries(store, tenant))
@@ -139,7 +150,7 @@ def projections_status(ctx: click.Context, as_json: bool) -> None:
     from projections import Projector
 
     with open_store(ctx) as store:
-        rows = Projector(store).status()
+        rows = Projector(store).status(outdated=True)
     if as_json:
         emit_json([r.as_json() for r in rows])
         return
@@ -236,7 +247,7 @@ def memory_show(ctx: click.Context, tenant: str, trace_id: str, scope: str | Non
     """The memory of a trace's scope after event --at (exit 5 if no such trace)."""
     from projections.queries import memory_state
 
-    with open_views(ctx) as store:
+    with open_views(ctx, "memory_state") as store:
         view = memory_state(store, tenant, trace_id, scope=scope, at=at)
     if as_json:
         emit_json(view.as_json())
@@ -261,7 +272,7 @@ def memory_diff(ctx: click.Context, tenant: str, trace_id: str, scope: str | Non
     """What changed in a trace's memory scope between two events."""
     from projections.queries import memory_diff as diff
 
-    with open_views(ctx) as store:
+    with open_views(ctx, "memory_diff") as store:
         d = diff(store, tenant, trace_id, from_seq, to_seq, scope=scope)
     if as_json:
         emit_json(d.as_json())
@@ -285,7 +296,7 @@ def memory_history(ctx: click.Context, tenant: str, trace_id: str, scope: str | 
     """Every memory write of a trace (all scopes unless --scope), with who wrote it."""
     from projections.queries import memory_history as history
 
-    with open_views(ctx) as store:
+    with open_views(ctx, "memory_history") as store:
         rows = history(store, tenant, trace_id, scope=scope)
     if as_json:
         emit_json([r.as_json() for r in rows])
@@ -320,7 +331,7 @@ def failures(ctx: click.Context, tenant: str, tool: str | None, agent: str | Non
     """The failure index: every failure point of a tenant, oldest first."""
     from projections.queries import failures as query
 
-    with open_views(ctx) as store:
+    with open_views(ctx, "failures") as store:
         rows = query(store, tenant, tool=tool, agent=agent, event=event, trace_id=trace_id,
                      since=since, until=until, limit=limit)
     if as_json:
