@@ -339,3 +339,31 @@ def test_a_postgresql_standby_answers_reads_and_is_told_why_it_cannot_write(
                                  "--json")
             assert (code, orjson.loads(out)) == (0, [])
             assert "so the views cannot catch up: they leave out the last 2 log entries" in err
+
+
+def test_a_postgresql_login_that_may_only_read_reads_views_of_this_version_only(
+        postgres_url: str, tmp_path: Path) -> None:
+    """The same as on a read-only SQLite mount: after an upgrade that changed one
+    projection, a read-only login still gets every answer that does not read it."""
+    import psycopg
+    from rawdb import _pg_target
+
+    url = postgres_url
+    demo = write_demo(tmp_path / "demo.jsonl")
+    code, _, err = run(url, "ingest", str(demo), "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0, err
+    unaffected = [args for args in READS if args[0] not in ("stats", "projections")]
+    expected = [run_json(url, *args) for args in unaffected]
+    conninfo, schema = _pg_target(url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema}".agentledger_projection_state SET version = version - 1 '
+                     "WHERE name = 'analytics'")
+    auditor = read_only_login(url)
+    for args, answer in zip(unaffected, expected, strict=True):
+        code, out, err = run(auditor, *args, "--json")
+        assert (code, err) == (0, ""), (args, err)
+        assert orjson.loads(out) == answer, args
+    status = {row["name"]: row for row in run_json(auditor, "projections", "status")}
+    assert [n for n, row in status.items() if row["rebuild_needed"]] == ["analytics"]
+    code, _, err = run(auditor, "stats", "retries", "--tenant", "acme")
+    assert code == 2 and "cannot build the views of analytics;" in err
