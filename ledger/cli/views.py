@@ -67,11 +67,14 @@ def catch_up(store: Store, projector: Projector | None = None, *,
     queries of the others still answer.
     """
     from projections import Projector
-    from projections.queries import READS
 
     backend = store.backend
     if projector is None:
-        names = READS[query] if backend.read_only is not None and query is not None else None
+        names = None
+        if backend.read_only is not None and query is not None:
+            from projections.queries import READS  # not on the ingest's path
+
+            names = READS[query]
         projector = Projector(store, names)
     if backend.read_only is not None:  # the views stay as they are: say what they lack
         behind = max((s.lag for s in projector.status()), default=0)
