@@ -3,7 +3,9 @@
 ``Appender.stage`` classifies each event against its stream (a new event at the
 next seq, a duplicate of a stored or staged one, a conflict, or a gap), folds
 memory, chains the record and queues it; ``flush`` writes everything staged, with
-catalog heads and any findings, in one transaction. A conflict is recorded as a
+catalog heads and any findings, in one transaction; findings, which every writer
+appends to its tenant's findings stream, are chained there under the store's write
+lock, on the head the last writer left. A conflict is recorded as a
 finding once per attempted content: re-ingesting the file that carried it (to
 resume after a crash) rejects the line again but records nothing new. Ingest and
 ``TraceWriter`` both use it, so the rules live in one place.
@@ -15,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from hashlib import sha256
 from typing import Any, Literal, NamedTuple
 from uuid import UUID
@@ -22,7 +25,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
-from ledger.backends.base import StreamHead
+from ledger.backends.base import HeadReader, StreamHead
 from ledger.events import TraceEvent
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_write
 from ledger.store import Store
@@ -150,11 +153,11 @@ class Appender:
         """
         if not self._staged and not self._findings:
             return 0
-        events = list(self._staged)
         heads = [s.head() for s in self._dirty.values()]
-        events += self._finding_events(heads)
-        try:
-            self.backend.append(events, heads)
+        findings, self._findings = self._findings, []
+        try:  # findings are chained under the write lock: other writers append to them too
+            self.backend.append(self._staged, heads,
+                                shared=partial(_finding_events, findings) if findings else None)
         except BaseException:  # ConcurrencyError included: the caller re-stages
             self.discard()
             raise
@@ -333,31 +336,34 @@ class Appender:
                 found[i] = chain.decode(state) if state is not None else {}
         return found
 
-    def _finding_events(self, heads: list[StreamHead]) -> list[StoredEvent]:
-        if not self._findings:
-            return []
-        tenants = list(dict.fromkeys(f["tenant"] for f in self._findings))
-        ids = {t: chain.findings_stream_id(t) for t in tenants}
-        known = self.backend.load_heads(list(ids.values()))
-        out: list[StoredEvent] = []
-        for tenant in tenants:
-            sid = ids[tenant]
-            head = known.get(sid) or StreamHead(sid, chain.FINDINGS_KIND, tenant,
-                                                chain.FINDINGS_STREAM_NAME, 0, chain.GENESIS_HASH)
-            for finding in (f for f in self._findings if f["tenant"] == tenant):
-                state = chain.encode({"v": chain.RECORD_VERSION, **finding,
-                                      "prev_hash": head.head_hash})
-                ts = finding["recorded_at"]
-                head = head.advanced(last_seq=head.last_seq + 1, head_hash=chain.record_hash(state),
-                                     first_ts=head.first_ts or ts, last_ts=ts)
-                out.append(StoredEvent(sid, head.last_seq, chain.FINDING_TOPIC, state))
-            heads.append(head)
-        self._findings.clear()
-        return out
-
 
 def _conflict(trace_id: Any, seq: Any, attempted: Any) -> _Conflict:
     return trace_id, seq, sha256(chain.encode(attempted, sort_keys=True)).hexdigest()
+
+
+def _finding_events(
+    findings: list[dict[str, Any]], read_heads: HeadReader
+) -> tuple[list[StoredEvent], list[StreamHead]]:
+    """The findings as events of their tenants' findings streams, chained on the heads
+    ``read_heads`` gives (read under the write lock), and the heads they leave."""
+    tenants = list(dict.fromkeys(f["tenant"] for f in findings))
+    ids = {t: chain.findings_stream_id(t) for t in tenants}
+    known = read_heads(list(ids.values()))
+    events: list[StoredEvent] = []
+    heads: list[StreamHead] = []
+    for tenant in tenants:
+        sid = ids[tenant]
+        head = known.get(sid) or StreamHead(sid, chain.FINDINGS_KIND, tenant,
+                                            chain.FINDINGS_STREAM_NAME, 0, chain.GENESIS_HASH)
+        for finding in (f for f in findings if f["tenant"] == tenant):
+            state = chain.encode({"v": chain.RECORD_VERSION, **finding,
+                                  "prev_hash": head.head_hash})
+            ts = finding["recorded_at"]
+            head = head.advanced(last_seq=head.last_seq + 1, head_hash=chain.record_hash(state),
+                                 first_ts=head.first_ts or ts, last_ts=ts)
+            events.append(StoredEvent(sid, head.last_seq, chain.FINDING_TOPIC, state))
+        heads.append(head)
+    return events, heads
 
 
 def _same(a: Any, b: Any) -> bool:

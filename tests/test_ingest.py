@@ -18,8 +18,10 @@ import pytest
 import rawdb
 
 from ledger import chain
+from ledger.appender import Appender
 from ledger.backends.base import StreamQuery
 from ledger.errors import InputError
+from ledger.events import TraceEvent, parse_event
 from ledger.ingest import ingest
 from ledger.memory import memory_hash
 from ledger.store import Store
@@ -557,3 +559,31 @@ def test_a_server_gone_mid_ingest_says_a_rerun_completes_it_and_it_does(
         assert summary.duplicates > 0 and summary.accepted + summary.duplicates == 3000
         report = verify(store)
         assert summary.rejected == 0 and report.ok and report.events == 3000
+
+
+def test_findings_of_two_writers_at_once_are_chained_one_after_the_other(
+    store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant's findings stream takes findings from every writer (ingest processes, a
+    runtime's TraceWriter). One writer's findings land while another's flush is on its
+    way to the store: the later flush chains its own after them, with no conflict."""
+    def mismatch(trace_id: str) -> TraceEvent:
+        return parse_event(ev(trace_id, 1, "CALLBACK_MEMORY_WRITE", {"key": "k", "value": 1},
+                              write_scope="memory/planner", memory_hash=WRONG_HASH))
+
+    with Store.open(store_url) as other:
+        first, second = Appender(store), Appender(other)
+        second.stage([mismatch("t2")])
+        real_append = other.backend.append
+
+        def append_after_the_first(*args: Any, **kwargs: Any) -> Any:
+            first.stage([mismatch("t1")])
+            assert first.flush(notify=False) == 1
+            return real_append(*args, **kwargs)
+
+        monkeypatch.setattr(other.backend, "append", append_after_the_first)
+        assert second.flush(notify=False) == 1
+
+    assert [(f["trace_id"], f["finding"]) for f in findings(store, "default")] == [
+        ("t1", "memory_hash_mismatch"), ("t2", "memory_hash_mismatch")]
+    assert verify(store).ok

@@ -50,6 +50,37 @@ def test_append_at_an_existing_version_raises_concurrency_error(store: Store) ->
     assert store.backend.load_heads([chain.trace_stream_id("t", "a")]).popitem()[1].last_seq == 2
 
 
+def test_shared_events_are_chained_on_heads_read_in_the_append(
+    store: Store, store_url: str
+) -> None:
+    """``shared`` builds its events from heads read inside the append's transaction:
+    it sees what another connection appended after the caller's last look, its events
+    follow the others (notification ids included), and alone it still writes."""
+    shared_id = chain.findings_stream_id("t")
+    seen: list[int] = []
+
+    def one_more(read_heads: Any) -> tuple[list[StoredEvent], list[StreamHead]]:
+        head = read_heads([shared_id]).get(shared_id)
+        last = head.last_seq if head else 0
+        seen.append(last)
+        return ([StoredEvent(shared_id, last + 1, chain.FINDING_TOPIC, b'{"n":%d}' % last)],
+                [StreamHead(shared_id, "findings", "t", "$findings", last + 1, "sha256:x")])
+
+    with Store.open(store_url) as other:
+        assert store.backend.load_heads([shared_id]) == {}  # the caller's last look
+        other.backend.append([], [], shared=one_more)
+        ids = store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)],
+                                   shared=one_more)
+    assert seen == [0, 1]
+    assert [s.originator_version for s in store.backend.read_stream(shared_id)] == [1, 2]
+    listed = store.backend.recorder.select_notifications(start=None, limit=100)
+    assert [(n.originator_id, n.originator_version) for n in listed] == [
+        (shared_id, 1), (chain.trace_stream_id("t", "a"), 1),
+        (chain.trace_stream_id("t", "a"), 2), (shared_id, 2)]
+    assert list(ids) == [n.id for n in listed][1:]
+    assert store.backend.load_heads([shared_id])[shared_id].last_seq == 2
+
+
 def test_catalog_head_is_upserted_with_the_events(store: Store) -> None:
     """The catalog row reflects the last append."""
     store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)])

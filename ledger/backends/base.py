@@ -9,7 +9,7 @@ transaction. SQLite and PostgreSQL implement it; the conformance suite in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -45,6 +45,13 @@ class StreamHead:
     def advanced(self, **changes: Any) -> StreamHead:
         """A copy with the given fields changed."""
         return replace(self, **changes)
+
+
+HeadReader = Callable[[Sequence[UUID]], dict[UUID, StreamHead]]
+SharedAppend = Callable[[HeadReader], tuple[list[StoredEvent], list[StreamHead]]]
+"""Events of a stream many writers append to (a tenant's findings): given a reader of
+catalog heads inside the append's transaction, under the write lock, the events chained
+on those heads and the heads they leave."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,17 +118,22 @@ class Backend(ABC):
         """What errors call the store: its kind and URL (without a password)."""
 
     def append(
-        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead]
+        self, events: Sequence[StoredEvent], heads: Sequence[StreamHead], *,
+        shared: SharedAppend | None = None,
     ) -> Sequence[int]:
         """Insert events and upsert catalog rows in one transaction (the recorder's
         ``insert_events``, which takes the heads).
+
+        ``shared`` chains the events of streams that several writers append to (a
+        tenant's findings) on heads read in that transaction, once it holds the write
+        lock, so they never race: they are inserted after ``events``.
 
         Raises ``ConcurrencyError`` (nothing written) when any (stream, version)
         already exists. Returns the notification ids given to the events.
         """
         self.writable("append events to it")
         try:
-            ids = self.recorder.insert_events(events, heads=heads)
+            ids = self.recorder.insert_events(events, heads=heads, shared=shared)
         except IntegrityError as exc:
             raise ConcurrencyError(f"another writer appended first: {exc}") from exc
         except PersistenceError as exc:

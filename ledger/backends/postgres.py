@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
+from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -33,6 +34,7 @@ from ledger.backends.base import (
     Backend,
     IdRange,
     RowTuple,
+    SharedAppend,
     StreamHead,
     StreamQuery,
 )
@@ -58,6 +60,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             "SELECT notification_id FROM {} WHERE notification_id > %s ORDER BY notification_id"
         ).format(table)
         self._upsert = pg_sql(catalog.UPSERT_STREAM, self.datastore.schema)
+        self._select_heads = pg_sql(catalog.SELECT_STREAMS, self.datastore.schema) + sql.SQL(
+            " WHERE stream_id = ANY(%s)")
         # The library reads state with bytes(), which fails on a NULL set behind the
         # ledger's back; empty bytes instead reach the readers, which name the record.
         self.select_events_statement = sql.SQL(
@@ -68,10 +72,16 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         heads: Sequence[StreamHead] = kwargs.get("heads", ())
+        shared: SharedAppend | None = kwargs.get("shared")
         with self.datastore.transaction(commit=True) as curs:
-            if not stored_events:
+            if not stored_events and shared is None:
                 return []
-            self._lock_table(curs)
+            self._lock_table(curs)  # every writer before this one has committed
+            if shared is not None:
+                more, more_heads = shared(partial(self._heads, curs))
+                stored_events, heads = [*stored_events, *more], [*heads, *more_heads]
+                if not stored_events:
+                    return []
             self._notify_channel(curs)
             curs.execute(self._max_id)
             before = next(iter(_one(curs).values()))
@@ -84,6 +94,14 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 curs.executemany(self._upsert, [catalog.head_params(h, h.stream_id) for h in heads])
             curs.execute(self._ids_after, (before,))
             return [row["notification_id"] for row in curs.fetchall()]
+
+    def _heads(self, curs: Any, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
+        """Catalog rows of the given streams that exist, read with ``curs``."""
+        if not stream_ids:
+            return {}
+        curs.execute(self._select_heads, (list(stream_ids),))
+        rows = [list(r.values()) for r in curs.fetchall()]  # the recorder's rows are dicts
+        return {r[0]: catalog.head_from_row(r, r[0]) for r in rows}
 
 
 def _one(curs: Any) -> dict[str, Any]:

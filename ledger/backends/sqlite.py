@@ -28,6 +28,7 @@ from eventsourcing.sqlite import (
     SQLiteApplicationRecorder,
     SQLiteCursor,
     SQLiteDatastore,
+    SQLiteTransaction,
 )
 
 from ledger.backends import catalog
@@ -36,6 +37,7 @@ from ledger.backends.base import (
     Backend,
     IdRange,
     RowTuple,
+    SharedAppend,
     StreamHead,
     StreamQuery,
 )
@@ -75,9 +77,23 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             "UNIQUE (originator_id, originator_version))"
         ]
 
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        """The library's insert in a transaction that holds the write lock from its start,
+        so that heads read in it (``shared``) are the newest."""
+        with self.datastore.get_connection(commit=True) as conn, \
+                _WriteTransaction(conn, commit=True) as curs, curs:
+            return self._insert_events(curs, stored_events, **kwargs)
+
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
+        heads: Sequence[StreamHead] = kwargs.get("heads", ())
+        shared: SharedAppend | None = kwargs.get("shared")
+        if shared is not None:
+            more, more_heads = shared(partial(_heads, c))
+            stored_events, heads = [*stored_events, *more], [*heads, *more_heads]
         params = [
             (_key(s.originator_id), s.originator_version, s.topic, s.state)
             for s in stored_events
@@ -88,7 +104,6 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             c.execute("SELECT last_insert_rowid()")
             last = int(c.fetchone()[0])
             ids = list(range(last - len(params) + 1, last + 1))
-        heads: Sequence[StreamHead] = kwargs.get("heads", ())
         if heads:
             rows = [catalog.head_params(h, h.stream_id.hex) for h in heads]
             c.executemany(_sql(catalog.UPSERT_STREAM), rows)
@@ -131,6 +146,28 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
                 )
                 for row in c.fetchall()
             ]
+
+
+class _WriteTransaction(SQLiteTransaction):
+    """The library's transaction, begun with ``BEGIN IMMEDIATE`` (see :func:`immediate`)."""
+
+    def __enter__(self) -> SQLiteCursor:
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        return cursor
+
+
+def _heads(c: SQLiteCursor, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
+    """Catalog rows of the given streams that exist, read with ``c``."""
+    heads: dict[UUID, StreamHead] = {}
+    for i in range(0, len(stream_ids), _CHUNK):
+        chunk = [s.hex for s in stream_ids[i : i + _CHUNK]]
+        c.execute(_sql(catalog.SELECT_STREAMS) + " WHERE stream_id IN ("
+                  + ",".join("?" * len(chunk)) + ")", chunk)
+        for row in c.fetchall():
+            sid = UUID(row[0])
+            heads[sid] = catalog.head_from_row(row, sid)
+    return heads
 
 
 def _as_bytes(value: Any) -> bytes:
@@ -248,19 +285,8 @@ class SQLiteBackend(Backend):
         return [1]
 
     def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
-        heads: dict[UUID, StreamHead] = {}
         with self._txn(commit=False) as c:
-            for i in range(0, len(stream_ids), _CHUNK):
-                chunk = [s.hex for s in stream_ids[i : i + _CHUNK]]
-                c.execute(
-                    _sql(catalog.SELECT_STREAMS) + " WHERE stream_id IN ("
-                    + ",".join("?" * len(chunk)) + ")",
-                    chunk,
-                )
-                for row in c.fetchall():
-                    sid = UUID(row[0])
-                    heads[sid] = catalog.head_from_row(row, sid)
-        return heads
+            return _heads(c, stream_ids)
 
     @property
     def label(self) -> str:
