@@ -114,13 +114,25 @@ def encode(record: Any, *, sort_keys: bool = False, max_nesting: int = _RECORD_N
     with ``MAX_NESTING``).
     """
     try:
-        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS if sort_keys else None)
+        return own_size(orjson.dumps(record, option=orjson.OPT_SORT_KEYS if sort_keys else None))
     except TypeError:  # integers beyond 64 bits (json keeps them), or nested too deeply
         if nesting(record) > max_nesting:
             raise ValidationError(f"nested too deeply: more than {max_nesting} levels of "
                                   "objects and arrays") from None
         return json.dumps(record, ensure_ascii=False, separators=(",", ":"),
                           sort_keys=sort_keys).encode()
+
+
+def own_size(data: bytes) -> bytes:
+    """``data`` copied into a bytes object of its own size, for output that is kept.
+
+    orjson returns its output in the buffer it wrote it into: from version 3.12 on,
+    4 KiB at least, whatever the length. Kept as it is, each of an ingest batch's events
+    holds 4 KiB for ~300 bytes of JSON (of 91 MB peak per ingesting process at 5,000
+    events a batch, 19.5 MB were these buffers), and so does each value of a memory
+    state the appender keeps cached. The copy costs ~0.15 us.
+    """
+    return memoryview(data).tobytes()
 
 
 def nesting(value: Any) -> int:

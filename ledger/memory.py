@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ledger.canonical import canonicalize, field_path
+from ledger.chain import own_size
 from ledger.errors import NotIJSONError, ValidationError
 
 
@@ -56,7 +57,7 @@ class MemoryState:
             raise NotIJSONError(f"key {key!r} is not a string", field=key_path)
         fragment = canonicalize(key, key_path) + b":" + canonicalize(value, path)
         try:  # default=float: float subclasses; canonicalize has vetted every other type
-            stored = orjson.dumps(value, default=float, option=orjson.OPT_NON_STR_KEYS)
+            stored = own_size(orjson.dumps(value, default=float, option=orjson.OPT_NON_STR_KEYS))
         except orjson.JSONEncodeError as exc:  # orjson stops at 255 levels of nesting
             raise NotIJSONError(f"cannot be stored: {exc}", field=path) from None
         sort_key = key.encode("utf-16-be")
