@@ -48,9 +48,10 @@ if TYPE_CHECKING:
 
 ENTRIES_PER_PART = 50_000
 """Below this many log entries per part, processes cost more than they save."""
-_PER_PROJECTION = {  # the runner's tables with rows of every projection: their columns
-    "projection_context": "projection, stream, context",
-    "unreadable_entries": "projection, notification_id, tenant, trace_id, seq, reason",
+_PER_PROJECTION = {  # the runner's tables with rows of every projection: columns, key's end
+    "projection_context": ("projection, stream, context", "stream"),
+    "unreadable_entries": ("projection, notification_id, tenant, trace_id, seq, reason",
+                           "notification_id"),
 }
 
 
@@ -211,10 +212,11 @@ def _merge(projector: Projector, cur: Any, place: Scratch, p: Projection, head: 
                                    f"FROM {place.table(k, table)}" for k in range(place.count))
         run(f"INSERT INTO {target} ({keys}, {', '.join(summed)}) SELECT {keys}, "
             + ", ".join(f"sum({c})" for c in summed) + f" FROM ({union}) AS u GROUP BY {keys}")
-    for table, columns in _PER_PROJECTION.items():
-        for k in range(place.count):
+    for table, (columns, order) in _PER_PROJECTION.items():
+        for k in range(place.count):  # in key order: part k's streams follow part k-1's
             run(f"INSERT INTO {place.table(None, table)} ({columns}) SELECT {columns} "
-                f"FROM {place.table(k, table)} WHERE projection = ?", (p.name,))
+                f"FROM {place.table(k, table)} WHERE projection = ? ORDER BY {order}",
+                (p.name,))
     for statement in p.settle:
         db.execute(cur, statement)
     db.execute(cur, "INSERT INTO {tracking} (application_name, notification_id) VALUES (?, ?)",
