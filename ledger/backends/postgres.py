@@ -78,7 +78,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
                 return []
             self._lock_table(curs)  # every writer before this one has committed
             if shared is not None:
-                more, more_heads = shared(partial(self._heads, curs))
+                more, more_heads = shared(partial(self.read_heads, curs))
                 stored_events, heads = [*stored_events, *more], [*heads, *more_heads]
                 if not stored_events:
                     return []
@@ -95,13 +95,13 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder):
             curs.execute(self._ids_after, (before,))
             return [row["notification_id"] for row in curs.fetchall()]
 
-    def _heads(self, curs: Any, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
-        """Catalog rows of the given streams that exist, read with ``curs``."""
+    def read_heads(self, curs: Any, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
+        """Catalog rows of the given streams that exist, read in ``curs``'s transaction."""
         if not stream_ids:
             return {}
-        curs.execute(self._select_heads, (list(stream_ids),))
-        rows = [list(r.values()) for r in curs.fetchall()]  # the recorder's rows are dicts
-        return {r[0]: catalog.head_from_row(r, r[0]) for r in rows}
+        with curs.connection.cursor(row_factory=tuple_row) as c:  # the recorder's: dicts
+            c.execute(self._select_heads, (list(stream_ids),))
+            return {r[0]: catalog.head_from_row(r, r[0]) for r in c.fetchall()}
 
 
 def _one(curs: Any) -> dict[str, Any]:
@@ -230,14 +230,8 @@ class PostgresBackend(Backend):
         return [1]
 
     def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
-        if not stream_ids:
-            return {}
         with self._txn(commit=False) as c:
-            c.execute(
-                self._sql(catalog.SELECT_STREAMS) + sql.SQL(" WHERE stream_id = ANY(%s)"),
-                (list(stream_ids),),
-            )
-            return {r[0]: catalog.head_from_row(r, r[0]) for r in c.fetchall()}
+            return self.recorder.read_heads(c, stream_ids)
 
     @property
     def label(self) -> str:
