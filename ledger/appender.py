@@ -7,14 +7,15 @@ catalog heads and any findings, in one transaction; findings, which every writer
 appends to its tenant's findings stream, are chained there under the store's write
 lock, on the head the last writer left. A conflict is recorded as a
 finding once per attempted content: re-ingesting the file that carried it (to
-resume after a crash) rejects the line again but records nothing new. Ingest and
-``TraceWriter`` both use it, so the rules live in one place.
+resume after a crash), or another writer ingesting it at the same time, rejects the
+line again but records nothing new (what other writers recorded is read under the
+write lock too). Ingest and ``TraceWriter`` both use it, so the rules live in one place.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -25,7 +26,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
-from ledger.backends.base import HeadReader, StreamHead
+from ledger.backends.base import LockedReads, StreamHead
 from ledger.events import TraceEvent
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_write
 from ledger.store import Store
@@ -93,7 +94,8 @@ class Appender:
         self._dirty: dict[_Key, _Stream] = {}
         self._staged: list[StoredEvent] = []
         self._findings: list[dict[str, Any]] = []
-        self._conflicts: dict[str, set[_Conflict]] = {}  # per tenant: recorded or queued
+        self._conflicts: dict[str, _Conflicts] = {}  # per tenant: recorded or queued
+        self.findings_written = 0  # by the last flush
 
     @property
     def staged(self) -> int:
@@ -149,15 +151,19 @@ class Appender:
         the store's commit listeners run, e.g. projections catching up.
 
         On :class:`ConcurrencyError` nothing is written and the staged work is dropped
-        (the streams involved are reloaded on next use).
+        (the streams involved are reloaded on next use). ``findings_written`` then says
+        how many findings the flush wrote: fewer than were queued when another writer
+        recorded the same conflict meanwhile.
         """
+        self.findings_written = 0
         if not self._staged and not self._findings:
             return 0
         heads = [s.head() for s in self._dirty.values()]
         findings, self._findings = self._findings, []
         try:  # findings are chained under the write lock: other writers append to them too
             self.backend.append(self._staged, heads,
-                                shared=partial(_finding_events, findings) if findings else None)
+                                shared=partial(self._chain_findings, findings) if findings
+                                else None)
         except BaseException:  # ConcurrencyError included: the caller re-stages
             self.discard()
             raise
@@ -309,16 +315,36 @@ class Appender:
         """The tenant's conflict findings, recorded or queued, as attempts."""
         known = self._conflicts.get(tenant)
         if known is None:
-            known = self._conflicts[tenant] = set()
-            for stored in self.backend.read_stream(chain.findings_stream_id(tenant)):
-                try:
-                    record = chain.decode(stored.state)
-                except ValueError:  # altered behind the ledger's back: verify names it
-                    continue
-                if record.get("finding") == "conflict":
-                    known.add(_conflict(record.get("trace_id"), record.get("seq"),
-                                        record.get("evidence")))
-        return known
+            stored = self.backend.read_stream(chain.findings_stream_id(tenant))
+            known = self._conflicts[tenant] = _Conflicts(
+                _conflicts_in((s.originator_version, s.state) for s in stored),
+                stored[-1].originator_version if stored else 0)
+        return known.attempts
+
+    def _chain_findings(
+        self, findings: list[dict[str, Any]], reads: LockedReads
+    ) -> tuple[list[StoredEvent], list[StreamHead]]:
+        """The queued findings as events (a :data:`~ledger.backends.base.SharedAppend`),
+        less the conflicts another writer recorded since this one last read them."""
+        ids = {t: chain.findings_stream_id(t) for t in dict.fromkeys(f["tenant"] for f in findings)}
+        heads = reads.heads(list(ids.values()))
+        others: set[tuple[str, _Conflict]] = set()
+        for tenant, sid in ids.items():
+            known, head = self._conflicts.get(tenant), heads.get(sid)
+            if known is not None and head is not None and head.last_seq > known.upto:
+                new = _conflicts_in(reads.states(sid, known.upto))
+                known.attempts |= new
+                known.upto = head.last_seq
+                others.update((tenant, attempt) for attempt in new)
+        if others:
+            findings = [f for f in findings if f["finding"] != "conflict" or (
+                f["tenant"], _conflict(f["trace_id"], f["seq"], f["evidence"])) not in others]
+        events, left = _finding_events(findings, heads)
+        for head in left:  # what this writer appends, it knows
+            if (known := self._conflicts.get(head.tenant)) is not None:
+                known.upto = head.last_seq
+        self.findings_written = len(events)
+        return events, left
 
     def _stored_records(
         self, wanted: list[tuple[int, UUID]], events: Sequence[TraceEvent]
@@ -337,18 +363,39 @@ class Appender:
         return found
 
 
+@dataclass(slots=True)
+class _Conflicts:
+    """A tenant's conflict findings as attempts, and the findings stream's version read up to."""
+
+    attempts: set[_Conflict]
+    upto: int
+
+
 def _conflict(trace_id: Any, seq: Any, attempted: Any) -> _Conflict:
     return trace_id, seq, sha256(chain.encode(attempted, sort_keys=True)).hexdigest()
 
 
+def _conflicts_in(stored: Iterable[tuple[int, bytes]]) -> set[_Conflict]:
+    """The attempts of the conflict findings among stored findings ``(version, state)``."""
+    attempts: set[_Conflict] = set()
+    for _, state in stored:
+        try:
+            record = chain.decode(state)
+        except ValueError:  # altered behind the ledger's back: verify names it
+            continue
+        if record.get("finding") == "conflict":
+            attempts.add(_conflict(record.get("trace_id"), record.get("seq"),
+                                   record.get("evidence")))
+    return attempts
+
+
 def _finding_events(
-    findings: list[dict[str, Any]], read_heads: HeadReader
+    findings: list[dict[str, Any]], known: dict[UUID, StreamHead]
 ) -> tuple[list[StoredEvent], list[StreamHead]]:
     """The findings as events of their tenants' findings streams, chained on the heads
-    ``read_heads`` gives (read under the write lock), and the heads they leave."""
+    ``known`` (read under the write lock), and the heads they leave."""
     tenants = list(dict.fromkeys(f["tenant"] for f in findings))
     ids = {t: chain.findings_stream_id(t) for t in tenants}
-    known = read_heads(list(ids.values()))
     events: list[StoredEvent] = []
     heads: list[StreamHead] = []
     for tenant in tenants:

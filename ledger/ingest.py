@@ -231,14 +231,13 @@ def _commit(app: Appender, batch: list[tuple[Line, TraceEvent]], sink: RejectSin
         batch.sort(key=lambda item: (item[1].tenant, item[1].trace_id, item[1].seq))
     for attempt in range(_RETRIES):
         outcomes = app.stage([event for _, event in batch])
-        findings = app.pending_findings
         try:
             app.flush(notify=False)  # listeners run once the rejects are safe
             break
         except ConcurrencyError:
             if attempt == _RETRIES - 1:
                 raise
-    summary.findings += findings
+    summary.findings += app.findings_written
     for item, outcome in zip(batch, outcomes, strict=True):
         _count(summary, sink, item, outcome)
     sink.flush()

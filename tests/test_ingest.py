@@ -587,3 +587,60 @@ def test_findings_of_two_writers_at_once_are_chained_one_after_the_other(
     assert [(f["trace_id"], f["finding"]) for f in findings(store, "default")] == [
         ("t1", "memory_hash_mismatch"), ("t2", "memory_hash_mismatch")]
     assert verify(store).ok
+
+
+def test_a_conflict_two_writers_find_at_once_is_recorded_once(
+    store: Store, store_url: str, tmp_path: Path, reject_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two ingests of the same attempted rewrite at once (the later one staged before
+    the first committed): the later one reads, under the write lock, the finding the
+    first recorded, rejects the line and records nothing; it says so in its counts."""
+    run(store, [write_lines(tmp_path / "a.jsonl", [ev(), tool()])], reject_path)
+    changed = tool(payload={"tool": "search", "args": {"q": "other"}, "success": False})
+    src = write_lines(tmp_path / "b.jsonl", [changed])
+    with Store.open(store_url) as other:
+        real_append, first = other.backend.append, []
+
+        def append_after_the_first(*args: Any, **kwargs: Any) -> Any:
+            if not first:
+                first.append(run(store, [src], tmp_path / "first.rejects.jsonl"))
+            return real_append(*args, **kwargs)
+
+        monkeypatch.setattr(other.backend, "append", append_after_the_first)
+        later = run(other, [src], reject_path)
+    assert (first[0].rejected, first[0].findings) == (1, 1)
+    assert (later.rejected, later.findings) == (1, 0)
+    assert [(f["finding"], f["seq"]) for f in findings(store, "default")] == [("conflict", 2)]
+    assert len(rejects(reject_path)) == 1 and verify(store).ok
+
+
+def test_a_flush_drops_only_the_conflicts_another_writer_recorded(
+    store: Store, store_url: str
+) -> None:
+    """The findings a flush writes are its queued ones less the conflicts recorded by
+    another writer since it read them; its other findings are written, after those
+    (in the order it queued them: a write's mismatch as it is staged, conflicts with
+    stored events once its batch is read)."""
+    def mismatch(trace_id: str) -> TraceEvent:
+        return parse_event(ev(trace_id, 1, "CALLBACK_MEMORY_WRITE", {"key": "k", "value": 1},
+                              write_scope="memory/planner", memory_hash=WRONG_HASH))
+
+    setup = Appender(store)
+    setup.stage([parse_event(ev()), parse_event(tool())])
+    setup.flush(notify=False)
+    same = parse_event(tool(payload={"tool": "search", "args": {"q": "x"}, "success": False}))
+    own = parse_event(tool(payload={"tool": "search", "args": {"q": "y"}, "success": False}))
+    with Store.open(store_url) as other:
+        first, second = Appender(store), Appender(other)
+        assert [o.kind for o in second.stage([same, own, mismatch("t2")])] == [
+            "conflict", "conflict", None]
+        assert [o.kind for o in first.stage([same])] == ["conflict"]
+        first.flush(notify=False)
+        assert second.pending_findings == 3
+        second.flush(notify=False)
+        assert (first.findings_written, second.findings_written) == (1, 2)
+    assert [(f["finding"], f["evidence"]["payload"]["args"]["q"] if f["evidence"] else None)
+            for f in findings(store, "default")] == [
+        ("conflict", "x"), ("memory_hash_mismatch", None), ("conflict", "y")]
+    assert verify(store).ok

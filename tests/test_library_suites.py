@@ -29,7 +29,7 @@ from pgcluster import PgCluster
 from psycopg import sql
 
 from ledger.backends import catalog
-from ledger.backends.postgres import LedgerPostgresRecorder
+from ledger.backends.postgres_recorder import LedgerPostgresRecorder
 from ledger.backends.sqlite import LedgerSQLiteRecorder
 
 _DATABASE = "agentledger_test"  # created by the session fixture ``pg_cluster``

@@ -11,7 +11,7 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
-from ledger.backends.base import SCHEMA_VERSION, StreamHead, StreamQuery
+from ledger.backends.base import SCHEMA_VERSION, LockedReads, StreamHead, StreamQuery
 from ledger.errors import ConcurrencyError, SchemaVersionError, UsageError
 from ledger.store import Store, open_backend
 from ledger.verify import id_ranges
@@ -54,13 +54,17 @@ def test_shared_events_are_chained_on_heads_read_in_the_append(
     store: Store, store_url: str
 ) -> None:
     """``shared`` builds its events from heads read inside the append's transaction:
-    it sees what another connection appended after the caller's last look, its events
-    follow the others (notification ids included), and alone it still writes."""
+    it sees what another connection appended after the caller's last look (heads and
+    stored states), its events follow the others (notification ids included), and
+    alone it still writes."""
     shared_id = chain.findings_stream_id("t")
     seen: list[int] = []
 
-    def one_more(read_heads: Any) -> tuple[list[StoredEvent], list[StreamHead]]:
-        head = read_heads([shared_id]).get(shared_id)
+    def one_more(reads: LockedReads) -> tuple[list[StoredEvent], list[StreamHead]]:
+        head = reads.heads([shared_id]).get(shared_id)
+        assert reads.states(shared_id, 0) == [(v, b'{"n":%d}' % (v - 1))
+                                              for v in range(1, len(seen) + 1)]
+        assert reads.states(shared_id, len(seen)) == []
         last = head.last_seq if head else 0
         seen.append(last)
         return ([StoredEvent(shared_id, last + 1, chain.FINDING_TOPIC, b'{"n":%d}' % last)],

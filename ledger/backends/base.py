@@ -48,10 +48,23 @@ class StreamHead:
 
 
 HeadReader = Callable[[Sequence[UUID]], dict[UUID, StreamHead]]
-SharedAppend = Callable[[HeadReader], tuple[list[StoredEvent], list[StreamHead]]]
-"""Events of a stream many writers append to (a tenant's findings): given a reader of
-catalog heads inside the append's transaction, under the write lock, the events chained
-on those heads and the heads they leave."""
+StateReader = Callable[[UUID, int], list[tuple[int, bytes]]]
+"""A stream's stored ``(version, state)`` pairs after a version, in version order."""
+
+
+@dataclass(frozen=True, slots=True)
+class LockedReads:
+    """What a :data:`SharedAppend` may read: inside the append's transaction, under the
+    write lock, so no other writer's commit can come between the read and the append."""
+
+    heads: HeadReader
+    states: StateReader
+
+
+SharedAppend = Callable[[LockedReads], tuple[list[StoredEvent], list[StreamHead]]]
+"""Events of a stream many writers append to (a tenant's findings): given what may be
+read under the write lock, the events chained on the heads read there and the heads
+they leave."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from ledger.backends.base import (
     SCHEMA_VERSION,
     Backend,
     IdRange,
+    LockedReads,
     RowTuple,
     SharedAppend,
     StreamHead,
@@ -92,7 +93,8 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
         heads: Sequence[StreamHead] = kwargs.get("heads", ())
         shared: SharedAppend | None = kwargs.get("shared")
         if shared is not None:
-            more, more_heads = shared(partial(_heads, c))
+            reads = LockedReads(partial(_heads, c), partial(self._states, c))
+            more, more_heads = shared(reads)
             stored_events, heads = [*stored_events, *more], [*heads, *more_heads]
         params = [
             (_key(s.originator_id), s.originator_version, s.topic, s.state)
@@ -108,6 +110,13 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
             rows = [catalog.head_params(h, h.stream_id.hex) for h in heads]
             c.executemany(_sql(catalog.UPSERT_STREAM), rows)
         return ids
+
+    def _states(self, c: SQLiteCursor, stream_id: UUID, after: int) -> list[tuple[int, bytes]]:
+        """A stream's ``(version, state)`` after ``after``, read with ``c``."""
+        c.execute(f"SELECT originator_version, state FROM {self.events_table_name} "
+                  "WHERE originator_id = ? AND originator_version > ? "
+                  "ORDER BY originator_version", (_key(stream_id), after))
+        return [(int(v), _as_bytes(state)) for v, state in c.fetchall()]
 
     def select_notifications(
         self,
