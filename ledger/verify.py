@@ -23,7 +23,7 @@ import orjson
 from ledger import chain
 from ledger.backends.base import IdRange, RowTuple, StreamHead
 from ledger.errors import NotFoundError
-from ledger.events import DEFAULT_TENANT
+from ledger.events import DEFAULT_TENANT, stored_ts_utc
 from ledger.gcpause import paused_gc
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record
 from ledger.replays import ReplayCheck
@@ -230,6 +230,12 @@ class _StreamCheck:
         self.terminated = False
         self.identity: tuple[Any, Any] | None = None  # (tenant, trace_id) checked against sid
         self._replay: ReplayCheck | None = None
+        # What the catalog row must say beyond length and head, as the records give it:
+        self.owner: Any = None  # agent_owner: the first event's (a replay's: its link's)
+        self.first_ts: str | None = None  # the span of the records' times (UTC)
+        self.last_ts: str | None = None
+        self.replay_status: Any = None
+        self.problems_before = len(report.problems)
 
     def problem(self, seq: int | None, kind: str, detail: str) -> None:
         self.report.problems.append(Problem(self.tenant, self.name, seq, kind, detail))
@@ -287,13 +293,33 @@ class _StreamCheck:
                              f"replay record names tenant {record.get('tenant')!r} replay "
                              f"{name!r}, not this stream")
             self.replay.row(version, record)
+            if version == 1:
+                self.owner = record.get("agent_owner")
+                self.replay_status = record.get("replay_status", "completed")
+                self.span(record.get("recorded_at"))
+            else:
+                self.span(stored_ts_utc(record.get("ts")))
         elif (tenant_stream := _TENANT_STREAMS.get(topic)) is not None:
             stream_of, name, what = tenant_stream
             if stream_of(str(record.get("tenant"))) != self.sid:
                 self.problem(version, "identity_mismatch",
                              f"{what} is not stored in its tenant's {name} stream")
+            at = record.get("recorded_at")
+            if topic == chain.FINDING_TOPIC and isinstance(at, str):  # from the first to
+                self.first_ts, self.last_ts = self.first_ts or at, at  # the last appended
+            else:
+                self.span(at)
         else:
             self.problem(version, "unknown_topic", f"topic {topic!r}")
+
+    def span(self, ts: Any) -> None:
+        """Widen the span of the records' times to take ``ts`` (a UTC timestamp)."""
+        if not isinstance(ts, str):
+            return
+        if self.first_ts is None or ts < self.first_ts:
+            self.first_ts = ts
+        if self.last_ts is None or ts > self.last_ts:
+            self.last_ts = ts
 
     def check_event(self, version: int, record: dict[str, Any]) -> None:
         get = record.get
@@ -303,6 +329,14 @@ class _StreamCheck:
         event = get("event")
         if event == "EXEC_TERMINATED":
             self.terminated = True
+        if version == 1:
+            self.owner = get("agent_owner")
+        ts = stored_ts_utc(get("ts"))  # self.span(ts), inlined: one call per event
+        if ts is not None:
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+            if self.last_ts is None or ts > self.last_ts:
+                self.last_ts = ts
         tenant, trace = get("tenant"), get("trace_id")
         if (tenant, trace) != self.identity:  # checked once per stream, unless it changes
             if not isinstance(tenant, str) or not isinstance(trace, str) or (
@@ -335,6 +369,7 @@ class _StreamCheck:
             self.problem(None, "orphan_stream", "stored events have no catalog entry")
             return
         head = self.head
+        intact = len(self.report.problems) == self.problems_before  # no row, so far
         named = (chain.trace_stream_id(head.tenant, head.name) if head.kind == chain.TRACE_KIND
                  else chain.stream_id(head.kind, head.tenant, head.name))  # the former cached
         if named != self.sid:
@@ -345,6 +380,10 @@ class _StreamCheck:
             self.problem(None, "catalog_mismatch",
                          f"catalog status is {head.status!r} but the trace "
                          f"{'has' if self.terminated else 'has no'} EXEC_TERMINATED")
+        if head.kind == chain.REPLAY_KIND and head.status != self.replay_status:
+            self.problem(None, "catalog_mismatch",
+                         f"catalog says status {head.status!r} (the replay's link gives "
+                         f"{self.replay_status!r})")
         if self.head.last_seq != last:
             self.problem(last, "length_mismatch",
                          f"catalog says {self.head.last_seq} event(s), {last} stored")
@@ -352,3 +391,14 @@ class _StreamCheck:
             self.problem(last, "head_mismatch",
                          f"catalog head is {self.head.head_hash}, the last record hashes to "
                          f"{last_hash}")
+        if intact and (head.last_seq, head.head_hash) == (last, last_hash):
+            self.check_catalog_span(head)  # altered records: the catalog holds what they said
+
+    def check_catalog_span(self, head: StreamHead) -> None:
+        """The catalog's owner and span of time, which listings choose streams by, are
+        those of the records."""
+        derived = {"agent_owner": self.owner, "first_ts": self.first_ts,
+                   "last_ts": self.last_ts}
+        if wrong := [f"{k} {getattr(head, k)!r} (the records give {v!r})"
+                     for k, v in derived.items() if getattr(head, k) != v]:
+            self.problem(None, "catalog_mismatch", "catalog says " + ", ".join(wrong))

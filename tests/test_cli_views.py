@@ -461,6 +461,26 @@ def test_audit_export_marks_a_tampered_row(loaded: str, tmp_path: Path) -> None:
                                      ("16", status[("budget-review", 16)])]
 
 
+def test_audit_export_says_so_when_an_edited_catalog_row_hides_a_trace(
+        loaded: str, tmp_path: Path) -> None:
+    """A trace's catalog row moved out of the window leaves the trace out of the export
+    (traces are chosen by it), but the export's verification names the edit: exit 4."""
+    sid = chain.trace_stream_id("acme", "budget-review")
+    code, before = _export(loaded, tmp_path / "a.jsonl", "--tenant", "acme", "--since",
+                           "2026-01-01")
+    assert code == 0 and "budget-review" in {x.get("trace_id") for x in
+                                             _jsonl(tmp_path / "a.jsonl")}
+    for column in ("first_ts", "last_ts"):
+        rawdb.set_catalog(loaded, sid, column, "2020-01-01T00:00:00.000000Z")
+    code, summary = _export(loaded, tmp_path / "b.jsonl", "--tenant", "acme", "--since",
+                            "2026-01-01")
+    lines = _jsonl(tmp_path / "b.jsonl")
+    assert code == 4 and summary["verified_ok"] is False
+    assert summary["traces"] == before["traces"] - 1
+    assert [(p["trace_id"], p["kind"]) for p in lines[0]["verification"]["problems"]] == [
+        ("budget-review", "catalog_mismatch")]
+
+
 def test_audit_export_holds_only_what_verify_checked(loaded: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An event another writer appends once verify has begun is not exported as if checked:

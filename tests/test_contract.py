@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.events import TraceEvent, parse_event, parse_line
+from ledger.events import TraceEvent, parse_event, parse_line, stored_ts_utc
 from ledger.payloads import is_failure_point, is_unknown_callback
 
 MISSING: Any = object()
@@ -392,7 +392,8 @@ def test_ts_with_offset_accepted(ts: str) -> None:
 def test_ts_utc_is_the_instant_datetime_computes(when: datetime, fraction: str,
                                                  offset_minutes: int | None, lower: bool) -> None:
     """ts_utc, for any RFC 3339 form (0-9 fraction digits, Z or an offset, either
-    case), is the instant datetime arithmetic gives, to the microsecond (truncated)."""
+    case), is the instant datetime arithmetic gives, to the microsecond (truncated);
+    verify's shortcut for stored times (``stored_ts_utc``) gives the same."""
     sign = "-" if (offset_minutes or 0) < 0 else "+"
     hours, minutes = divmod(abs(offset_minutes or 0), 60)
     offset = "Z" if offset_minutes is None else f"{sign}{hours:02}:{minutes:02}"
@@ -402,7 +403,7 @@ def test_ts_utc_is_the_instant_datetime_computes(when: datetime, fraction: str,
     micro = int(fraction[:6].ljust(6, "0")) if fraction else 0
     instant = when.replace(microsecond=micro) - timedelta(minutes=offset_minutes or 0)
     expected = f"{instant.year:04}-{instant:%m-%dT%H:%M:%S}.{instant.microsecond:06}Z"
-    assert parse_event(_envelope(ts=ts)).ts_utc == expected
+    assert parse_event(_envelope(ts=ts)).ts_utc == expected == stored_ts_utc(ts)
 
 
 def test_ts_more_than_nine_fraction_digits_accepted() -> None:
@@ -415,6 +416,9 @@ def test_ts_leap_second_accepted() -> None:
     """RFC 3339 allows second 60 on a leap second (2016-12-31T23:59:60Z was one)."""
     ts = "2016-12-31T23:59:60Z"
     assert parse_event(_envelope(ts=ts)).ts == ts
+    for leap in (ts, "2016-12-31T23:59:60.5Z"):
+        assert stored_ts_utc(leap) == parse_event(_envelope(ts=leap)).ts_utc == (
+            "2017-01-01T00:00:00.000000Z" if leap == ts else "2017-01-01T00:00:00.500000Z")
 
 
 @pytest.mark.parametrize(

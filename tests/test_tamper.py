@@ -13,7 +13,9 @@ import pytest
 import rawdb
 
 from ledger import chain
+from ledger.grants import add_grant
 from ledger.ingest import ingest
+from ledger.replays import source_hash_before, write_replay
 from ledger.store import Store
 from ledger.verify import VerifyReport, verify
 from ledger.workload import synthetic_lines
@@ -168,6 +170,51 @@ def test_edited_catalog_identity_is_reported(
     report = verify(ledger)
     assert not report.ok
     assert all(p.kind and p.tenant and p.trace_id for p in report.problems)
+
+
+@pytest.mark.parametrize(("column", "value"), [
+    ("agent_owner", "intruder"), ("agent_owner", None),
+    ("first_ts", "2020-01-01T00:00:00.000000Z"), ("last_ts", "2099-01-01T00:00:00.000000Z")])
+def test_edited_catalog_owner_or_time_span_is_reported(
+    ledger: Store, store_url: str, column: str, value: str | None
+) -> None:
+    """A catalog row naming another owner, or a span of time its events do not have, is
+    reported: ``trace list --since`` and ``audit export`` choose traces by that span,
+    so such an edit could hide a trace from an auditor's export."""
+    rawdb.set_catalog(store_url, SID, column, value)
+    report = verify(ledger)
+    assert problems(report) == {("catalog_mismatch", None)}
+    assert f"{column} {value!r}" in report.problems[0].detail
+
+
+def test_edited_catalog_rows_of_tenant_streams_and_replays_are_reported(
+    ledger: Store, store_url: str, tmp_path: Path
+) -> None:
+    """The catalog rows of a tenant's findings and grants streams and of a replay are
+    held to their records too: times, and a replay's owner and status."""
+    record = chain.wire_part(chain.decode(rawdb.get_state(store_url, SID, 2)))
+    src = tmp_path / "conflict.jsonl"
+    src.write_bytes(orjson.dumps({**record, "payload": {**record["payload"], "forged": 1}})
+                    + b"\n")
+    assert ingest(ledger, [str(src)], reject_file=str(tmp_path / "rej.jsonl")).findings == 1
+    add_grant(ledger, TENANT, "critic", "memory/planner")
+    replay = write_replay(ledger, {
+        "tenant": TENANT, "source_trace_id": TRACE, "fork_seq": 3, "agent_owner": "planner",
+        "source_prev_hash": source_hash_before(ledger, TENANT, TRACE, 3),
+        "replay_status": "completed"}, [])
+    assert verify(ledger).ok
+    edits = [(chain.findings_stream_id(TENANT), "first_ts", "2020-01-01T00:00:00.000000Z"),
+             (chain.grants_stream_id(TENANT), "last_ts", "2099-01-01T00:00:00.000000Z"),
+             (chain.replay_stream_id(TENANT, replay), "agent_owner", "intruder"),
+             (chain.replay_stream_id(TENANT, replay), "status", "failed")]
+    for sid, column, value in edits:
+        rawdb.set_catalog(store_url, sid, column, value)
+    report = verify(ledger)
+    assert sorted((p.trace_id, p.kind, p.detail.split(" ")[2]) for p in report.problems) == [
+        (chain.FINDINGS_STREAM_NAME, "catalog_mismatch", "first_ts"),
+        (chain.GRANTS_STREAM_NAME, "catalog_mismatch", "last_ts"),
+        (replay, "catalog_mismatch", "agent_owner"),
+        (replay, "catalog_mismatch", "status")]
 
 
 def test_deleted_finding_is_reported(ledger: Store, store_url: str, tmp_path: Path) -> None:
