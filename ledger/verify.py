@@ -384,6 +384,10 @@ class _StreamCheck:
             self.problem(None, "catalog_mismatch",
                          f"catalog says status {head.status!r} (the replay's link gives "
                          f"{self.replay_status!r})")
+        elif head.kind not in (chain.TRACE_KIND, chain.REPLAY_KIND) and head.status != "active":
+            self.problem(None, "catalog_mismatch",
+                         f"catalog says status {head.status!r} (a {head.kind} stream is "
+                         "'active')")
         if self.head.last_seq != last:
             self.problem(last, "length_mismatch",
                          f"catalog says {self.head.last_seq} event(s), {last} stored")

@@ -205,6 +205,7 @@ def test_edited_catalog_rows_of_tenant_streams_and_replays_are_reported(
     assert verify(ledger).ok
     edits = [(chain.findings_stream_id(TENANT), "first_ts", "2020-01-01T00:00:00.000000Z"),
              (chain.grants_stream_id(TENANT), "last_ts", "2099-01-01T00:00:00.000000Z"),
+             (chain.grants_stream_id(TENANT), "status", "terminated"),
              (chain.replay_stream_id(TENANT, replay), "agent_owner", "intruder"),
              (chain.replay_stream_id(TENANT, replay), "status", "failed")]
     for sid, column, value in edits:
@@ -213,6 +214,7 @@ def test_edited_catalog_rows_of_tenant_streams_and_replays_are_reported(
     assert sorted((p.trace_id, p.kind, p.detail.split(" ")[2]) for p in report.problems) == [
         (chain.FINDINGS_STREAM_NAME, "catalog_mismatch", "first_ts"),
         (chain.GRANTS_STREAM_NAME, "catalog_mismatch", "last_ts"),
+        (chain.GRANTS_STREAM_NAME, "catalog_mismatch", "status"),
         (replay, "catalog_mismatch", "agent_owner"),
         (replay, "catalog_mismatch", "status")]
 
