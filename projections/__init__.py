@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from projections import queries
-    from projections.runner import ProjectionStatus, Projector
+    from projections.base import ProjectionStatus
+    from projections.runner import Projector
 
 __all__ = ["ProjectionStatus", "Projector", "queries"]
 
@@ -22,6 +23,8 @@ __all__ = ["ProjectionStatus", "Projector", "queries"]
 def __getattr__(name: str) -> Any:
     if name == "queries":
         return importlib.import_module("projections.queries")
-    if name in ("Projector", "ProjectionStatus"):
-        return getattr(importlib.import_module("projections.runner"), name)
+    if name == "Projector":
+        return importlib.import_module("projections.runner").Projector
+    if name == "ProjectionStatus":
+        return importlib.import_module("projections.base").ProjectionStatus
     raise AttributeError(f"module 'projections' has no attribute {name!r}")

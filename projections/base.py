@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, NamedTuple
 from uuid import UUID
 
@@ -173,3 +173,21 @@ def skipped_rows(backend: Backend, behind: Sequence[Projection],
                  for p in behind
                  if u.topic in p.topics and u.notification_id > positions[p.name]]
     return rows
+
+
+@dataclass(frozen=True)
+class ProjectionStatus:
+    """Where one projection stands (the ``--json`` of ``projections status``)."""
+
+    name: str
+    description: str
+    version: int
+    built_version: int | None
+    position: int
+    log_head: int
+    lag: int
+    rebuild_needed: bool
+    unreadable: int  # log entries left out because their stored record cannot be read
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)

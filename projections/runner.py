@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -28,6 +27,7 @@ from projections.base import (
     Entry,
     LogRow,
     Projection,
+    ProjectionStatus,
     Unreadable,
     decode_entries,
     skipped_rows,
@@ -93,24 +93,6 @@ class StaleError(Exception):
     """Another projector advanced a tracking position first (this batch is rolled back)."""
 
 
-@dataclass(frozen=True)
-class ProjectionStatus:
-    """Where one projection stands (the ``--json`` of ``projections status``)."""
-
-    name: str
-    description: str
-    version: int
-    built_version: int | None
-    position: int
-    log_head: int
-    lag: int
-    rebuild_needed: bool
-    unreadable: int  # log entries left out because their stored record cannot be read
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def select(names: Iterable[str] | None) -> list[Projection]:
     """Projection instances by name (all when ``names`` is None); unknown names are an error."""
     if names is None:
@@ -129,13 +111,16 @@ class Projector:
     up, ``REBUILD_BATCH`` in a rebuild, where fewer and larger commits pay off).
     ``views`` (default: the store's own) is where the view tables are; ``log_slice``
     keeps the projector to part of the log (both for a part of a shared rebuild,
-    ``projections.parts``).
+    ``projections.parts``); ``upto`` to the entries up to that notification id (a fresh
+    fold to compare the views with, ``projections.check``).
     """
 
     def __init__(self, store: Store, names: Iterable[str] | None = None, *,
                  batch_size: int | None = None, context_cache: int = CONTEXT_CACHE,
-                 views: ViewDB | None = None, log_slice: LogSlice | None = None) -> None:
+                 views: ViewDB | None = None, log_slice: LogSlice | None = None,
+                 upto: int | None = None) -> None:
         self.store = store
+        self.upto = upto
         self.db: ViewDB = views if views is not None else view_db(store.backend)
         self.log_slice = log_slice
         self.projections = select(names)
@@ -254,7 +239,7 @@ class Projector:
         or with an older column layout (``any_version``: see ``status``)."""
         if self._ready:
             return
-        if self.store.backend.read_only is not None:  # views as they are, or none at all
+        if self.db.backend.read_only is not None:  # views as they are, or none at all
             check_readable(self.db, self.projections, any_version=any_version)
             self._ready = not any_version  # queries still need the check
             return
@@ -317,10 +302,13 @@ class Projector:
             return self._run_slice(self.log_slice, progress, batch_size)
         backend = self.store.backend
         start = min(positions[p.name] for p in self.projections)
-        total = max(0, backend.last_notification_id() - start) if progress else 0
+        head = backend.last_notification_id() if self.upto is None else self.upto
+        total = max(0, head - start) if progress else 0
         read = 0
         while True:
             rows = backend.read_log(start, batch_size)
+            if self.upto is not None:
+                rows = [r for r in rows if r[0] <= self.upto]
             if not rows:
                 return read
             last = rows[-1][0]

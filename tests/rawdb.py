@@ -10,6 +10,7 @@ stores (hex text on SQLite, ``uuid`` on PostgreSQL).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,6 +80,26 @@ def execute(
             quoted = {slot: '"' + name.replace('"', '""') + '"' for slot, name in columns.items()}
             statement = template.format(events=EVENTS, streams=STREAMS, **quoted)
             return lite.execute(statement, params).fetchall()
+    finally:
+        lite.close()
+
+
+def execute_views(url: str, template: str, params: Sequence[Any] = ()) -> int:
+    """Run one statement over view tables (each ``{name}`` slot: the view table
+    ``agentledger_<name>``) in its own committed transaction; return its row count."""
+    names = {slot: "agentledger_" + slot for slot in re.findall(r"(?<!\{)\{(\w+)\}(?!\})",
+                                                                 template)}
+    if is_postgres(url):
+        conninfo, schema = _pg_target(url)
+        query = sql.SQL(template.replace("?", "%s")).format(
+            **{slot: sql.Identifier(schema, name) for slot, name in names.items()})
+        with psycopg.connect(conninfo, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.rowcount
+    lite = sqlite3.connect(_sqlite_path(url), timeout=30)
+    try:
+        with lite:
+            return lite.execute(template.format(**names), params).rowcount
     finally:
         lite.close()
 

@@ -684,7 +684,7 @@ def test_every_new_command_has_json(loaded: str) -> None:
             if name in groups or name == "failures":
                 found.append((name, sub))
                 assert "as_json" in {p.name for p in command.params}, (name, sub)
-    assert len(found) == 14
+    assert len(found) == 15
 
 
 def test_demo_shows_the_projections(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ledger.cli.common import (
+    EXIT_PROBLEMS,
     emit_json,
     handle_errors,
     is_terminal,
@@ -192,6 +193,51 @@ def projections_rebuild(ctx: click.Context, names: tuple[str, ...], workers: int
     else:
         click.echo(f"Rebuilt {', '.join(rebuilt)} from position 0: {read:,} log entries "
                    f"read, now at {head:,}.")
+
+
+@projections_group.command("check")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@json_option
+@click.pass_context
+@handle_errors
+def projections_check(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+    """Compare projections NAME... (default: all) with a fresh fold of the log.
+
+    Exit 0 when every view holds what the log gives, 4 when any row differs (the
+    views were edited behind the ledger's back; `projections rebuild` replaces them).
+    """
+    from projections.check import check_views
+
+    with open_store(ctx) as store, progress_bar("Folding afresh") as progress:
+        report = check_views(store, list(names) or None, progress)
+    if as_json:
+        emit_json(report.as_json())
+    else:
+        _print_check(report)
+    if not report.ok:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _print_check(report: Any) -> None:
+    rows = [[p.name, f"{p.position:,}", t.table, f"{t.live_rows:,}", f"{t.fresh_rows:,}",
+             f"{t.only_live:,}", f"{t.only_fresh:,}"]
+            for p in report.projections for t in p.tables if not t.ok]
+    if not rows:
+        click.echo(f"OK: the views of {len(report.projections)} projection(s) hold exactly "
+                   f"what a fresh fold of the log gives ({report.entries_read:,} log entries "
+                   "read).")
+        return
+    click.echo(click.style(f"ALTERED: {len(rows)} table(s) differ from a fresh fold of the "
+                           "log", fg="red"))
+    click.echo(table(rows, ["projection", "position", "table", "rows", "fresh rows",
+                            "only here", "only fresh"]))
+    for p in report.projections:
+        for t in p.tables:
+            for x in t.examples:
+                where = "only in the views" if x["in"] == "live" else "only in a fresh fold"
+                times = f" ({x['occurs']} times)" if x["occurs"] != 1 else ""
+                click.echo(printable(f"  {t.table}, {where}{times}: {short(x['row'], 1000)}"))
+    click.echo("`agentledger projections rebuild` replaces the views with a fresh fold.")
 
 
 @projections_group.command("run")
