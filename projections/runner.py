@@ -302,8 +302,10 @@ class Projector:
             return self._run_slice(self.log_slice, progress, batch_size)
         backend = self.store.backend
         start = min(positions[p.name] for p in self.projections)
-        head = backend.last_notification_id() if self.upto is None else self.upto
-        total = max(0, head - start) if progress else 0
+        total = 0  # entries to read, for a progress bar
+        if progress is not None:
+            head = backend.last_notification_id() if self.upto is None else self.upto
+            total = max(0, head - start)
         read = 0
         while True:
             rows = backend.read_log(start, batch_size)
