@@ -6,33 +6,33 @@ an attribution row marked authorized or a failure deleted from the index. What t
 auditors' queries answer comes from these rows.
 
 ``check_views`` folds the log afresh, up to the position each projection's views
-have reached, into views of its own (a SQLite file in a temporary folder, or a
-scratch schema beside a PostgreSQL store's, as a shared rebuild makes), and compares
-each of the projection's tables with the store's as multisets of rows, its per-trace
-contexts and left-out entries included. Folding is exact (the same rows whatever the
-batches; tests check it), so any difference is an edit. Nothing in the store is
-written: the views are checked as they are, not caught up first, which could build
-on an edited row. When a writer moves the views on while they are checked, the fresh
-fold follows them to their new position and they are compared again.
+have reached, into views of its own: a SQLite file in a temporary folder, whatever
+the store, so a read-only copy of the evidence, a login that may only read and a
+standby server can all be checked. It compares each of the projection's tables with
+the store's as multisets of rows, its per-trace contexts and left-out entries
+included, both read in one order and walked side by side. Folding is exact (the same
+rows whatever the batches or the backend; tests check it), so any difference is an
+edit. Nothing in the store is written: the views are checked as they are, not caught
+up first, which could build on an edited row. When a writer moves the views on while
+they are checked, the fresh fold follows them to their new position and they are
+compared again.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ledger.errors import StoreError, UsageError
 from ledger.store import Store
 from projections.base import Projection
 from projections.runner import Progress, Projector
-from projections.scratch import scratch
-from projections.sql import PREFIX, SQLiteViewDB, ViewDB, pg_view_table, view_db
+from projections.sql import PREFIX, ViewDB, view_db
 
 EXAMPLES = 5  # differing rows shown per table
 ATTEMPTS = 5  # folds to the views' position before giving up on views that keep moving
@@ -94,18 +94,19 @@ def check_views(store: Store, names: list[str] | None = None,
     chosen = live.projections
     _check_built(live.db, chosen)
     read = 0
-    with _fresh_place(live.db) as (url, compare), Store.open(url, migrate=False) as fresh:
+    with tempfile.TemporaryDirectory(prefix="agentledger-check-") as folder, \
+            Store.open(f"sqlite:///{Path(folder) / 'fresh.db'}", migrate=False) as fresh:
         fresh_db = view_db(fresh.backend, scratch=True)
         folds: dict[str, Projector] = {}  # projection -> its fresh projector
         for _ in range(ATTEMPTS):
             positions = _positions(live.db, chosen)
             read += _fold(store, fresh_db, folds, positions, progress)
-            with compare() as (cursor, fresh_table, live_table):
-                if _positions(live.db, chosen, cursor, live_table) != positions:
+            with _snapshot(live.db) as cursor:
+                if _positions(live.db, chosen, cursor) != positions:
                     continue  # a writer moved the views on: fold on to where they are
                 return CheckReport([
                     ProjectionCheck(p.name, positions[p.name], [
-                        _compare(cursor, live_table(t), fresh_table(t), t,
+                        _compare(live.db, cursor, fresh_db, t,
                                  p.name if t in _PER_PROJECTION else None)
                         for t in (*p.tables, *_PER_PROJECTION)])
                     for p in chosen], read)
@@ -129,14 +130,11 @@ def _check_built(db: ViewDB, chosen: list[Projection]) -> None:
                 f"projections rebuild {p.name}` replaces them")
 
 
-def _positions(db: ViewDB, chosen: list[Projection], cursor: Any = None,
-               live_table: Callable[[str], str] | None = None) -> dict[str, int]:
-    """Each projection's tracking position (0 before its first entry)."""
-    if cursor is None or live_table is None:
-        rows = db.query("SELECT application_name, notification_id FROM {tracking}")
-    else:
-        cursor.execute(f"SELECT application_name, notification_id FROM {live_table('tracking')}")
-        rows = cursor.fetchall()
+def _positions(db: ViewDB, chosen: list[Projection], cursor: Any = None) -> dict[str, int]:
+    """Each projection's tracking position (0 before its first entry), read with
+    ``cursor`` when given."""
+    query = "SELECT application_name, notification_id FROM {tracking}"
+    rows = db.query(query) if cursor is None else db.execute(cursor, query).fetchall()
     found = {name: int(nid) for name, nid in rows if nid is not None}
     return {p.name: found.get(p.name, 0) for p in chosen}
 
@@ -163,75 +161,100 @@ def _fold(store: Store, fresh_db: ViewDB, folds: dict[str, Projector],
     return read
 
 
-def _compare(cursor: Any, live: str, fresh: str, table: str,
+def _compare(live_db: ViewDB, cursor: Any, fresh_db: ViewDB, table: str,
              projection: str | None) -> TableCheck:
-    """Compare ``live`` with ``fresh`` as multisets of rows (of ``projection`` only, in
-    the tables that hold every projection's rows)."""
-    cursor.execute(f"SELECT * FROM {fresh} WHERE 1 = 0")
-    columns = ", ".join(d[0] for d in cursor.description)
-    mark = "?" if isinstance(cursor, sqlite3.Cursor) else "%s"
-    where = f" WHERE projection = {mark}" if projection is not None else ""
+    """Compare the store's ``table`` (read with ``cursor``) with the fresh one as
+    multisets of rows (of ``projection`` only, in the tables that hold every
+    projection's rows): both are read in one order and walked side by side, so memory
+    does not grow with the table."""
+    declared = fresh_db.query(f"SELECT name, type FROM pragma_table_info('{PREFIX}{table}')")
+    columns = [name for name, _ in declared]
+    where = " WHERE projection = ?" if projection is not None else ""
     params = (projection,) if projection is not None else ()
-
-    def grouped(source: str) -> str:
-        return f"SELECT {columns}, count(*) AS occurs FROM {source}{where} GROUP BY {columns}"
-
-    counts, examples = [], []
-    for side, a, b in (("live", live, fresh), ("fresh", fresh, live)):
-        only = f"({grouped(a)} EXCEPT {grouped(b)}) AS differing"
-        cursor.execute(f"SELECT count(*) FROM {only}", params * 2)
-        counts.append(int(cursor.fetchone()[0]))
-        cursor.execute(f"SELECT * FROM {only} ORDER BY {columns} LIMIT {EXAMPLES}", params * 2)
-        names = [d[0] for d in cursor.description]
-        examples += [{"in": side, "occurs": r[-1], "row": dict(zip(names[:-1], r[:-1],
-                                                                     strict=True))}
-                     for r in cursor.fetchall()]
-    sizes = []
-    for source in (live, fresh):
-        cursor.execute(f"SELECT count(*) FROM {source}{where}", params)
-        sizes.append(int(cursor.fetchone()[0]))
-    return TableCheck(table, sizes[0], sizes[1], counts[0], counts[1], examples)
+    select = f"SELECT {', '.join(columns)} FROM {{{table}}}{where} ORDER BY "
+    in_order = ", ".join(  # the order of _key: nulls first, text by code point
+        f'{name} COLLATE "C" NULLS FIRST' if kind.upper() == "TEXT" else f"{name} NULLS FIRST"
+        for name, kind in declared) if live_db.dialect == "postgres" else ", ".join(columns)
+    report = _Differences(columns)
+    with fresh_db.read() as fresh_cursor:
+        report.walk(_rows(live_db, cursor, select + in_order, params),
+                    _rows(fresh_db, fresh_cursor, select + ", ".join(columns), params))
+    return TableCheck(table, report.sizes[0], report.sizes[1], report.only[0],
+                      report.only[1], report.examples)
 
 
-Compare = Callable[[], Any]  # a context manager: (cursor, fresh table name, live table name)
-
-
-@contextmanager
-def _fresh_place(db: ViewDB) -> Iterator[tuple[str, Compare]]:
-    """Where the fresh views go (a store URL), and how to open a read transaction that
-    sees them and the store's views at once."""
-    if isinstance(db, SQLiteViewDB):
-        with tempfile.TemporaryDirectory(prefix="agentledger-check-") as folder:
-            path = Path(folder) / "fresh.db"
-            yield "sqlite:///" + str(path), lambda: _sqlite_compare(db, path)
+def _rows(db: ViewDB, cursor: Any, template: str, params: tuple[Any, ...]) -> Iterator[Any]:
+    """The rows of a query on the store, a batch at a time (PostgreSQL: a server-side
+    cursor in ``cursor``'s transaction)."""
+    if db.dialect != "postgres":
+        rows: Any = db.execute(cursor, template, params)  # a sqlite3 cursor: iterable
+        yield from rows
         return
-    db.backend.writable("build fresh views beside its own to compare them with")
-    with scratch(db, 1) as place:
-        fresh_schema = place.schemas[0]  # type: ignore[attr-defined]
-        schema = db.schema  # type: ignore[attr-defined]
+    from psycopg.rows import tuple_row
 
-        @contextmanager
-        def compare() -> Iterator[tuple[Any, Callable[[str], str], Callable[[str], str]]]:
-            with db.read() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield (cursor, lambda t: pg_view_table(fresh_schema, t),
-                       lambda t: pg_view_table(schema, t))
+    with cursor.connection.cursor(name="agentledger_check", row_factory=tuple_row) as named:
+        named.itersize = 10_000
+        named.execute(db.render(template), params)
+        yield from named
 
-        yield place.url(0), compare
+
+def _key(row: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
+    """How both databases order rows, as Python compares them: nulls first, numbers,
+    then text by code point (then bytes, as SQLite orders its storage classes)."""
+    return tuple((0,) if v is None else (2, v) if isinstance(v, str) else
+                 (3, v) if isinstance(v, bytes) else (1, v) for v in row)
+
+
+class _Differences:
+    """The rows (with how many times each occurs) only one side has, counted while
+    walking both sides' rows in ``_key`` order."""
+
+    def __init__(self, columns: list[str]) -> None:
+        self.columns = columns
+        self.sizes = [0, 0]
+        self.only = [0, 0]
+        self.examples: list[dict[str, Any]] = []
+
+    def walk(self, live: Iterable[Any], fresh: Iterable[Any]) -> None:
+        sides = [self._runs(live, 0), self._runs(fresh, 1)]
+        heads = [next(sides[0], None), next(sides[1], None)]
+        while heads[0] is not None or heads[1] is not None:
+            if heads[1] is None or (heads[0] is not None and heads[0][0] < heads[1][0]):
+                ahead = [0]
+            elif heads[0] is None or heads[1][0] < heads[0][0]:
+                ahead = [1]
+            else:  # the same row: a difference only if it occurs more often on one side
+                ahead = [0, 1]
+                if heads[0][2] == heads[1][2]:
+                    heads = [next(sides[0], None), next(sides[1], None)]
+                    continue
+            for side in ahead:
+                head = heads[side]
+                assert head is not None
+                self._differs(side, head)
+                heads[side] = next(sides[side], None)
+
+    def _runs(self, rows: Iterable[Any], side: int) -> Iterator[tuple[Any, tuple[Any, ...], int]]:
+        """(key, row, occurrences) of each run of equal rows."""
+        for row, run in groupby(tuple(r) for r in rows):
+            count = sum(1 for _ in run)
+            self.sizes[side] += count
+            yield _key(row), row, count
+
+    def _differs(self, side: int, head: tuple[Any, tuple[Any, ...], int]) -> None:
+        self.only[side] += 1
+        if sum(1 for x in self.examples if x["in"] == _SIDES[side]) < EXAMPLES:
+            self.examples.append({"in": _SIDES[side], "occurs": head[2],
+                                  "row": dict(zip(self.columns, head[1], strict=True))})
+
+
+_SIDES = ("live", "fresh")
 
 
 @contextmanager
-def _sqlite_compare(db: SQLiteViewDB, fresh: Path
-                    ) -> Iterator[tuple[Any, Callable[[str], str], Callable[[str], str]]]:
-    name = db.datastore.pool.db_name  # the store's file, or a read-only ``file:`` URI of it
-    with db.errors(), closing(sqlite3.connect("file:" + quote(str(fresh)), uri=True,
-                                              isolation_level=None, timeout=60)) as conn:
-        conn.execute("ATTACH DATABASE ? AS live", (name,))  # not inside a transaction
-        cursor = conn.cursor()
-        cursor.execute("BEGIN")  # one snapshot of both
-        try:
-            yield (cursor, lambda t: PREFIX + t,
-                   lambda t: "live." + (t if t == "tracking" else PREFIX + t))
-        finally:
-            conn.rollback()
-
+def _snapshot(db: ViewDB) -> Iterator[Any]:
+    """A read transaction on the store's views: one snapshot of all of them."""
+    with db.read() as cursor:
+        if db.dialect == "postgres":
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        yield cursor
