@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from clirun import write_demo
+from clirun import run, write_demo
 
 from ledger.ingest import ingest
 from ledger.schema import trace_event_schema
@@ -82,6 +82,33 @@ def test_auditor_script_catches_each_kind_of_edit(demo_ledger: Path, tmp_path: P
     result = _audit(copy, tmp_path)
     assert result.returncode == 1, result.stdout
     assert "problem(s)" in result.stdout
+
+
+def test_auditor_script_reads_replays_and_grants_and_catches_an_edit_in_a_replay(
+        demo_ledger: Path, tmp_path: Path) -> None:
+    """A ledger holding a stored replay (link, then events numbered on from the fork) and
+    a grant is intact to the script, as to verify; an edited replay event is not."""
+    copy = tmp_path / "ledger.db"
+    shutil.copy(demo_ledger, copy)
+    url = f"sqlite:///{copy}"
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"retry": {"max_attempts": 3}}')
+    assert run(url, "replay", "contract-fetch", "--tenant", "acme", "--policy",
+               str(policy))[0] == 0
+    assert run(url, "grants", "add", "--tenant", "acme", "--agent", "critic",
+               "--scope", "memory/planner")[0] == 0
+    result = _audit(copy, tmp_path)
+    assert result.returncode == 0, result.stdout
+    db = sqlite3.connect(copy)
+    assert db.execute("SELECT count(*) FROM agentledger_events WHERE topic = "
+                      "'agentledger.replay.v1'").fetchone()[0] > 2
+    db.execute("UPDATE agentledger_events SET state = CAST(REPLACE(CAST(state AS TEXT), "
+               "'\"seq\":4', '\"seq\":5') AS BLOB) WHERE topic = 'agentledger.replay.v1' "
+               "AND originator_version = 3")
+    db.commit()
+    db.close()
+    result = _audit(copy, tmp_path)
+    assert result.returncode == 1 and "seq does not match position" in result.stdout
 
 
 def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
