@@ -66,13 +66,16 @@ EDITS = {
             " WHERE notification_id = 1) AND originator_version IN (2, 3)",
     "truncate": "DELETE FROM agentledger_events WHERE notification_id = (SELECT "
                 "MAX(notification_id) FROM agentledger_events WHERE topic LIKE '%trace%')",
+    "garbage": "UPDATE agentledger_events SET state = x'7b6e6f74' WHERE notification_id = 9",
+    "text": "UPDATE agentledger_events SET state = '[1]' WHERE notification_id = 11",
 }
 
 
 @pytest.mark.parametrize("edit", sorted(EDITS))
 def test_auditor_script_catches_each_kind_of_edit(demo_ledger: Path, tmp_path: Path,
                                                   edit: str) -> None:
-    """The VERIFY.md script reports an edited, deleted, reordered or truncated row."""
+    """The VERIFY.md script reports an edited, deleted, reordered or truncated row, and
+    one that is no longer a JSON object (in bytes or as text)."""
     copy = tmp_path / "ledger.db"
     shutil.copy(demo_ledger, copy)
     db = sqlite3.connect(copy)
