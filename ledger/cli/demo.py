@@ -109,6 +109,7 @@ def demo(ctx: click.Context, out_dir: str) -> None:
                 "agentledger memory history --tenant acme --trace budget-review",
                 "agentledger failures --tenant acme --tool search",
                 "agentledger audit export acme-audit.jsonl --tenant acme",
+                "agentledger projections check   # were the views edited behind the ledger?",
                 f"agentledger replay contract-fetch --tenant acme --policy {policy} "
                 f"--outcomes {outcomes} --reason 'second fallback?'",
                 f"agentledger backtest --tenant acme --policy {policy} --outcomes {outcomes}",
