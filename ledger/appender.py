@@ -339,7 +339,7 @@ class Appender:
         if others:
             findings = [f for f in findings if f["finding"] != "conflict" or (
                 f["tenant"], _conflict(f["trace_id"], f["seq"], f["evidence"])) not in others]
-        events, left = _finding_events(findings, heads)
+        events, left = _finding_events(findings, ids, heads)
         for head in left:  # what this writer appends, it knows
             if (known := self._conflicts.get(head.tenant)) is not None:
                 known.upto = head.last_seq
@@ -390,19 +390,19 @@ def _conflicts_in(stored: Iterable[tuple[int, bytes]]) -> set[_Conflict]:
 
 
 def _finding_events(
-    findings: list[dict[str, Any]], known: dict[UUID, StreamHead]
+    findings: list[dict[str, Any]], ids: dict[str, UUID], known: dict[UUID, StreamHead]
 ) -> tuple[list[StoredEvent], list[StreamHead]]:
-    """The findings as events of their tenants' findings streams, chained on the heads
-    ``known`` (read under the write lock), and the heads they leave."""
-    tenants = list(dict.fromkeys(f["tenant"] for f in findings))
-    ids = {t: chain.findings_stream_id(t) for t in tenants}
+    """The findings as events of their tenants' findings streams (``ids``: by tenant),
+    chained on the heads ``known`` (read under the write lock), and the heads they leave."""
     events: list[StoredEvent] = []
     heads: list[StreamHead] = []
-    for tenant in tenants:
-        sid = ids[tenant]
+    for tenant, sid in ids.items():
+        mine = [f for f in findings if f["tenant"] == tenant]
+        if not mine:  # each of them a conflict another writer recorded
+            continue
         head = known.get(sid) or StreamHead(sid, chain.FINDINGS_KIND, tenant,
                                             chain.FINDINGS_STREAM_NAME, 0, chain.GENESIS_HASH)
-        for finding in (f for f in findings if f["tenant"] == tenant):
+        for finding in mine:
             state = chain.encode({"v": chain.RECORD_VERSION, **finding,
                                   "prev_hash": head.head_hash})
             ts = finding["recorded_at"]
