@@ -85,6 +85,15 @@ def test_shared_events_are_chained_on_heads_read_in_the_append(
     assert store.backend.load_heads([shared_id])[shared_id].last_seq == 2
 
 
+def test_catalog_columns_are_the_stream_heads_fields_in_order() -> None:
+    """head_from_row builds a StreamHead from a catalog row by position."""
+    from dataclasses import fields
+
+    from ledger.backends import catalog
+
+    assert catalog.STREAM_COLUMNS == tuple(f.name for f in fields(StreamHead))
+
+
 def test_catalog_head_is_upserted_with_the_events(store: Store) -> None:
     """The catalog row reflects the last append."""
     store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)])
@@ -145,6 +154,72 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
     only_t = [h.stream_id for r in ranges for h in store.backend.iter_catalog("t", id_range=r)]
     assert only_t == [sid for sid in sids if sid != chain.trace_stream_id("u", "other")]
     assert [row.version for row in store.backend.iter_rows(wanted[:1])] == [1, 2, 3]
+
+
+def test_scan_streams_reads_a_long_stream_whole_and_in_version_order(store: Store) -> None:
+    """A stream longer than the rows a PostgreSQL scan sends in one message comes whole,
+    in version order, however its appends interleaved with another stream's."""
+    for first in range(1, 201, 7):
+        batch = range(first, min(first + 7, 201))
+        store.backend.append(_events("t", "long", batch), [_head("t", "long", batch[-1])])
+        store.backend.append(_events("t", f"short-{first}", range(1, 2)),
+                             [_head("t", f"short-{first}", 1)])
+    sid = chain.trace_stream_id("t", "long")
+    stored = [e.state for e in store.backend.read_stream(sid)]
+    for rows in (dict(store.backend.scan_streams())[sid],
+                 dict(store.backend.scan_streams([sid]))[sid]):
+        assert [r[1] for r in rows] == list(range(1, 201))
+        assert [r[4] for r in rows] == stored
+        assert [r[2] for r in rows] == sorted(r[2] for r in rows)
+    with store.backend.snapshot_scan("t") as (heads, streams):
+        assert [len(rows) for s, rows in streams if s == sid] == [200]
+
+
+@pytest.mark.parametrize("too_big", [["a"], ["c"], ["a", "d"]])
+@pytest.mark.parametrize("scope", ["all", "ids"])
+def test_a_postgres_scan_goes_on_row_by_row_past_a_group_the_server_cannot_send(
+        postgres_url: str, monkeypatch: pytest.MonkeyPatch, too_big: list[str],
+        scope: str) -> None:
+    """A group of rows bigger than a server can put in one message (over 1 GiB) fails
+    with program_limit_exceeded; the scan then reads on row by row, from the stream it
+    was reading: every stream comes once, whole. The limit is reached here by a function
+    that raises the server's error for the streams named (not by a gigabyte of rows).
+    Streams are read in the order of their ids, not of their names."""
+    import psycopg
+    from psycopg import sql
+    from rawdb import _pg_target
+
+    import ledger.backends.postgres as pg
+
+    names = ["a", "b", "c", "d", "e"]
+    with Store.open(postgres_url) as store:
+        for name in names:
+            store.backend.append(_events("t", name, range(1, 71)), [_head("t", name, 70)])
+        expected = {sid: [(r[1], r[2], r[3], r[4]) for r in rows]
+                    for sid, rows in store.backend.scan_streams()}
+        conninfo, schema = _pg_target(postgres_url)
+        ids = sql.SQL(", ").join(sql.Literal(str(chain.trace_stream_id("t", n)))
+                                 for n in too_big)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL(
+                "CREATE FUNCTION {}(id uuid, state bytea) RETURNS bytea LANGUAGE plpgsql AS "
+                "$$ BEGIN IF id IN ({}) THEN RAISE EXCEPTION 'array size "
+                "exceeds the maximum allowed' USING ERRCODE = 'program_limit_exceeded'; "
+                "END IF; RETURN state; END $$").format(
+                    sql.Identifier(schema, "too_big"), ids))
+            with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # as a group fails
+                conn.execute(sql.SQL("SELECT array_agg({}(originator_id, state)) FROM {} "
+                                     "GROUP BY originator_id").format(
+                    sql.Identifier(schema, "too_big"), sql.Identifier(schema, pg.catalog.EVENTS_TABLE)))
+        monkeypatch.setattr(pg, "_GROUPED_SCAN", pg._GROUPED_SCAN.replace(
+            "array_agg(state)", f'array_agg("{schema}".too_big(originator_id, state))'))
+        wanted = sorted(expected) if scope == "ids" else None
+        scanned = {sid: [(r[1], r[2], r[3], r[4]) for r in rows]
+                   for sid, rows in store.backend.scan_streams(wanted)}
+        assert scanned == expected and list(scanned) == sorted(expected)
+        with store.backend.snapshot_scan(stream_ids=wanted) as (heads, streams):  # read-only
+            snapshot = {sid: [(r[1], r[2], r[3], r[4]) for r in rows] for sid, rows in streams}
+        assert snapshot == expected and len(heads) == len(names)
 
 
 def test_read_streams_pages_a_range_of_streams_in_log_order(store: Store) -> None:

