@@ -34,6 +34,7 @@ from projections.base import (
 )
 from projections.failures import FailureProjection
 from projections.findings import FindingsProjection
+from projections.in_place import views_in_place
 from projections.indexes import build_query_indexes
 from projections.memory import MemoryProjection
 from projections.scratch import part_ddl, part_insert
@@ -242,6 +243,9 @@ class Projector:
         if self.db.backend.read_only is not None:  # views as they are, or none at all
             check_readable(self.db, self.projections, any_version=any_version)
             self._ready = not any_version  # queries still need the check
+            return
+        if views_in_place(self.db, _DDL, self.projections):  # takes no lock (in_place.py)
+            self._ready = True
             return
         with self.db.preparing():
             self.db.create_tracking_table()

@@ -54,6 +54,7 @@ class ViewDB:
     dialect: str
     backend: Backend
     tracking: Any  # the library's SQLite or PostgreSQL TrackingRecorder
+    tracking_table: str  # its table's name
 
     def render(self, template: str) -> Any:
         raise NotImplementedError
@@ -138,6 +139,7 @@ def check_readable(db: ViewDB, projections: Sequence[Any], *, any_version: bool 
 
 class SQLiteViewDB(ViewDB):
     dialect = "sqlite"
+    tracking_table = "tracking"
 
     def __init__(self, backend: Backend, *, scratch: bool = False) -> None:
         from eventsourcing.sqlite import SQLiteTrackingRecorder
@@ -226,6 +228,7 @@ def _pragmas(cursor: Any) -> dict[str, str]:
 
 class PostgresViewDB(ViewDB):
     dialect = "postgres"
+    tracking_table = PG_TRACKING_TABLE
 
     def __init__(self, backend: Backend, *, scratch: bool = False) -> None:
         from eventsourcing.postgres import PostgresTrackingRecorder
@@ -350,7 +353,7 @@ def view_db(backend: Backend, *, scratch: bool = False) -> ViewDB:
 
 
 _SQLITE_SLOTS = {name: PREFIX + name for name in VIEW_TABLES} | {
-    "tracking": "tracking", "events": PREFIX + "events", "bigint": "INTEGER",
+    "tracking": SQLiteViewDB.tracking_table, "events": PREFIX + "events", "bigint": "INTEGER",
 }
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +225,70 @@ def test_upserts_give_the_same_views_however_they_are_sent(
     rows = db.query("SELECT hour, execs, failures FROM {tool_hourly} WHERE tenant = 't' "
                     "ORDER BY hour")
     assert [tuple(r) for r in rows] == [("2026-01-01T00", 15, 1), ("2026-01-01T01", 2, 1)]
+
+
+@contextmanager
+def _writing_the_views(url: str) -> Iterator[None]:
+    """Another connection in an open transaction that writes the views: what an
+    ingest's flush or a follower's batch holds while it runs."""
+    if url.startswith("sqlite"):
+        lite = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        lite.execute("BEGIN IMMEDIATE")  # the store's write lock
+        try:
+            yield
+        finally:
+            lite.execute("ROLLBACK")
+            lite.close()
+        return
+    import psycopg
+    from rawdb import _pg_target
+
+    conninfo, schema = _pg_target(url)
+    with psycopg.connect(conninfo) as conn:
+        conn.execute(f'LOCK TABLE "{schema}".agentledger_failures IN ROW EXCLUSIVE MODE')
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def test_a_read_command_does_not_wait_for_a_writer_of_the_views(
+        store: Store, demo_file: str, tmp_path: Path) -> None:
+    """Views in place, a projector prepares nothing (``projections.in_place``): a read
+    command answers while another connection's write transaction on the views is open.
+    Before, its ``CREATE INDEX IF NOT EXISTS`` statements waited for that transaction."""
+    from clirun import run_json
+
+    Projector(store).attach()
+    ingest(store, [demo_file], reject_file=str(tmp_path / "r.jsonl"))
+    expected = run_json(store.url, "failures", "--tenant", "acme")
+    answers: list[Any] = []
+    with _writing_the_views(store.url):
+        reader = threading.Thread(daemon=True, target=lambda: answers.append(
+            run_json(store.url, "failures", "--tenant", "acme")))
+        reader.start()
+        reader.join(timeout=15)
+        waited = reader.is_alive()
+    reader.join()
+    assert not waited and answers == [expected] and expected
+
+
+def test_a_projector_still_makes_what_is_missing_from_the_views(store: Store) -> None:
+    """An index left out (a rebuild killed before it built them), a table dropped, the
+    tracking table gone: the next projector makes them again."""
+    from projections.in_place import relations
+
+    Projector(store).catch_up()
+    db = view_db(store.backend)
+    with db.read() as cur:
+        before = relations(db, cur)
+    for statement in ("DROP INDEX {}agentledger_failures_ts", "DROP TABLE {}agentledger_grants",
+                      "DROP TABLE {}" + db.tracking_table):
+        prefix = "" if db.dialect == "sqlite" else f'"{db.schema}".'  # type: ignore[attr-defined]
+        with db.transaction() as cur:
+            cur.execute(statement.format(prefix))
+        with db.read() as cur:
+            assert relations(db, cur) < before
+        Projector(store).catch_up()
+        with db.read() as cur:
+            assert relations(db, cur) == before

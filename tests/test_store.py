@@ -91,7 +91,7 @@ def test_catalog_columns_are_the_stream_heads_fields_in_order() -> None:
 
     from ledger.backends import catalog
 
-    assert catalog.STREAM_COLUMNS == tuple(f.name for f in fields(StreamHead))
+    assert tuple(f.name for f in fields(StreamHead)) == catalog.STREAM_COLUMNS
 
 
 def test_catalog_head_is_upserted_with_the_events(store: Store) -> None:
@@ -171,7 +171,7 @@ def test_scan_streams_reads_a_long_stream_whole_and_in_version_order(store: Stor
         assert [r[1] for r in rows] == list(range(1, 201))
         assert [r[4] for r in rows] == stored
         assert [r[2] for r in rows] == sorted(r[2] for r in rows)
-    with store.backend.snapshot_scan("t") as (heads, streams):
+    with store.backend.snapshot_scan("t") as (_, streams):
         assert [len(rows) for s, rows in streams if s == sid] == [200]
 
 
@@ -210,7 +210,8 @@ def test_a_postgres_scan_goes_on_row_by_row_past_a_group_the_server_cannot_send(
             with pytest.raises(psycopg.errors.ProgramLimitExceeded):  # as a group fails
                 conn.execute(sql.SQL("SELECT array_agg({}(originator_id, state)) FROM {} "
                                      "GROUP BY originator_id").format(
-                    sql.Identifier(schema, "too_big"), sql.Identifier(schema, pg.catalog.EVENTS_TABLE)))
+                    sql.Identifier(schema, "too_big"),
+                    sql.Identifier(schema, pg.catalog.EVENTS_TABLE)))
         monkeypatch.setattr(pg, "_GROUPED_SCAN", pg._GROUPED_SCAN.replace(
             "array_agg(state)", f'array_agg("{schema}".too_big(originator_id, state))'))
         wanted = sorted(expected) if scope == "ids" else None

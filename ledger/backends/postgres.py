@@ -234,15 +234,15 @@ class PostgresBackend(Backend):
                     yield UUID(bytes=key), list(group)
                 return
             out.set_types(["bytea", "int8[]", "int8[]", "text[]", "bytea[]"])
-            key, sid, rows = None, None, []
+            sid, key, rows = UUID(int=0), None, list[RowTuple]()
             for k, versions, nids, topics, states in out.rows():
                 if k != key:
                     if rows:
                         yield sid, rows
                     key, sid, rows = k, UUID(bytes=k), []
-                group = list(zip(repeat(k), versions, nids, topics, states))
-                group.sort(key=itemgetter(1))  # the order within an array is not promised
-                rows += group
+                chunk: list[RowTuple] = list(zip(repeat(k), versions, nids, topics, states))
+                chunk.sort(key=itemgetter(1))  # the order within an array is not promised
+                rows += chunk
             if rows:
                 yield sid, rows
 
