@@ -88,8 +88,9 @@ class CheckReport:
 
 
 def check_views(store: Store, names: list[str] | None = None,
-                progress: Progress | None = None) -> CheckReport:
-    """Compare the named projections' views (default: all) with a fresh fold of the log."""
+                progress: Progress | None = None, *, workers: int = 1) -> CheckReport:
+    """Compare the named projections' views (default: all) with a fresh fold of the log
+    (shared out between ``workers`` processes as a rebuild is: ``projections.parts``)."""
     live = Projector(store, names)
     chosen = live.projections
     _check_built(live.db, chosen)
@@ -100,7 +101,7 @@ def check_views(store: Store, names: list[str] | None = None,
         folds: dict[str, Projector] = {}  # projection -> its fresh projector
         for _ in range(ATTEMPTS):
             positions = _positions(live.db, chosen)
-            read += _fold(store, fresh_db, folds, positions, progress)
+            read += _fold(store, fresh_db, folds, positions, progress, workers)
             with _snapshot(live.db) as cursor:
                 if _positions(live.db, chosen, cursor) != positions:
                     continue  # a writer moved the views on: fold on to where they are
@@ -140,7 +141,7 @@ def _positions(db: ViewDB, chosen: list[Projection], cursor: Any = None) -> dict
 
 
 def _fold(store: Store, fresh_db: ViewDB, folds: dict[str, Projector],
-          positions: dict[str, int], progress: Progress | None) -> int:
+          positions: dict[str, int], progress: Progress | None, workers: int) -> int:
     """Bring each projection's fresh views to ``positions``: a projector per position
     (they usually share one), rebuilt from 0 unless its views are behind that position
     already, then caught up to it. Return the log entries read."""
@@ -153,7 +154,8 @@ def _fold(store: Store, fresh_db: ViewDB, folds: dict[str, Projector],
         same = projector is not None and [p.name for p in projector.projections] == names
         if projector is None or not same or (projector.upto or 0) > position:
             projector = Projector(store, names, views=fresh_db, upto=position)
-            read += projector.rebuild(progress=progress, query_indexes=False)
+            read += projector.rebuild(progress=progress, query_indexes=False,
+                                      workers=workers)
         else:
             projector.upto = position
             read += projector.catch_up(progress)

@@ -71,6 +71,8 @@ def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: 
     projection's in its merge transaction, after its rows)."""
     store = projector.store
     head = store.backend.last_notification_id()
+    if projector.upto is not None:  # a fold to a position (``projections check``)
+        head = min(head, projector.upto)
     names = [p.name for p in chosen]
     ranges = id_ranges(count)
     with scratch(projector.db, count) as place:

@@ -7,6 +7,7 @@ without writing to the store.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ledger.grants import add_grant
 from ledger.ingest import ingest
 from ledger.store import Store
 from ledger.workload import demo_events
-from projections import Projector
+from projections import Projector, parts
 from projections import check as check_module
 from projections.check import check_views
 
@@ -41,6 +42,26 @@ def viewed(store: Store, tmp_path: Path) -> Store:
     return store
 
 
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-processes"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Processes the fresh fold is shared between, as a rebuild's (``projections.parts``);
+    with 2 even the demo's short log is cut in two, and the test fails unless it was."""
+    if request.param > 1:
+        monkeypatch.setattr(parts, "ENTRIES_PER_PART", 1)
+        shared = parts.rebuild_in_parts
+        calls: list[int] = []
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return shared(*args, **kwargs)
+
+        monkeypatch.setattr(parts, "rebuild_in_parts", counted)
+        yield request.param
+        assert calls, "the fresh fold was not shared out"
+        return
+    yield request.param
+
+
 def differing(report: Any) -> dict[str, tuple[int, int]]:
     """Each differing table: (rows only in the views, rows only in a fresh fold)."""
     return {t.table: (t.only_live, t.only_fresh) for p in report.projections
@@ -48,12 +69,12 @@ def differing(report: Any) -> dict[str, tuple[int, int]]:
 
 
 def test_views_as_the_ledger_left_them_check_ok_and_nothing_is_written(
-    viewed: Store, store_url: str
+    viewed: Store, store_url: str, workers: int
 ) -> None:
     """Every table of every projection, per-trace contexts included, is compared, and
     equals a fresh fold; the store (ledger and views) is left as it was."""
     before = rawdb.dump(store_url), dump(viewed)
-    report = check_views(viewed)
+    report = check_views(viewed, workers=workers)
     assert report.ok and report.entries_read == viewed.backend.last_notification_id()
     head = viewed.backend.last_notification_id()
     assert {p.name: (p.position, tuple(t.table for t in p.tables))
@@ -77,12 +98,12 @@ def test_views_as_the_ledger_left_them_check_ok_and_nothing_is_written(
 ], ids=["authorized-flipped", "failures-deleted", "counts-raised", "findings-added",
         "contexts-emptied", "grant-deleted"])
 def test_each_edited_view_is_named_with_its_rows(viewed: Store, store_url: str, edit: str,
-                                                 expected: str) -> None:
+                                                 expected: str, workers: int) -> None:
     """An edit of any view table is reported in that table alone, with how many rows only
     the views and only a fresh fold have, and examples of them."""
     changed = rawdb.execute_views(store_url, edit)
     assert changed > 0
-    report = check_views(viewed)
+    report = check_views(viewed, workers=workers)
     assert not report.ok and list(differing(report)) == [expected]
     [table] = [t for p in report.projections for t in p.tables if not t.ok]
     assert table.only_live + table.only_fresh >= 1
@@ -108,7 +129,7 @@ def test_a_flipped_authorization_shows_both_versions_of_the_row(
 
 
 def test_views_at_different_positions_are_each_checked_at_their_own(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, workers: int
 ) -> None:
     """Views a writer left behind the log (one projection caught up, the others not)
     are compared with a fold to where each stands, not with the log's head."""
@@ -122,7 +143,7 @@ def test_views_at_different_positions_are_each_checked_at_their_own(
             Projector(store).catch_up()
     Projector(store, ["memory"]).catch_up()
     head = store.backend.last_notification_id()
-    report = check_views(store)
+    report = check_views(store, workers=workers)
     positions = {p.name: p.position for p in report.projections}
     assert report.ok and positions["memory"] == head
     assert len(set(positions.values())) == 2 and min(positions.values()) < head

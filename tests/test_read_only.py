@@ -83,8 +83,17 @@ READS = (
     ("audit", "findings", "--tenant", "acme"), ("stats", "fallbacks", "--tenant", "acme"),
     ("memory", "history", "--tenant", "acme", "--trace", "q4-market-report"),
     ("grants", "list", "--tenant", "acme"), ("projections", "status"),
-    ("replay", "list", "--tenant", "acme"), ("projections", "check"),
+    ("replay", "list", "--tenant", "acme"), ("projections", "check", "--workers", "2"),
 )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_folds_shared_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``projections check --workers 2`` cuts even the demo's short log in two: its
+    spawned processes read the read-only store as well."""
+    from projections import parts
+
+    monkeypatch.setattr(parts, "ENTRIES_PER_PART", 1)
 
 
 def test_reading_commands_answer_on_a_read_only_mount_as_on_the_store_itself(

@@ -197,10 +197,12 @@ def projections_rebuild(ctx: click.Context, names: tuple[str, ...], workers: int
 
 @projections_group.command("check")
 @click.argument("names", nargs=-1, metavar="[NAME]...")
+@workers_option("fresh fold", " A log under 50,000 entries per process uses fewer.")
 @json_option
 @click.pass_context
 @handle_errors
-def projections_check(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+def projections_check(ctx: click.Context, names: tuple[str, ...], workers: int,
+                      as_json: bool) -> None:
     """Compare projections NAME... (default: all) with a fresh fold of the log.
 
     Exit 0 when every view holds what the log gives, 4 when any row differs (the
@@ -209,7 +211,7 @@ def projections_check(ctx: click.Context, names: tuple[str, ...], as_json: bool)
     from projections.check import check_views
 
     with open_store(ctx) as store, progress_bar("Folding afresh") as progress:
-        report = check_views(store, list(names) or None, progress)
+        report = check_views(store, list(names) or None, progress, workers=workers)
     if as_json:
         emit_json(report.as_json())
     else:
