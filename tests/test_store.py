@@ -175,6 +175,41 @@ def test_scan_streams_reads_a_long_stream_whole_and_in_version_order(store: Stor
         assert [len(rows) for s, rows in streams if s == sid] == [200]
 
 
+@pytest.mark.parametrize("leave", ["break", "raise", "close"])
+def test_a_scan_left_part_way_gives_the_store_back(store: Store, leave: str) -> None:
+    """Leaving a snapshot scan before its last stream (a caller's break, an error such
+    as a full disk while exporting) or closing a scan_streams() early ends the read:
+    the store answers the next call. On PostgreSQL a COPY still sending held the
+    connection, and leaving the snapshot's transaction waited for it forever."""
+    import threading
+
+    for name in ("a", "b", "c"):
+        store.backend.append(_events("t", name, range(1, 80)), [_head("t", name, 79)])
+    done: list[object] = []
+
+    def leave_part_way() -> None:
+        try:
+            with store.backend.snapshot_scan() as (_, streams):
+                for _sid in streams:
+                    if leave == "raise":
+                        raise OSError("No space left on device")
+                    break
+        except OSError:
+            pass
+        scan = store.backend.scan_streams()
+        next(scan)
+        if leave == "close":
+            scan.close()
+        del scan
+        done.append(len(list(store.backend.scan_streams())))
+
+    worker = threading.Thread(target=leave_part_way, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the store never answered after a scan was left"
+    assert done == [3]
+
+
 @pytest.mark.parametrize("too_big", [["a"], ["c"], ["a", "d"]])
 @pytest.mark.parametrize("scope", ["all", "ids"])
 def test_a_postgres_scan_goes_on_row_by_row_past_a_group_the_server_cannot_send(

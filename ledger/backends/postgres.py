@@ -7,7 +7,7 @@ as binary ``COPY ... TO STDOUT``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from itertools import groupby, repeat
@@ -35,6 +35,7 @@ from ledger.backends.base import (
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder, pg_sql
 from ledger.errors import SchemaVersionError, StoreError, UsageError
 
+_Scan = Generator[tuple[UUID, list[RowTuple]], None, None]  # closed when left part-way
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _SCAN_IDS = 2000  # stream ids per scan statement
 
@@ -181,12 +182,16 @@ class PostgresBackend(Backend):
                          conn.cursor(row_factory=tuple_row).execute(query, params).fetchall()]
                 if stream_ids is None and tenant is not None:
                     stream_ids = [h.stream_id for h in heads]
-                yield heads, self._scan(conn, stream_ids, id_range)
+                scan = self._scan(conn, stream_ids, id_range)
+                try:
+                    yield heads, scan
+                finally:  # a COPY left sending holds the connection the transaction ends
+                    scan.close()
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"{self.label}: {exc}") from exc
 
     def _scan(self, conn: Any, stream_ids: Sequence[UUID] | None,
-              id_range: IdRange | None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+              id_range: IdRange | None) -> _Scan:
         """scan_streams' rows, read in ``conn``'s transaction.
 
         The server sends a stream's rows 64 to a message, as arrays (``_GROUPED_SCAN``).
@@ -206,9 +211,13 @@ class PostgresBackend(Backend):
                 after: UUID | None = None  # the last stream read whole
                 try:
                     with conn.transaction():  # a savepoint, to go on from if a group fails
-                        for sid, rows in self._read_scan(cur, where, params, grouped=True):
-                            yield sid, rows
-                            after = sid
+                        grouped = self._read_scan(cur, where, params, grouped=True)
+                        try:
+                            for sid, rows in grouped:
+                                yield sid, rows
+                                after = sid
+                        finally:  # left part-way: the COPY ends before the savepoint
+                            grouped.close()
                 except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.OutOfMemory):
                     more = ["originator_id > %s"] if after is not None else []
                     yield from self._read_scan(cur, [*where, *more],
@@ -216,7 +225,7 @@ class PostgresBackend(Backend):
                                                grouped=False)
 
     def _read_scan(self, cur: psycopg.Cursor[Any], where: list[str], params: list[Any], *,
-                   grouped: bool) -> Iterator[tuple[UUID, list[RowTuple]]]:
+                   grouped: bool) -> _Scan:
         """The rows of the streams ``where`` keeps, by stream then version."""
         query = sql.SQL(
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
