@@ -151,7 +151,8 @@ def parse_line(raw: bytes) -> TraceEvent:
 
 
 def decode_json(raw: bytes) -> Any:
-    """Strict JSON decoding: UTF-8, no NaN/Infinity; big integers are kept exactly."""
+    """Strict JSON decoding: UTF-8, no NaN/Infinity, no number beyond a double's range;
+    big integers are kept exactly."""
     fast_error = "integer beyond 64 bits"
     if not may_hold_big_int(raw):  # orjson would turn a >64-bit integer into a float
         try:
@@ -162,8 +163,16 @@ def decode_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValidationError(f"not valid UTF-8 at byte {exc.start}") from None
+    too_big: list[str] = []  # numbers that a double cannot hold
+
+    def read_float(number: str) -> float:
+        value = float(number)
+        if math.isinf(value):
+            too_big.append(number)
+        return value
+
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=read_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         raise ValidationError("string contains a lone surrogate (not valid Unicode)") from None
@@ -171,11 +180,23 @@ def decode_json(raw: bytes) -> Any:
         raise ValidationError("malformed JSON: nested too deeply") from None
     except ValueError:
         raise ValidationError(f"malformed JSON: {fast_error}") from None
+    if too_big:
+        raise _beyond_a_double(value, too_big[0])
     return value
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _beyond_a_double(value: Any, number: str) -> ValidationError:
+    """The error for decoded JSON holding a number beyond a double's range: json reads
+    it as infinity, which a stored record would hold as ``null``. The field is where
+    the first such value is."""
+    shown = number if len(number) <= 40 else f"{number[:20]}...{number[-10:]}"
+    where = _non_json(value, "")
+    return ValidationError(f"number {shown} is beyond the range of a 64-bit float",
+                           field=where[0] if where and where[0] else None)
 
 
 def parse_event(obj: Any) -> TraceEvent:

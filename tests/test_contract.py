@@ -1016,6 +1016,10 @@ _GOOD = _line(_envelope())
         (b"42", "object"),
         (_GOOD.replace(b"trace-1", b"trace-\\ud800"), "surrogate"),
         (_GOOD.replace(b'"payload":{}', b'"payload":{"x":"\\udc00"}'), "surrogate"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"x":1e400}'), "beyond the range"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"x":[-1.5E+309]}'), "beyond the range"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"x":1' + b"0" * 400 + b'.0}'),
+         "beyond the range"),
     ],
     ids=[
         "truncated",
@@ -1034,6 +1038,9 @@ _GOOD = _line(_envelope())
         "number",
         "lone-surrogate-in-trace-id",
         "lone-surrogate-in-payload",
+        "float-beyond-a-double",
+        "negative-float-beyond-a-double-in-an-array",
+        "400-digit-float",
     ],
 )
 def test_bad_wire_line_rejected_with_reason(raw: bytes, hint: str) -> None:
@@ -1041,6 +1048,17 @@ def test_bad_wire_line_rejected_with_reason(raw: bytes, hint: str) -> None:
     with pytest.raises(ValidationError) as info:
         parse_line(raw)
     assert hint.lower() in info.value.reason.lower()
+
+
+@pytest.mark.parametrize("literal", [b"1e-400", b"1.7976931348623157e308", b"5e-324", b"-0.0"])
+def test_a_float_within_a_doubles_range_is_kept(literal: bytes) -> None:
+    """A float a double holds, however small or large, is stored as that float."""
+    line = _line(_envelope("TOOL_EXEC")).replace(
+        b'"success":true', b'"success":true,"x_f":' + literal
+    )
+    event = parse_line(line)
+    assert event.payload["x_f"] == float(literal)
+    assert orjson.loads(event.wire_json)["payload"]["x_f"] == float(literal)
 
 
 def test_wire_line_parses_like_python_object() -> None:
