@@ -22,7 +22,7 @@ import orjson
 
 from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
-from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_event
+from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_line
 
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip-compressed file begins
@@ -122,7 +122,7 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
                     yield Line(name, number, raw, exc)
                 continue
             if part is None or stream_part(obj, part.owners) == part.index:
-                yield Line(name, number, raw, _validated(obj))
+                yield Line(name, number, raw, _validated(raw, obj))
 
 
 @dataclass(slots=True)
@@ -173,16 +173,16 @@ def _exactly(raw: bytes, decoded: Any) -> TraceEvent | ValidationError:
     """What ``raw`` validates to, given ``decoded = orjson.loads(raw)``: that value
     itself unless it may hold an integer beyond 64 bits (then decode_json reads it)."""
     if not may_hold_big_int(raw):
-        return _validated(decoded)  # decode_json would return this very value
+        return _validated(raw, decoded)  # decode_json would return this very value
     try:
-        return _validated(decode_json(raw))
+        return _validated(raw, decode_json(raw))
     except ValidationError as exc:
         return exc
 
 
-def _validated(obj: Any) -> TraceEvent | ValidationError:
+def _validated(raw: bytes, obj: Any) -> TraceEvent | ValidationError:
     try:
-        return validate_event(obj)
+        return validate_line(raw, obj)
     except ValidationError as exc:
         return exc
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import string
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.events import TraceEvent, parse_event, parse_line, stored_ts_utc
+from ledger.events import (
+    TraceEvent,
+    _surely_unique_keys,
+    parse_event,
+    parse_line,
+    stored_ts_utc,
+)
 from ledger.payloads import is_failure_point, is_unknown_callback
 
 MISSING: Any = object()
@@ -1067,6 +1074,49 @@ def test_wire_line_parses_like_python_object() -> None:
     assert parse_line(_line(obj)) == parse_event(obj)
 
 
+@pytest.mark.parametrize(
+    ("raw", "field", "key"),
+    [
+        (_GOOD.replace(b'"seq":1', b'"seq":1,"seq":1'), None, "seq"),
+        (_GOOD.replace(b'"seq":1', b'"seq":2,"seq":1'), None, "seq"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"a":1,"b":2,"a":1}'), "payload", "a"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"x":[0,{"z":{},"z":{}}]}'),
+         "payload.x[1]", "z"),
+        # whitespace before a colon, and an escaped colon making up for the repeat's
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"a" : 1,"a":1,"b":"\\u003a"}'),
+         "payload", "a"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"\\u0061":1,"a":1}'), "payload", "a"),
+        (_GOOD.replace(b'"payload":{}', b'"payload":{"n":123456789012345678901234567890,'
+                                        b'"n":1}'), "payload", "n"),
+    ],
+    ids=["envelope-same-value", "envelope-other-value", "payload", "nested-in-list",
+         "escaped-colon-and-spaces", "escaped-key", "beyond-64-bits"],
+)
+def test_a_key_twice_in_one_object_is_rejected(raw: bytes, field: str | None, key: str) -> None:
+    """A line that names a key twice in one object is rejected, naming the key and the
+    object: a decoder would keep one value and drop the other."""
+    error = _rejected_line(raw)
+    assert (error.field, error.reason) == (
+        field, f"key {key!r} appears twice in one object (JSON names must be unique)")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _GOOD.replace(b'"payload":{}', b'"payload":{"a:b":"c:d","x":{"a:b":1}}'),
+        _GOOD.replace(b'"payload":{}', b'"payload":{"a":"\\u003a:","b":{"a":{"a":[]}}}'),
+        _GOOD.replace(b'"planner"', b'"user:7"'),  # the default write_scope holds a colon
+        _GOOD.replace(b'"payload":{}', b'"write_scope":null,"payload":{}'),
+        _GOOD.replace(b'"seq":1', b'"seq" :\t1 ,\n "tenant" : "t:1"'),
+    ],
+    ids=["colons-in-keys-and-strings", "escaped-colon", "owner-with-colon",
+         "null-write-scope", "spaces-and-tenant-with-colon"],
+)
+def test_keys_alike_in_different_objects_are_kept(raw: bytes) -> None:
+    """Repeated names in different objects, and colons anywhere, are not repeats."""
+    assert parse_line(raw).record() == orjson.loads(parse_line(raw).wire_json)
+
+
 def test_spec_example_chain_parses() -> None:
     """The orientation chain of spec section 5 is valid event by event."""
     chain: list[tuple[str, dict[str, Any]]] = [
@@ -1237,3 +1287,56 @@ def test_record_round_trips_submitted_fields(obj: dict[str, Any]) -> None:
 def test_record_round_trips_through_wire_line(obj: dict[str, Any]) -> None:
     """For any valid event sent as a JSON line, record() equals the submitted fields."""
     assert parse_line(orjson.dumps(obj)).record() == _expected_record(obj)
+
+
+def _written(value: Any, draw: Callable[[Any], Any], repeat: list[int]) -> str:
+    """``value`` as JSON text with drawn spacing and escapes; the object numbered
+    ``repeat[0]`` (counting from 0, depth first) names one of its keys twice, with the
+    same value."""
+    gap = draw(st.sampled_from(["", " ", "\t", " \n "]))
+    if isinstance(value, dict):
+        number, repeat[0] = repeat[0], repeat[0] - 1
+        members = [(key, _written(item, draw, repeat)) for key, item in value.items()]
+        if number == 0 and members:
+            members.insert(draw(st.integers(0, len(members))),
+                           members[draw(st.integers(0, len(members) - 1))])
+        return "{" + ",".join(f"{_string(key, draw)}{gap}:{gap}{item}"
+                              for key, item in members) + "}"
+    if isinstance(value, list):
+        return "[" + f",{gap}".join(_written(item, draw, repeat) for item in value) + "]"
+    if isinstance(value, str):
+        return _string(value, draw)
+    return json.dumps(value)
+
+
+def _string(text: str, draw: Callable[[Any], Any]) -> str:
+    written = json.dumps(text, ensure_ascii=draw(st.booleans()))
+    return written.replace(":", "\\u003a") if draw(st.booleans()) else written
+
+
+def _object_sizes(value: Any) -> list[int]:
+    """How many members each object of ``value`` has, depth first (as ``_written`` counts)."""
+    if isinstance(value, dict):
+        return [len(value), *(n for item in value.values() for n in _object_sizes(item))]
+    if isinstance(value, list):
+        return [n for item in value for n in _object_sizes(item)]
+    return []
+
+
+@settings(max_examples=300, deadline=None)
+@given(_valid_envelopes(), st.data())
+def test_a_line_is_rejected_exactly_when_an_object_repeats_a_key(
+    obj: dict[str, Any], data: st.DataObject
+) -> None:
+    """However a valid event is spaced and escaped, its line is stored as sent; the
+    same line with one key repeated (same value) in any one of its objects is rejected."""
+    objects = [number for number, size in enumerate(_object_sizes(obj)) if size]
+    target = data.draw(st.sampled_from([-1, *objects]))  # -1: no repeat
+    raw = _written(obj, data.draw, [target])
+    if target < 0:
+        assert parse_line(raw.encode()).record() == _expected_record(obj)
+        if "\\u" not in raw:  # no escapes: counting colons proves the keys unique
+            event = parse_line(raw.encode())
+            assert _surely_unique_keys(raw.encode(), json.loads(raw), event)
+    else:
+        assert "appears twice" in _rejected_line(raw.encode()).reason

@@ -61,7 +61,9 @@ def mixed_lines() -> list[bytes]:
             lines.append(orjson.dumps(obj))
         if seq == 3:
             lines += [b'{"trace_id": "cut off', b"\xff\xfe not utf-8", b"[1, 2]", b"",
-                      b'{"seq": 1}', b'{"trace_id": 7, "seq": 1}', b"   "]
+                      b'{"seq": 1}', b'{"trace_id": 7, "seq": 1}', b"   ",
+                      orjson.dumps(_event("acme", "twice", 1, "EXEC_START", {"context_id": "a"}))
+                      .replace(b'{"context_id"', b'{"context_id":"b","context_id"')]
     lines += lines[:10]  # duplicates of stored events
     conflict = orjson.loads(lines[0])
     conflict["payload"] = {"context_id": "rewritten"}
@@ -83,6 +85,11 @@ ODD_LINES = [
     rb'{"trace_id": "\ud800", "seq": 1}',  # a lone surrogate
     rb'{"trace_id": "nan", "seq": NaN}',
     rb'{"trace_id": "big", "seq": 99999999999999999999999}',
+    # a key twice in one object, in a line only the exact decoder reads
+    rb'{"tenant": "globex", "trace_id": "twice-big", "seq": 1, "event": "TOOL_EXEC", '
+    rb'"ts": "2026-11-20T10:00:07Z", "agent_owner": "planner", "executed_by": "planner", '
+    rb'"payload": {"tool": "t", "args": {"n": 123456789012345678901234567890, "n": 1}, '
+    rb'"success": true}}',
 ]
 
 
@@ -140,7 +147,7 @@ def test_processes_store_what_one_process_stores(
     assert shared_out == [3]
     assert many.as_json() == {**one.as_json(), "reject_file": str(many_rejects)}
     assert (one.accepted, one.duplicates, one.findings) == (216, 10, 19)
-    assert one.rejected == 2 + 5  # the conflict and the gap; five unreadable lines
+    assert one.rejected == 2 + 6  # the conflict and the gap; six unreadable lines
     assert snapshot(store.url, many_rejects) == expected
     assert not list(tmp_path.glob("*.part*")), "part reject files are merged and removed"
     report = verify(store)
