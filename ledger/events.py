@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NamedTuple
 
-import orjson
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ledger.canonical import canonicalize
-from ledger.chain import MAX_NESTING, encode, may_hold_big_int
+from ledger.chain import MAX_NESTING, encode
 from ledger.errors import ValidationError
 from ledger.payloads import payload_model
+from ledger.strict_json import check_text, decode_json, non_json
 
 DEFAULT_TENANT = "default"
 _TS = re.compile(
@@ -151,151 +150,26 @@ def parse_line(raw: bytes) -> TraceEvent:
 
 
 def validate_line(raw: bytes, obj: Any) -> TraceEvent:
-    """:func:`validate_event` of ``obj``, what ``raw`` decodes to; a line that names a
-    key twice in one object is refused too: a decoder keeps one of the two values and
-    drops the other, so the event stored would not be the whole line sent."""
+    """:func:`validate_event` of ``obj``, what ``raw`` decodes to, and the checks on
+    its text (:func:`ledger.strict_json.check_text`: no key twice in one object, no
+    NUL character)."""
     event = validate_event(obj)
-    if not _surely_unique_keys(raw, obj, event):
-        duplicate = _duplicate_key(raw)
-        if duplicate is not None:
-            path, key = duplicate
-            raise ValidationError(f"key {key!r} appears twice in one object (JSON "
-                                  "names must be unique)", field=path or None)
+    check_text(raw, obj, event)
     return event
-
-
-def _surely_unique_keys(raw: bytes, obj: dict[str, Any], event: TraceEvent) -> bool:
-    """Whether no object of ``raw`` repeats a key, proved by counting colons (~1 us).
-
-    A colon in JSON text is a key's separator or a character of a string. The stored
-    record (``event.wire_json``) has every key and string the decoded line kept, plus
-    the envelope fields filled in by default, and the encoder writes a colon only for
-    one of those. So, unless ``raw`` escapes characters (``\\u003a`` is a colon), the
-    record has as many colons as ``raw`` plus those of the defaults, less at least one
-    for each key dropped as a repeat. Where the counts differ, or escapes may hide a
-    colon, :func:`_duplicate_key` decides.
-    """
-    if b"\\" in raw and b"\\u" in raw:  # one byte is found faster than two
-        return False
-    added = ("tenant" not in obj) + ("memory_hash" not in obj)  # "default", null
-    if obj.get("write_scope") is None:  # "memory/<agent_owner>"
-        added += ("write_scope" not in obj) + event.agent_owner.count(":")
-    return event.wire_json.count(b":") == raw.count(b":") + added
-
-
-def _duplicate_key(raw: bytes) -> tuple[str, str] | None:
-    """The path of the first object in ``raw`` that repeats a key, and the key."""
-    def find(value: Any, path: str) -> tuple[str, str] | None:
-        if isinstance(value, _Pairs):
-            seen: set[str] = set()
-            for key, _ in value:
-                if key in seen:
-                    return path, key
-                seen.add(key)
-            children = ((f"{path}.{key}" if path else key, item) for key, item in value)
-        elif isinstance(value, list):
-            children = ((f"{path}[{i}]", item) for i, item in enumerate(value))
-        else:
-            return None
-        for where, item in children:
-            found = find(item, where)
-            if found is not None:
-                return found
-        return None
-
-    try:
-        return find(json.loads(raw, object_pairs_hook=_Pairs), "")
-    except (ValueError, RecursionError):  # decode_json took it: not expected
-        return None
-
-
-class _Pairs(list[tuple[str, Any]]):
-    """An object's members in the order written, repeats kept (for :func:`_duplicate_key`)."""
-
-
-def decode_json(raw: bytes) -> Any:
-    """Strict JSON decoding: UTF-8, no NaN/Infinity, no number beyond a double's range;
-    big integers are kept exactly."""
-    fast_error = "integer beyond 64 bits"
-    if not may_hold_big_int(raw):  # orjson would turn a >64-bit integer into a float
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            fast_error = str(exc)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"not valid UTF-8 at byte {exc.start}") from None
-    too_big: list[str] = []  # numbers that a double cannot hold
-
-    def read_float(number: str) -> float:
-        value = float(number)
-        if math.isinf(value):
-            too_big.append(number)
-        return value
-
-    try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=read_float)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("string contains a lone surrogate (not valid Unicode)") from None
-    except RecursionError:
-        raise ValidationError("malformed JSON: nested too deeply") from None
-    except ValueError:
-        raise ValidationError(f"malformed JSON: {fast_error}") from None
-    if too_big:
-        raise _beyond_a_double(value, too_big[0])
-    return value
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _beyond_a_double(value: Any, number: str) -> ValidationError:
-    """The error for decoded JSON holding a number beyond a double's range: json reads
-    it as infinity, which a stored record would hold as ``null``. The field is where
-    the first such value is."""
-    shown = number if len(number) <= 40 else f"{number[:20]}...{number[-10:]}"
-    where = _non_json(value, "")
-    return ValidationError(f"number {shown} is beyond the range of a 64-bit float",
-                           field=where[0] if where and where[0] else None)
 
 
 def parse_event(obj: Any) -> TraceEvent:
     """Validate a Python object (the API's input) against the contract.
 
-    The object must be JSON (no NaN, infinities or non-JSON types); it is copied, so
+    The object must be JSON (no NaN, infinities, non-JSON types or NUL characters); it
+    is copied, so
     later changes to the caller's dicts do not reach the event.
     """
-    problem = _non_json(obj, "")
+    problem = non_json(obj, "")
     if problem is not None:
-        path, what = problem
-        raise ValidationError(f"{what} is not a JSON value", field=path or None)
+        path, reason = problem
+        raise ValidationError(reason, field=path or None)
     return validate_event(json.loads(json.dumps(obj)))
-
-
-def _non_json(value: Any, path: str) -> tuple[str, str] | None:
-    """The path and description of the first non-JSON value inside ``value``."""
-    if value is None or isinstance(value, str | bool | int):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, repr(value))
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return path, f"key {key!r} (keys must be strings)"
-            found = _non_json(item, f"{path}.{key}" if path else key)
-            if found:
-                return found
-        return None
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            found = _non_json(item, f"{path}[{i}]")
-            if found:
-                return found
-        return None
-    return path, f"a {type(value).__name__}"
 
 
 def validate_event(obj: Any) -> TraceEvent:

@@ -25,6 +25,7 @@ from ledger.backends.base import StreamHead
 from ledger.errors import ConcurrencyError, NotFoundError, UsageError
 from ledger.events import normalize_ts
 from ledger.store import Store
+from ledger.strict_json import NUL_REASON
 
 _SCOPE = re.compile(r"memory/.+", re.S)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -70,6 +71,7 @@ def add_grant(
     _check_text(agent, "agent")
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise UsageError(f"scope: must look like memory/<agent>, got {scope!r}")
+    _check_no_nul(scope, "scope")
     start = _timestamp(valid_from, "valid_from") if valid_from is not None else _now()
     end = _timestamp(valid_until, "valid_until") if valid_until is not None else None
     if end is not None and end <= start:
@@ -193,6 +195,12 @@ def _timestamp(value: str, name: str) -> str:
 def _check_text(value: object, name: str) -> None:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{name}: must be a non-empty string, got {value!r}")
+    _check_no_nul(value, name)
+
+
+def _check_no_nul(value: str, name: str) -> None:
+    if "\x00" in value:
+        raise UsageError(f"{name}: {NUL_REASON}")
 
 
 def _by(by: str | None) -> str:
@@ -208,4 +216,6 @@ def _by(by: str | None) -> str:
 def _reason(reason: str | None) -> str | None:
     if reason is not None and not isinstance(reason, str):
         raise UsageError(f"reason: must be a string, got {reason!r}")
+    if reason is not None:
+        _check_no_nul(reason, "reason")
     return reason

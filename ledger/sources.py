@@ -22,7 +22,8 @@ import orjson
 
 from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
-from ledger.events import DEFAULT_TENANT, TraceEvent, decode_json, validate_line
+from ledger.events import DEFAULT_TENANT, TraceEvent, validate_line
+from ledger.strict_json import decode_json
 
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip-compressed file begins

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ledger import chain
 from ledger.errors import StoreError, UsageError
 from ledger.store import Store
+from ledger.strict_json import non_json
 from projections.analytics import args_digest, call_key
 from projections.sql import view_db
 from replay.policy import ErrorClass, format_errors, load_document
@@ -215,6 +216,10 @@ class ScriptedOutcome(BaseModel):
     def _output_on_success_only(self) -> ScriptedOutcome:
         if not self.success and self.output is not None:
             raise ValueError("output is only recorded on success")
+        for name in ("output", "error_reason"):  # what the replayed TOOL_EXEC will hold
+            found = non_json(getattr(self, name), name)
+            if found is not None:
+                raise ValueError(f"{found[0]}: {found[1]}")
         return self
 
     def outcome(self) -> Outcome:
@@ -344,8 +349,9 @@ class LiveTools:
             exc = failure[0]
             declared = getattr(exc, "error_class", None)
             error_class = declared if declared in ERROR_CLASSES else "retryable"
-            return Outcome(False, error_reason=f"{type(exc).__name__}: {exc}",
-                           error_class=error_class, latency_ms=latency)
+            reason = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")  # storable
+            return Outcome(False, error_reason=reason, error_class=error_class,
+                           latency_ms=latency)
         if not result:  # pragma: no cover - the thread ended without returning or raising
             return Outcome(False, error_reason="the tool returned nothing",
                            error_class="retryable", latency_ms=latency)
@@ -354,6 +360,10 @@ class LiveTools:
         except (TypeError, ValueError, RecursionError) as exc:
             return Outcome(False, error_reason=f"returned a value that is not JSON: {exc}",
                            error_class="terminal", latency_ms=latency)
+        found = non_json(output, "output")
+        if found is not None:  # a NUL character: no event can hold it
+            return Outcome(False, error_reason=f"returned a value the ledger does not take: "
+                           f"{found[0]}: {found[1]}", error_class="terminal", latency_ms=latency)
         return Outcome(True, output, latency_ms=latency)
 
 

@@ -18,14 +18,15 @@ from ledger.memory import MemoryState
 
 HASH = "sha256:" + "ab" * 32
 
+TEXT = st.characters(codec="utf-8", exclude_characters="\x00")  # events hold no NUL
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=8),
+    st.none(), st.booleans(), st.text(TEXT, max_size=8),
     st.integers(min_value=-(2**70), max_value=2**70),  # beyond 64 bits: the stdlib encoder
     st.floats(allow_nan=False, allow_infinity=False),
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=5), inner,
                                                                 max_size=3),
     max_leaves=8,
 )
@@ -38,8 +39,8 @@ def _wire(payload: dict[str, Any], trace_id: str, memory_hash: str | None) -> di
 
 
 @settings(max_examples=300)
-@given(payload=st.dictionaries(st.text(max_size=6), json_values, max_size=4),
-       trace_id=st.text(min_size=1, max_size=10), claim=st.sampled_from([None, HASH]))
+@given(payload=st.dictionaries(st.text(TEXT, max_size=6), json_values, max_size=4),
+       trace_id=st.text(TEXT, min_size=1, max_size=10), claim=st.sampled_from([None, HASH]))
 def test_event_state_is_the_encoded_record(payload: dict[str, Any], trace_id: str,
                                            claim: str | None) -> None:
     wire = _wire(payload, trace_id, claim)

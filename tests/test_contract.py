@@ -21,14 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.events import (
-    TraceEvent,
-    _surely_unique_keys,
-    parse_event,
-    parse_line,
-    stored_ts_utc,
-)
+from ledger.events import TraceEvent, parse_event, parse_line, stored_ts_utc
 from ledger.payloads import is_failure_point, is_unknown_callback
+from ledger.strict_json import _surely_unique_keys
 
 MISSING: Any = object()
 """Marks a field to delete (instead of set) in :func:`_envelope` and :func:`_at`."""
@@ -1117,6 +1112,31 @@ def test_keys_alike_in_different_objects_are_kept(raw: bytes) -> None:
     assert parse_line(raw).record() == orjson.loads(parse_line(raw).wire_json)
 
 
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"tenant": "ac\x00me"}, "tenant"),
+        ({"agent_owner": "\x00"}, "agent_owner"),
+        ({"executed_by": "user:\x00"}, "executed_by"),
+        ({"write_scope": "memory/x\x00"}, "write_scope"),
+        ({"payload": {"context_id": "a\x00"}}, "payload.context_id"),
+        ({"payload": {"x": [{"y": "\x00"}]}}, "payload.x[0].y"),
+        ({"payload": {"x": {"\x00": 1}}}, "payload.x"),
+    ],
+    ids=["tenant", "agent_owner", "executed_by", "write_scope", "payload", "nested",
+         "key"],
+)
+@pytest.mark.parametrize("route", ["wire", "api"])
+def test_a_nul_character_anywhere_is_rejected(
+    fields: dict[str, Any], where: str, route: str
+) -> None:
+    """U+0000 in any string or key is rejected with its field, by both routes in: no
+    backend could index it alike (PostgreSQL text cannot hold it)."""
+    obj = _envelope(**fields)
+    error = _rejected_line(_line(obj)) if route == "wire" else _rejected(obj)
+    assert error.field == where and "NUL character (U+0000)" in error.reason
+
+
 def test_spec_example_chain_parses() -> None:
     """The orientation chain of spec section 5 is valid event by event."""
     chain: list[tuple[str, dict[str, Any]]] = [
@@ -1209,7 +1229,7 @@ def test_not_failure_point(event: str, payload: dict[str, Any]) -> None:
 
 # --- Property: the record round-trips the submitted fields --------------------
 
-_NO_SURROGATES = st.characters(codec="utf-8")
+_NO_SURROGATES = st.characters(codec="utf-8", exclude_characters="\x00")  # nor NUL
 _TEXT = st.text(alphabet=_NO_SURROGATES, max_size=20)
 _JSON = st.recursive(
     st.none()

@@ -96,6 +96,10 @@ def test_defaults_are_now_and_the_login_name(store: Store) -> None:
     ({"valid_until": "2025-12-31T23:59:59Z"}, "valid_until"),
     ({"valid_until": "2026-01-01T00:00:00Z"}, "valid_until"),
     ({"by": ""}, "by"),
+    ({"agent": "plan\x00ner"}, "agent"),  # U+0000: PostgreSQL text cannot hold it
+    ({"scope": "memory/x\x00"}, "scope"),
+    ({"by": "user:\x00"}, "by"),
+    ({"reason": "\x00"}, "reason"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else v)
 def test_invalid_grant_names_the_field_and_stores_nothing(
     store: Store, kwargs: dict[str, Any], field: str
@@ -106,10 +110,11 @@ def test_invalid_grant_names_the_field_and_stores_nothing(
     assert list_grants(store, TENANT) == [] and verify(store).streams == 0
 
 
-def test_empty_tenant_is_refused(store: Store) -> None:
-    """A grant must belong to a named tenant."""
+@pytest.mark.parametrize("tenant", ["", "acme\x00"], ids=["empty", "nul"])
+def test_a_tenant_without_a_usable_name_is_refused(store: Store, tenant: str) -> None:
+    """A grant must belong to a named tenant, whose name every backend can hold."""
     with pytest.raises(UsageError, match=r"^tenant: "):
-        grant(store, tenant="")
+        grant(store, tenant=tenant)
 
 
 def test_revoking_an_unknown_grant_is_not_found(store: Store) -> None:

@@ -191,6 +191,45 @@ def test_malformed_json_is_rejected_and_neighbours_stored(
     assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (orjson.dumps(ev("t9", tenant="acme\x00")), "tenant"),
+        (orjson.dumps(ev("t9", agent_owner="plan\x00ner")), "agent_owner"),
+        (orjson.dumps(tool("t9", 1, {"tool": "se\x00arch", "args": {}, "success": False})),
+         "payload.tool"),
+        (orjson.dumps(ev("t9", event="CALLBACK_MEMORY_WRITE", write_scope="memory/planner",
+                         payload={"key": "k\x00", "value": 1})), "payload.key"),
+        (orjson.dumps(tool("t9", 1, {"tool": "t", "args": {"\x00": 1}, "success": True})),
+         "payload.args"),
+    ],
+    ids=["tenant", "agent", "tool", "memory-key", "key-in-args"],
+)
+def test_a_nul_character_is_rejected_and_its_batch_stored(
+    store: Store, tmp_path: Path, reject_path: Path, line: bytes, field: str
+) -> None:
+    """A line holding U+0000 (which PostgreSQL text cannot hold) is rejected, naming the
+    field, on every backend; the lines of its batch are stored."""
+    src = write_lines(tmp_path / "in.jsonl", [ev(), line, tool()])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 1)
+    [entry] = rejects(reject_path)
+    assert (entry["line"], entry["field"]) == (2, field)
+    assert "NUL character (U+0000)" in entry["reason"]
+    assert [r["seq"] for r in stored(store, "default", "t1")] == [1, 2]
+
+
+def test_an_escaped_backslash_before_u0000_is_text(
+    store: Store, tmp_path: Path, reject_path: Path
+) -> None:
+    """``"\\\\u0000"`` in JSON is a backslash and five characters, not a NUL: stored."""
+    line = orjson.dumps(tool(payload={"tool": "t", "args": {}, "success": True, "x": "\\u0000"}))
+    assert b'"\\\\u0000"' in line
+    summary = run(store, [write_lines(tmp_path / "in.jsonl", [ev(), line])], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 0)
+    assert stored(store, "default", "t1")[1]["payload"]["x"] == "\\u0000"
+
+
 def test_sql_looking_identifiers_are_stored_verbatim(
     store: Store, store_url: str, tmp_path: Path, reject_path: Path
 ) -> None:

@@ -89,10 +89,11 @@ def instants(draw: st.DrawFn, lo: int = -120, hi: int = 50 * 60) -> tuple[int, s
 
 # -- traces -------------------------------------------------------------------------------
 
+TEXT = st.characters(codec="utf-8", exclude_characters="\x00")  # events hold no NUL
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-MAX_SAFE, MAX_SAFE)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=4),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(TEXT, max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(TEXT, max_size=3), inner,
                                                                  max_size=3),
     max_leaves=5,
 )

@@ -335,6 +335,14 @@ def test_scripted_loads_json_and_yaml(tmp_path: Path, suffix: str) -> None:
      "outcomes.json: search.latency_ms: Input should be greater than or equal to 0"),
     ({"search": {"success": False, "output": "x"}},
      "outcomes.json: search: output is only recorded on success"),
+    ({"search": {"success": True, "output": {"x": [float("inf")]}}},
+     "outcomes.json: search: output.x[0]: inf is not a JSON value"),
+    ({"search": {"success": True, "output": "a\x00b"}},
+     "outcomes.json: search: output: contains the NUL character (U+0000), which the "
+     "ledger does not store"),
+    ({"search": {"success": False, "error_reason": "\x00"}},
+     "outcomes.json: search: error_reason: contains the NUL character (U+0000), which the "
+     "ledger does not store"),
     ({"search": True}, "outcomes.json: search: expected an outcome object or a list of them"),
     ([{"success": True}], "outcomes.json: expected an object mapping tool names to outcomes"),
 ])
@@ -401,6 +409,8 @@ REGISTRY: dict[str, Callable[[Any], Any]] = {
     "odd": _raise(OddError("odd")),
     "set": lambda args: {1, 2},
     "nan": lambda args: float("nan"),
+    "nul": lambda args: {"text": "a\x00b"},
+    "nul_raise": _raise(ValueError("bad \x00 byte")),
     "hang": lambda args: RELEASE.wait(10),
 }
 NOT_A_MAPPING = ["echo"]
@@ -445,12 +455,22 @@ def test_live_exception_is_a_failure(live: LiveTools, tool: str, reason: str,
     assert (outcome.error_reason, outcome.error_class) == (reason, error_class)
 
 
-@pytest.mark.parametrize("tool", ["set", "nan"])
-def test_live_non_json_output_is_a_failure(live: LiveTools, tool: str) -> None:
-    """An output that is not JSON (a set, NaN) is a terminal failure saying so."""
+@pytest.mark.parametrize(("tool", "says"), [
+    ("set", "not JSON"), ("nan", "not JSON"),
+    ("nul", "the ledger does not take: output.text: contains the NUL character"),
+])
+def test_live_non_json_output_is_a_failure(live: LiveTools, tool: str, says: str) -> None:
+    """An output that is not JSON (a set, NaN), or that no event can hold (a NUL
+    character), is a terminal failure saying so."""
     outcome = live.lookup(call(tool))
     assert outcome is not None and not outcome.success and outcome.error_class == "terminal"
-    assert outcome.error_reason is not None and "not JSON" in outcome.error_reason
+    assert outcome.error_reason is not None and says in outcome.error_reason
+
+
+def test_live_exception_text_is_kept_storable(live: LiveTools) -> None:
+    """A NUL character in an exception's text is written as ``\\x00`` in the reason."""
+    outcome = live.lookup(call("nul_raise"))
+    assert outcome is not None and outcome.error_reason == "ValueError: bad \\x00 byte"
 
 
 def test_live_timeout_is_a_retryable_failure() -> None:
