@@ -67,7 +67,7 @@ def add_grant(
     ``valid_from`` defaults to now, ``by`` to ``user:<login name>``. Invalid values
     raise :class:`UsageError` naming the field.
     """
-    _check_text(tenant, "tenant")
+    _check_tenant(tenant)
     _check_text(agent, "agent")
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise UsageError(f"scope: must look like memory/<agent>, got {scope!r}")
@@ -92,7 +92,7 @@ def revoke_grant(
     Raises :class:`NotFoundError` for a grant the tenant does not have and
     :class:`UsageError` for one already revoked.
     """
-    _check_text(tenant, "tenant")
+    _check_tenant(tenant)
     end = _timestamp(at, "at") if at is not None else _now()
     record = {"action": "revoke", "grant_id": grant_id, "tenant": tenant, "at": end,
               "by": _by(by), "reason": _reason(reason)}
@@ -192,10 +192,17 @@ def _timestamp(value: str, name: str) -> str:
                          "(e.g. 2026-11-20T10:00:00Z) or a date (YYYY-MM-DD)") from None
 
 
-def _check_text(value: object, name: str) -> None:
+def _check_text(value: object, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{name}: must be a non-empty string, got {value!r}")
     _check_no_nul(value, name)
+    return value
+
+
+def _check_tenant(tenant: object) -> None:
+    """A tenant as the contract has it: 1-100 characters (the stream catalog indexes it)."""
+    if len(_check_text(tenant, "tenant")) > 100:
+        raise UsageError(f"tenant: must be at most 100 characters, got {len(str(tenant))}")
 
 
 def _check_no_nul(value: str, name: str) -> None:

@@ -18,16 +18,16 @@ from typing import Any
 
 from ledger import chain
 from ledger.payloads import KNOWN_EVENTS
-from projections.base import Batch, Entry, Projection, utc_ts
+from projections.base import Batch, Entry, Projection, group_key, utc_ts
 
 INSERT_CALL = (
     "INSERT INTO {tool_calls} (tenant, trace_id, seq, ts, day, tool, executed_by, success, "
     "attempt, error_class, args_digest, call_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 UPSERT_HOURLY = (
-    "INSERT INTO {tool_hourly} AS h (tenant, hour, tool, executed_by, execs, failures) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, tool, executed_by) DO UPDATE SET "
-    "execs = h.execs + excluded.execs, failures = h.failures + excluded.failures"
+    "INSERT INTO {tool_hourly} AS h (tenant, hour, group_key, tool, executed_by, execs, "
+    "failures) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, group_key) DO UPDATE "
+    "SET execs = h.execs + excluded.execs, failures = h.failures + excluded.failures"
 )
 INSERT_RECOVERY = (
     "INSERT INTO {recoveries} (tenant, trace_id, seq, ts, day, kind, tool, fallback_tool, "
@@ -78,8 +78,9 @@ class AnalyticsProjection(Projection):
     name = "analytics"
     # 2: args_digest, for replay's cassette; 3: hourly rollup; 4: covering index;
     # 5: the key a unique index, built after the rows in a rebuild; 6: unknown callbacks;
-    # 7: the cassette's index on one integer (call_key)
-    version = 7
+    # 7: the cassette's index on one integer (call_key); 8: the hourly key holds names of
+    # any length (``group_key``)
+    version = 8
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("tool_calls", "tool_hourly", "recoveries", "unknown_callbacks")
     description = ("tool calls, retries and fallbacks with their outcomes, hourly counts; "
@@ -90,8 +91,9 @@ class AnalyticsProjection(Projection):
         "executed_by TEXT NOT NULL, success INTEGER NOT NULL, attempt {bigint}, "
         "error_class TEXT, args_digest TEXT NOT NULL, call_key {bigint} NOT NULL)",
         "CREATE TABLE IF NOT EXISTS {tool_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
-        "tool TEXT NOT NULL, executed_by TEXT NOT NULL, execs {bigint} NOT NULL, "
-        "failures {bigint} NOT NULL, PRIMARY KEY (tenant, hour, tool, executed_by))",
+        "group_key TEXT NOT NULL, tool TEXT NOT NULL, executed_by TEXT NOT NULL, "
+        "execs {bigint} NOT NULL, failures {bigint} NOT NULL, "
+        "PRIMARY KEY (tenant, hour, group_key))",
         "CREATE TABLE IF NOT EXISTS {recoveries} (tenant TEXT NOT NULL, trace_id TEXT NOT NULL, "
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, kind TEXT NOT NULL, "
         "tool TEXT NOT NULL, fallback_tool TEXT, attempt {bigint}, executed_by TEXT NOT NULL, "
@@ -101,7 +103,8 @@ class AnalyticsProjection(Projection):
         "trace_id TEXT NOT NULL, seq {bigint} NOT NULL, ts TEXT NOT NULL, day TEXT NOT NULL, "
         "event TEXT NOT NULL, executed_by TEXT NOT NULL)",
     )
-    sums = {"tool_hourly": (("tenant", "hour", "tool", "executed_by"), ("execs", "failures"))}
+    sums = {"tool_hourly": (("tenant", "hour", "group_key", "tool", "executed_by"),
+                            ("execs", "failures"))}
     query_indexes = (
         "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_tool_calls_key "
         "ON {tool_calls} (tenant, trace_id, seq)",
@@ -142,7 +145,8 @@ class AnalyticsProjection(Projection):
             batch.insert(INSERT_RECOVERY, tuple(row))
         for (tenant, hour, tool, agent), (execs, failures) in batch.carry.get(
                 "hourly", {}).items():
-            batch.insert(UPSERT_HOURLY, (tenant, hour, tool, agent, execs, failures))
+            batch.insert(UPSERT_HOURLY, (tenant, hour, group_key(tool, agent), tool, agent,
+                                         execs, failures))
 
     def _open(self, entry: Entry, ctx: dict[str, Any], batch: Batch,
               new: dict[tuple[str, str, int], list[Any]]) -> None:

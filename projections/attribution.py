@@ -14,7 +14,7 @@ from typing import Any
 
 from ledger import chain
 from ledger.events import normalize_ts
-from projections.base import Batch, Entry, Projection, utc_ts
+from projections.base import Batch, Entry, Projection, indexed, name_equals, utc_ts
 
 INSERT_WRITE = (
     "INSERT INTO {write_attribution} (tenant, trace_id, seq, ts, scope, key, op, executed_by, "
@@ -31,20 +31,30 @@ REVOKE_GRANT = (
 # The earliest grant covering a write (NULL when none does).
 _COVERING_GRANT = (
     "(SELECT 'grant:' || g.grant_id FROM {grants} g WHERE g.tenant = w.tenant "
+    f"AND {indexed('g.agent')} = {indexed('w.executed_by')} "
+    f"AND {indexed('g.scope')} = {indexed('w.scope')} "
     "AND g.agent = w.executed_by AND g.scope = w.scope AND g.valid_from <= w.ts "
     "AND (g.valid_until IS NULL OR w.ts < g.valid_until) "
     "AND (g.revoked_at IS NULL OR w.ts < g.revoked_at) "
     "ORDER BY g.valid_from, g.grant_id LIMIT 1)"
 )
-_REEVALUATE = (
-    "UPDATE {write_attribution} AS w SET basis = " + _COVERING_GRANT
-    + " WHERE w.tenant = ? AND w.cross_agent = 1 AND w.executed_by = ? AND w.scope = ? "
-    "AND (w.basis IS NULL OR substr(w.basis, 1, 6) = 'grant:')"
-)
-_SET_AUTHORIZED = (
-    "UPDATE {write_attribution} SET authorized = CASE WHEN basis IS NULL THEN 0 ELSE 1 END "
-    "WHERE tenant = ? AND cross_agent = 1 AND executed_by = ? AND scope = ?"
-)
+
+
+def _reevaluations(tenant: str, agent: str, scope: str) -> list[tuple[str, tuple[str, ...]]]:
+    """The statements (and parameters) that re-evaluate ``agent``'s writes to ``scope``
+    against the tenant's grants, after a grant of them changed."""
+    by, by_values = name_equals("w.executed_by", agent)
+    to, to_values = name_equals("w.scope", scope)
+    where = f"w.tenant = ? AND {by} AND {to} AND w.cross_agent = 1"
+    params = (tenant, *by_values, *to_values)
+    return [
+        ("UPDATE {write_attribution} AS w SET basis = " + _COVERING_GRANT + f" WHERE {where} "
+         "AND (w.basis IS NULL OR substr(w.basis, 1, 6) = 'grant:')", params),
+        ("UPDATE {write_attribution} AS w SET authorized = CASE WHEN basis IS NULL THEN 0 "
+         f"ELSE 1 END WHERE {where}", params),
+    ]
+
+
 _GRANT_TARGET = "SELECT agent, scope FROM {grants} WHERE tenant = ? AND grant_id = ?"
 # After a rebuild shared out by stream, whose parts saw either a tenant's grants or
 # its traces' writes: every grant-dependent write, against every grant.
@@ -58,7 +68,9 @@ _SETTLE = (
 
 class AttributionProjection(Projection):
     name = "attribution"
-    version = 2  # 2: the key a unique index, built after the rows in a rebuild
+    # 2: the key a unique index, built after the rows in a rebuild; 3: indexes hold names of
+    # any length (``indexed``)
+    version = 3
     topics = frozenset({chain.EVENT_TOPIC, chain.GRANT_TOPIC})
     tables = ("write_attribution", "grants")
     description = "who wrote what memory, cross-agent writes and their authorization"
@@ -69,12 +81,13 @@ class AttributionProjection(Projection):
         "agent_owner TEXT NOT NULL, cross_agent INTEGER NOT NULL, authorized INTEGER NOT NULL, "
         "basis TEXT)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_by "  # re-evaluating grants uses it
-        "ON {write_attribution} (tenant, executed_by, scope, ts)",
+        f"ON {{write_attribution}} (tenant, {indexed('executed_by')}, {indexed('scope')}, ts)",
         "CREATE TABLE IF NOT EXISTS {grants} (tenant TEXT NOT NULL, grant_id TEXT NOT NULL, "
         "agent TEXT NOT NULL, scope TEXT NOT NULL, valid_from TEXT NOT NULL, valid_until TEXT, "
         "granted_by TEXT, reason TEXT, recorded_at TEXT, revoked_at TEXT, revoked_by TEXT, "
         "revoke_reason TEXT, PRIMARY KEY (tenant, grant_id))",
-        "CREATE INDEX IF NOT EXISTS agentledger_grants_target ON {grants} (tenant, agent, scope)",
+        "CREATE INDEX IF NOT EXISTS agentledger_grants_target "
+        f"ON {{grants}} (tenant, {indexed('agent')}, {indexed('scope')})",
     )
     settle = _SETTLE
     query_indexes = (
@@ -82,9 +95,9 @@ class AttributionProjection(Projection):
         "ON {write_attribution} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_ts ON {write_attribution} (tenant, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_scope "
-        "ON {write_attribution} (tenant, scope, ts)",
+        f"ON {{write_attribution}} (tenant, {indexed('scope')}, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_key "
-        "ON {write_attribution} (tenant, key, ts)",
+        f"ON {{write_attribution}} (tenant, {indexed('key')}, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_writes_unauthorized "
         "ON {write_attribution} (tenant, authorized, trace_id, seq)",
     )
@@ -110,8 +123,8 @@ class AttributionProjection(Projection):
 
     def finish(self, batch: Batch) -> None:
         for tenant, agent, scope in batch.carry.get("recheck", {}):
-            batch.run(_REEVALUATE, (tenant, agent, scope), late=True)
-            batch.run(_SET_AUTHORIZED, (tenant, agent, scope), late=True)
+            for statement, params in _reevaluations(tenant, agent, scope):
+                batch.run(statement, params, late=True)
 
     def _write(self, entry: Entry, batch: Batch, recheck: dict[tuple[str, str, str], None]) -> None:
         r = entry.record

@@ -8,6 +8,7 @@ commits all of that with the tracking position in one transaction.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,42 @@ def utc_ts(record: dict[str, Any]) -> str:
 def json_text(value: Any) -> str:
     """A JSON value as the text a view stores (exact for big integers too)."""
     return chain.encode(value).decode()
+
+
+INDEXED_CHARS = 200
+"""How much of a name an index holds. The contract bounds tenants (100 characters) and
+trace ids (200) but not tools, agents, scopes, memory keys, reasons or event names,
+and PostgreSQL refuses an index entry over 2,704 bytes: one event with a 9,000-byte
+memory key stopped every projection at it, for good. 200 characters are at most 800
+bytes of UTF-8, so an index of a tenant, a trace id and two prefixes stays within it."""
+
+
+def indexed(column: str) -> str:
+    """The SQL of what an index holds of a name column: its first ``INDEXED_CHARS``
+    characters (``indexed("?")`` for a parameter). A query filtering the column by
+    equality says so with :func:`name_equals`, so that both backends' planners use the
+    index."""
+    return f"substr({column}, 1, {INDEXED_CHARS})"
+
+
+def name_equals(column: str, name: str) -> tuple[str, tuple[str, ...]]:
+    """SQL and parameters matching name ``column`` to ``name`` through its index.
+
+    A name shorter than ``INDEXED_CHARS`` equals the column exactly when it equals the
+    column's prefix, so the prefix alone decides, as a plain index lookup whose rows
+    the planners estimate well. A longer name matches the prefix, then the whole name;
+    ``|| ''`` keeps SQLite from putting the name in place of the column inside the
+    prefix (its constant propagation), which would hide the prefix from its planner.
+    """
+    if len(name) < INDEXED_CHARS:
+        return f"{indexed(column)} = ?", (name,)
+    return f"{indexed(column)} = {indexed('?')} AND {column} || '' = ?", (name, name)
+
+
+def group_key(*names: str) -> str:
+    """A fixed-size key for a group of name texts (a roll-up table's unique key, which
+    cannot hold the names themselves: see ``INDEXED_CHARS``); 128 bits of BLAKE2b."""
+    return hashlib.blake2b(orjson.dumps(names), digest_size=16).hexdigest()
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 from ledger import chain
 from ledger.payloads import is_failure_point
-from projections.base import Batch, Entry, Projection, json_text, utc_ts
+from projections.base import Batch, Entry, Projection, group_key, indexed, json_text, utc_ts
 
 INSERT = (
     "INSERT INTO {failures} (tenant, trace_id, seq, ts, event, tool, executed_by, reason, "
@@ -21,9 +21,9 @@ INSERT = (
 )
 # Keys are JSON text (``null`` for none), so a missing tool or reason stays distinct.
 UPSERT_HOURLY = (
-    "INSERT INTO {failure_hourly} AS h (tenant, hour, tool, reason, executed_by, failures, "
-    "failed_execs) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, tool, reason, "
-    "executed_by) DO UPDATE SET failures = h.failures + excluded.failures, "
+    "INSERT INTO {failure_hourly} AS h (tenant, hour, group_key, tool, reason, executed_by, "
+    "failures, failed_execs) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tenant, hour, "
+    "group_key) DO UPDATE SET failures = h.failures + excluded.failures, "
     "failed_execs = h.failed_execs + excluded.failed_execs"
 )
 
@@ -51,8 +51,9 @@ def failure_reason(event: str, payload: dict[str, Any]) -> str | None:
 class FailureProjection(Projection):
     name = "failures"
     # 2: error_code kept as JSON (a string or an integer, as given); 3: hourly;
-    # 4: the key a unique index, built after the rows in a rebuild
-    version = 4
+    # 4: the key a unique index, built after the rows in a rebuild; 5: indexes and the
+    # hourly key hold names of any length (``indexed``, ``group_key``)
+    version = 5
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("failures", "failure_hourly")
     description = "failure index: every failure point with tool, agent and reason"
@@ -61,20 +62,22 @@ class FailureProjection(Projection):
         "seq {bigint} NOT NULL, ts TEXT NOT NULL, event TEXT NOT NULL, tool TEXT, "
         "executed_by TEXT NOT NULL, reason TEXT, error_class TEXT, error_code TEXT)",
         "CREATE TABLE IF NOT EXISTS {failure_hourly} (tenant TEXT NOT NULL, hour TEXT NOT NULL, "
-        "tool TEXT NOT NULL, reason TEXT NOT NULL, executed_by TEXT NOT NULL, "
-        "failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
-        "PRIMARY KEY (tenant, hour, tool, reason, executed_by))",
+        "group_key TEXT NOT NULL, tool TEXT NOT NULL, reason TEXT NOT NULL, "
+        "executed_by TEXT NOT NULL, failures {bigint} NOT NULL, failed_execs {bigint} NOT NULL, "
+        "PRIMARY KEY (tenant, hour, group_key))",
     )
-    sums = {"failure_hourly": (("tenant", "hour", "tool", "reason", "executed_by"),
+    sums = {"failure_hourly": (("tenant", "hour", "group_key", "tool", "reason", "executed_by"),
                                ("failures", "failed_execs"))}
     query_indexes = (
         "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_failures_key "
         "ON {failures} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_ts ON {failures} (tenant, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_failures_tool ON {failures} (tenant, tool, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_failures_tool "
+        f"ON {{failures}} (tenant, {indexed('tool')}, ts)",
         "CREATE INDEX IF NOT EXISTS agentledger_failures_agent "
-        "ON {failures} (tenant, executed_by, ts)",
-        "CREATE INDEX IF NOT EXISTS agentledger_failures_event ON {failures} (tenant, event, ts)",
+        f"ON {{failures}} (tenant, {indexed('executed_by')}, ts)",
+        "CREATE INDEX IF NOT EXISTS agentledger_failures_event "
+        f"ON {{failures}} (tenant, {indexed('event')}, ts)",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:
@@ -103,8 +106,10 @@ class FailureProjection(Projection):
             counts[1] += event == "TOOL_EXEC"
 
     def finish(self, batch: Batch) -> None:
-        for key, (failures, failed_execs) in batch.carry.get("hourly", {}).items():
-            batch.insert(UPSERT_HOURLY, (*key, failures, failed_execs))
+        for (tenant, hour, *names), (failures, failed_execs) in batch.carry.get(
+                "hourly", {}).items():
+            batch.insert(UPSERT_HOURLY, (tenant, hour, group_key(*names), *names, failures,
+                                         failed_execs))
         for stream, tool in batch.carry.get("last", {}).items():
             ctx = batch.context(stream)
             if ctx.get("tool") != tool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ledger import chain
-from projections.base import Batch, Entry, Projection, json_text, utc_ts
+from projections.base import Batch, Entry, Projection, indexed, json_text, utc_ts
 
 INSERT = (
     "INSERT INTO {memory_writes} (tenant, trace_id, seq, scope, key, op, value, memory_hash, "
@@ -21,7 +21,9 @@ INSERT = (
 
 class MemoryProjection(Projection):
     name = "memory"
-    version = 2  # 2: the key a unique index, built after the rows in a rebuild
+    # 2: the key a unique index, built after the rows in a rebuild; 3: the scope index holds
+    # scopes of any length (``indexed``)
+    version = 3
     topics = frozenset({chain.EVENT_TOPIC})
     tables = ("memory_writes",)
     description = "memory writes: state of any (trace, scope) at any seq, diffs, history"
@@ -35,7 +37,7 @@ class MemoryProjection(Projection):
         "CREATE UNIQUE INDEX IF NOT EXISTS agentledger_memory_writes_key "
         "ON {memory_writes} (tenant, trace_id, seq)",
         "CREATE INDEX IF NOT EXISTS agentledger_memory_writes_scope "
-        "ON {memory_writes} (tenant, trace_id, scope, seq)",
+        f"ON {{memory_writes}} (tenant, trace_id, {indexed('scope')}, seq)",
     )
 
     def apply(self, entries: Sequence[Entry], batch: Batch) -> None:

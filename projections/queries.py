@@ -19,6 +19,7 @@ from ledger.errors import NotFoundError, StoreError, UsageError
 from ledger.memory import memory_hash
 from ledger.reader import parse_window
 from ledger.store import Store
+from projections.base import name_equals
 from projections.sql import view_db
 from projections.stats import failure_stats, fallback_stats, retry_stats, unknown_callback_stats
 
@@ -161,10 +162,11 @@ def _scope(head: StreamHead, scope: str | None) -> str:
 
 
 def _fold(store: Store, head: StreamHead, scope: str, at: int) -> tuple[dict[str, Any], str]:
+    same_scope, values = name_equals("scope", scope)
     rows = view_db(store.backend).query(
         "SELECT seq, key, op, value, memory_hash FROM {memory_writes} WHERE tenant = ? "
-        "AND trace_id = ? AND scope = ? AND seq <= ? ORDER BY seq",
-        (head.tenant, head.name, scope, at))
+        f"AND trace_id = ? AND {same_scope} AND seq <= ? ORDER BY seq",
+        (head.tenant, head.name, *values, at))
     state: dict[str, Any] = {}
     for _, key, op, value, _ in rows:
         if op == "delete":
@@ -211,8 +213,9 @@ def memory_history(store: Store, tenant: str, trace_id: str, *,
            "FROM {memory_writes} WHERE tenant = ? AND trace_id = ?")
     params: list[Any] = [tenant, trace_id]
     if scope is not None:
-        sql += " AND scope = ?"
-        params.append(scope)
+        clause, values = name_equals("scope", scope)
+        sql += " AND " + clause
+        params += values
     rows = view_db(store.backend).query(sql + " ORDER BY seq", tuple(params))
     return [MemoryVersion(tenant, trace_id, r[0], r[1], r[2], r[3], r[4],
                           None if r[5] is None else orjson.loads(r[5]), r[6], r[7], r[8])
@@ -237,11 +240,18 @@ def memory_histories(store: Store, tenant: str,
 
 # -- failures, writes, findings ---------------------------------------------------------
 
+_NAMES = frozenset({"tool", "executed_by", "event", "scope", "key"})  # see ``indexed``
+
+
 def _where(tenant: str, filters: dict[str, Any], since: str | None,
            until: str | None) -> tuple[str, list[Any]]:
     clauses, params = ["tenant = ?"], [tenant]
     for column, value in filters.items():
-        if value is not None:
+        if value is not None and column in _NAMES:  # its index holds a prefix
+            clause, values = name_equals(column, value)
+            clauses.append(clause)
+            params += values
+        elif value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
     lo, hi = parse_window(since, until)

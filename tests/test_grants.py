@@ -110,7 +110,7 @@ def test_invalid_grant_names_the_field_and_stores_nothing(
     assert list_grants(store, TENANT) == [] and verify(store).streams == 0
 
 
-@pytest.mark.parametrize("tenant", ["", "acme\x00"], ids=["empty", "nul"])
+@pytest.mark.parametrize("tenant", ["", "acme\x00", "t" * 101], ids=["empty", "nul", "101-chars"])
 def test_a_tenant_without_a_usable_name_is_refused(store: Store, tenant: str) -> None:
     """A grant must belong to a named tenant, whose name every backend can hold."""
     with pytest.raises(UsageError, match=r"^tenant: "):

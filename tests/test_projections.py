@@ -206,6 +206,7 @@ def test_upserts_give_the_same_views_however_they_are_sent(
     call add up, also when two rows of the call share a key (sent one by one)."""
     from projections import sql
     from projections.analytics import UPSERT_HOURLY
+    from projections.base import group_key
 
     monkeypatch.setattr(sql, "STAGED_UPSERT_ROWS", 1)
     Projector(store, batch_size=97).attach()
@@ -217,11 +218,12 @@ def test_upserts_give_the_same_views_however_they_are_sent(
 
     monkeypatch.setattr(sql, "STAGED_UPSERT_ROWS", 1)
     db = view_db(store.backend)
-    key = ("t", "2026-01-01T00", "search", "agent-a")
+    key = ("t", "2026-01-01T00", group_key("search", "agent-a"), "search", "agent-a")
+    other = ("t", "2026-01-01T01", group_key("x", "y"), "x", "y")
     with db.transaction() as cur:
-        db.executemany(cur, UPSERT_HOURLY, [(*key, 1, 0), ("t", "2026-01-01T01", "x", "y", 1, 1)])
+        db.executemany(cur, UPSERT_HOURLY, [(*key, 1, 0), (*other, 1, 1)])
         db.executemany(cur, UPSERT_HOURLY, [(*key, 2, 1), (*key, 4, 0)])  # a key twice
-        db.executemany(cur, UPSERT_HOURLY, [(*key, 8, 0), ("t", "2026-01-01T01", "x", "y", 1, 0)])
+        db.executemany(cur, UPSERT_HOURLY, [(*key, 8, 0), (*other, 1, 0)])
     rows = db.query("SELECT hour, execs, failures FROM {tool_hourly} WHERE tenant = 't' "
                     "ORDER BY hour")
     assert [tuple(r) for r in rows] == [("2026-01-01T00", 15, 1), ("2026-01-01T01", 2, 1)]

@@ -316,8 +316,8 @@ def test_a_parts_tables_of_counts_take_rows_without_a_key() -> None:
     assert part_ddl(FailureProjection())[0] == FailureProjection.ddl[0]
     sums = tuple(AnalyticsProjection.sums)
     assert part_insert(UPSERT_HOURLY, sums) == (
-        "INSERT INTO {tool_hourly} (tenant, hour, tool, executed_by, execs, failures) "
-        "VALUES (?, ?, ?, ?, ?, ?)")
+        "INSERT INTO {tool_hourly} (tenant, hour, group_key, tool, executed_by, execs, "
+        "failures) VALUES (?, ?, ?, ?, ?, ?, ?)")
     assert part_insert(UPSERT_HOURLY, ()) == UPSERT_HOURLY  # not a table of counts here
     context = ("INSERT INTO {projection_context} AS c (projection, stream, context) "
                "VALUES (?, ?, ?) ON CONFLICT (projection, stream) DO UPDATE SET context = 1")
