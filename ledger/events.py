@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from ledger.canonical import canonicalize
 from ledger.chain import MAX_NESTING, encode
 from ledger.errors import ValidationError
-from ledger.payloads import payload_model
+from ledger.payloads import MAX_INTEGER, payload_model
 from ledger.strict_json import check_text, decode_json, non_json
 
 DEFAULT_TENANT = "default"
@@ -32,7 +32,7 @@ _TS = re.compile(
 _UTC_TS = re.compile(  # the usual form, already normal but for the fraction's length
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z"
 )
-MAX_SEQ = 2**63 - 1  # a bigint in both backends
+MAX_SEQ = MAX_INTEGER  # a bigint in both backends
 
 TraceId = Annotated[str, StringConstraints(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,200}$")]
 Tenant = Annotated[str, StringConstraints(min_length=1, max_length=100)]

@@ -14,6 +14,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _STRICT = ConfigDict(strict=True, extra="allow", frozen=True)
+MAX_INTEGER = 2**63 - 1
+"""The largest ``seq`` or ``attempt``: what both backends' integer columns hold. An
+attempt beyond it stopped every projection of a store at its event (the views keep
+attempts as integers); the contract takes integers of any size elsewhere."""
 
 JSONObject = dict[str, Any]
 
@@ -52,7 +56,7 @@ class ToolExec(Payload):
     error_reason: str | None = None
     error_class: Literal["terminal", "retryable", "replaceable"] | None = None
     latency_ms: float | None = Field(default=None, ge=0)
-    attempt: int = Field(default=1, ge=1)
+    attempt: int = Field(default=1, ge=1, le=MAX_INTEGER)
 
 
 class ToolFail(Payload):
@@ -105,7 +109,7 @@ class CallbackFallback(Payload):
 
 class CallbackRetry(Payload):
     tool: str
-    attempt: int = Field(ge=2)
+    attempt: int = Field(ge=2, le=MAX_INTEGER)
 
 
 class CallbackNextAction(Payload):

@@ -294,3 +294,28 @@ def test_a_projector_still_makes_what_is_missing_from_the_views(store: Store) ->
         Projector(store).catch_up()
         with db.read() as cur:
             assert relations(db, cur) == before
+
+
+def test_the_largest_attempts_the_contract_takes_are_projected(
+        store: Store, tmp_path: Path) -> None:
+    """Attempts up to 2^63-1 are stored and projected on both backends; one beyond is
+    rejected, and the views keep up with the rest (such an event used to be stored, then
+    stop every projection at it)."""
+    most = 2**63 - 1
+    def ev(trace: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"trace_id": trace, "seq": 1, "event": event, "ts": "2026-11-20T10:00:00Z",
+                "agent_owner": "a", "executed_by": "a", "payload": payload}
+    src = write_jsonl(tmp_path / "in.jsonl", [
+        ev("t1", "TOOL_EXEC", {"tool": "x", "args": {}, "success": False, "attempt": most}),
+        ev("t2", "CALLBACK_RETRY", {"tool": "x", "attempt": most}),
+        ev("t3", "CALLBACK_RETRY", {"tool": "x", "attempt": most + 1}),
+    ])
+    Projector(store).attach()
+    summary = ingest(store, [src], reject_file=str(tmp_path / "r.jsonl"))
+    assert (summary.accepted, summary.rejected) == (2, 1)
+    assert all(s.lag == 0 for s in Projector(store).status())
+    db = view_db(store.backend)
+    assert [tuple(r) for r in db.query("SELECT trace_id, attempt FROM {tool_calls}")] == [
+        ("t1", most)]
+    assert [tuple(r) for r in db.query("SELECT trace_id, attempt FROM {recoveries}")] == [
+        ("t2", most)]
