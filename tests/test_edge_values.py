@@ -1,5 +1,8 @@
-"""Names of any length (the contract bounds only tenants and trace ids) are stored,
-projected and queried alike on both backends.
+"""Values at the edges of what the contract takes (names of any length, astral and
+empty text, the largest integers) are stored, projected and queried alike on both
+backends.
+
+The contract bounds only tenants and trace ids among names.
 
 PostgreSQL refuses an index entry over 2,704 bytes, so the views index a prefix of
 each name (``projections.base.indexed``) and key their hourly roll-ups by a digest
@@ -9,12 +12,15 @@ projection of a PostgreSQL store at it, for good.
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from test_contract import MINIMAL_PAYLOADS
+from viewdump import dump
 
 from ledger.grants import add_grant
 from ledger.ingest import ingest
@@ -119,3 +125,55 @@ def test_names_either_side_of_the_indexed_prefix_stay_apart(store: Store, tmp_pa
     for n, name in names.items():
         assert [r.trace_id for r in queries.failures(store, "default", tool=name)] == [f"t{n}"]
         assert [r.trace_id for r in queries.failures(store, "default", agent=name)] == [f"t{n}"]
+
+
+EDGE_TEXTS = {"long": LONG, "astral": "😀\U0001d518\u0301\u200b\U0010fffd" * 800, "empty": "",
+              "blank": " \t ", "sql": "'\";--%_\\", "short": "x"}
+EDGE_VALUES = [2**63 - 1, -(2**63), 2**80, 1.7976931348623157e308, -0.0, None, True, [LONG],
+               {LONG[:300]: LONG}]
+
+
+def _edge_events() -> list[dict[str, Any]]:
+    """Every event type, its names and reasons each of ``EDGE_TEXTS`` in turn (one
+    tenant each), with an extra payload field of each of ``EDGE_VALUES``."""
+    events = []
+    for n, (kind, text) in enumerate(EDGE_TEXTS.items()):
+        agent = text or "a"  # an agent name may be empty only if the contract said so
+        for i, (event, minimal) in enumerate([*MINIMAL_PAYLOADS.items(),
+                                              ("CALLBACK_" + "Z" * 3000, {})]):
+            payload: dict[str, Any] = {
+                k: text if isinstance(v, str) else v for k, v in minimal.items()}
+            payload["x_edge"] = EDGE_VALUES[(n + i) % len(EDGE_VALUES)]
+            if event == "TOOL_EXEC":
+                payload.update(success=False, error_reason=text, attempt=2**63 - 1)
+            elif event == "CALLBACK_RESULT":
+                payload.update(status="failed", reason=text)
+            elif event == "CALLBACK_PERMISSION":
+                payload["scope"] = "memory/" + agent
+            events.append({"trace_id": f"{kind}-{i}", "seq": 1, "event": event,
+                           "ts": TS.format(i), "tenant": kind, "agent_owner": agent,
+                           "executed_by": agent, "payload": payload,
+                           **({"write_scope": "memory/" + agent}
+                              if event == "CALLBACK_MEMORY_WRITE" else {})})
+    return events
+
+
+def test_every_event_type_with_edge_values_is_projected(store: Store, tmp_path: Path) -> None:
+    """All are stored; every projection keeps up and equals a fresh fold; each tenant's
+    failures are found by agent, whatever its name."""
+    events = _edge_events()
+    src = tmp_path / "edge.jsonl"  # json: orjson refuses integers beyond 64 bits
+    src.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events))
+    Projector(store).attach()
+    summary = ingest(store, [str(src)], reject_file=str(tmp_path / "r.jsonl"))
+    assert (summary.accepted, summary.rejected) == (len(events), 0)
+    assert all(s.lag == 0 for s in Projector(store).status())
+    assert check_views(store).ok
+    incremental = dump(store)
+    Projector(store).rebuild()
+    assert dump(store) == incremental
+    for kind, text in EDGE_TEXTS.items():
+        found = queries.failures(store, kind, agent=text or "a")
+        assert len(found) == sum(e["tenant"] == kind for e in events if e["event"] in (
+            "TOOL_EXEC", "TOOL_FAIL", "CALLBACK_RESULT", "CALLBACK_FAIL", "EXEC_FAIL",
+            "EXEC_TERMINATED")), kind
