@@ -215,6 +215,17 @@ def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     assert code == 2 and err.startswith("Error: unsupported store URL")
 
 
+@pytest.mark.parametrize("schema", ["a-b", "x%20y", "q'uote", "9a", "s" * 64])
+def test_a_postgres_schema_that_is_not_a_plain_name_exits_2(schema: str) -> None:
+    """A schema the library would name unquoted (in its type names) is a usage error
+    naming it, before any connection, with the URL's password hidden; it used to reach
+    the server as a syntax error (exit 1)."""
+    url = f"postgresql://u:secret@127.0.0.1:1/db?schema={schema}"
+    code, _, err = run(url, "trace", "list", "--tenant", "acme")
+    assert code == 2 and "must be 1-63 letters, digits and underscores" in err
+    assert "secret" not in err and "***" in err
+
+
 def test_a_sqlite_store_in_a_missing_folder_exits_2_naming_it(tmp_path: Path) -> None:
     """A SQLite URL whose folder does not exist (or that names a folder) is a usage
     error naming it, not the driver's "unable to open database file"."""

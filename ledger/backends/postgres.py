@@ -7,6 +7,7 @@ as binary ``COPY ... TO STDOUT``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from ledger.errors import SchemaVersionError, StoreError, UsageError
 _Scan = Generator[tuple[UUID, list[RowTuple]], None, None]  # closed when left part-way
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _SCAN_IDS = 2000  # stream ids per scan statement
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -45,11 +47,14 @@ def parse_url(url: str) -> dict[str, Any]:
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
     schema = query.pop("schema", "public")
+    if not _PLAIN_NAME.fullmatch(schema):  # eventsourcing names its types unquoted
+        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: schema {schema!r} must be "
+                         "1-63 letters, digits and underscores, not starting with a digit")
     rest = urlunsplit(parts._replace(query=urlencode(query)))
     try:
         info = conninfo_to_dict(rest)
     except psycopg.ProgrammingError as exc:
-        raise UsageError(f"invalid PostgreSQL URL {url!r}: {exc}") from None
+        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
     return {
         "dbname": info.get("dbname") or info.get("user") or "postgres",
         "host": info.get("host") or "localhost",
