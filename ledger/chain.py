@@ -103,6 +103,11 @@ deep as orjson writes. Deeper events are rejected, so every record the ledger wr
 about one (a conflict's evidence holds the event a level down) stays well within
 reach of the stdlib encoder and of Python's recursion limit."""
 _RECORD_NESTING: Final = 2 * MAX_NESTING  # any record: an event, a level or two down
+MAX_EVENT_BYTES: Final = 256 * 2**20
+"""How large an event may be, as stored (and a line, as read): 256 MiB. SQLite takes a
+value of at most 10^9 bytes and PostgreSQL 1 GiB; a finding about a conflicting event
+holds the event again. A line of 1.05 GB failed its whole batch (exit 1) and every
+re-run of it."""
 
 
 def encode(record: Any, *, sort_keys: bool = False, max_nesting: int = _RECORD_NESTING,

@@ -18,6 +18,7 @@ from typing import Annotated, Any, NamedTuple
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ledger import chain
 from ledger.canonical import canonicalize
 from ledger.chain import MAX_NESTING, encode
 from ledger.errors import ValidationError
@@ -199,7 +200,14 @@ def validate_event(obj: Any) -> TraceEvent:
             env.executed_by, write_scope or f"memory/{env.agent_owner}", env.memory_hash,
             obj["payload"])
     stored = encode(dict(zip(WIRE_FIELDS, wire, strict=True)), max_nesting=MAX_NESTING)
+    if len(stored) > chain.MAX_EVENT_BYTES:
+        raise ValidationError(too_large("event is", len(stored)))
     return TraceEvent(*wire, ts_utc, stored)
+
+
+def too_large(what: str, size: int) -> str:
+    """The reason for refusing an event or a line of ``size`` bytes."""
+    return f"{what} {size:,} bytes, more than the {chain.MAX_EVENT_BYTES:,} an event may take"
 
 
 _validate_envelope = EventEnvelope.__pydantic_validator__.validate_python  # unwrapped

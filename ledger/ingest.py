@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from ledger import chain
 from ledger.appender import Appender, Outcome
 from ledger.errors import (
     ConcurrencyError,
@@ -266,6 +267,8 @@ def _reject(sink: RejectSink, summary: IngestSummary, src: str, number: int, rea
 def _context(raw: bytes, error: ValidationError) -> dict[str, Any]:
     """Where a rejected line belongs, as far as it can be read (tenant, trace, seq, field)."""
     context: dict[str, Any] = {"field": error.field}
+    if len(raw) > chain.MAX_EVENT_BYTES:  # refused unread: not decoded for this either
+        return context
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:

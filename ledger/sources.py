@@ -20,9 +20,10 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
+from ledger import chain
 from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
-from ledger.events import DEFAULT_TENANT, TraceEvent, validate_line
+from ledger.events import DEFAULT_TENANT, TraceEvent, too_large, validate_line
 from ledger.strict_json import decode_json
 
 STDIN = "-"
@@ -107,6 +108,10 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
             at.line = number
             if progress is not None:
                 progress(stored)
+            if len(raw) > chain.MAX_EVENT_BYTES:  # refused unread (part 0 of several says so)
+                if part is None or part.index == 0:
+                    yield Line(name, number, raw, ValidationError(too_large("line is", len(raw))))
+                continue
             if part is not None:  # route on a plain decode first: most lines are others'
                 try:
                     routed = orjson.loads(raw)

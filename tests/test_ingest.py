@@ -20,7 +20,7 @@ import rawdb
 from ledger import chain
 from ledger.appender import Appender
 from ledger.backends.base import StreamQuery
-from ledger.errors import InputError
+from ledger.errors import InputError, ValidationError
 from ledger.events import TraceEvent, parse_event
 from ledger.ingest import ingest
 from ledger.memory import memory_hash
@@ -683,3 +683,46 @@ def test_a_flush_drops_only_the_conflicts_another_writer_recorded(
             for f in findings(store, "default")] == [
         ("conflict", "x"), ("memory_hash_mismatch", None), ("conflict", "y")]
     assert verify(store).ok
+
+
+@pytest.fixture
+def small_events(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Events of at most 600 bytes, to try the limit without a 256 MiB line."""
+    monkeypatch.setattr(chain, "MAX_EVENT_BYTES", 600)
+    return 600
+
+
+def test_a_line_longer_than_an_event_may_be_is_rejected_unread(
+    store: Store, tmp_path: Path, reject_path: Path, small_events: int
+) -> None:
+    """A line over the limit is rejected and saved whole, the lines of its batch stored;
+    a line under it whose event grows over it when stored (``1E5`` is ``100000.0``) is
+    rejected too. A line of 1.05 GB used to fail its whole batch, and every re-run."""
+    big = orjson.dumps(tool(payload={"tool": "t", "args": {}, "success": True,
+                                     "output": "a" * 700}))
+    grows = orjson.dumps(tool("t2", 1, {"tool": "t", "args": {}, "success": True,
+                                        "o": "@x@"})).replace(b'"@x@"', b"[" + b",".join(
+                                            [b"1E5"] * 60) + b"]")
+    assert len(big) > small_events > len(grows)
+    src = write_lines(tmp_path / "in.jsonl", [ev(), big, grows, ev("t3")])
+    summary = run(store, [src], reject_path)
+    assert (summary.accepted, summary.rejected) == (2, 2)
+    first, second = rejects(reject_path)
+    assert (first["line"], first["raw"].encode()) == (2, big)
+    assert first["reason"] == f"line is {len(big):,} bytes, more than the 600 an event may take"
+    assert second["line"] == 3 and second["reason"].startswith("event is ")
+    assert [r["trace_id"] for r in (*stored(store, "default", "t1"),
+                                    *stored(store, "default", "t3"))] == ["t1", "t3"]
+
+
+def test_an_event_larger_than_the_limit_is_refused_by_the_api(
+    store: Store, small_events: int
+) -> None:
+    """TraceWriter.record refuses it as a ValidationError, storing nothing."""
+    from ledger.writer import TraceWriter
+
+    writer = TraceWriter(store, tenant="acme")
+    with pytest.raises(ValidationError, match="an event may take"):
+        writer.record("t1", "EXEC_START", {"x": "a" * 700}, agent_owner="p", executed_by="p")
+    writer.flush()
+    assert stored(store, "acme", "t1") == []

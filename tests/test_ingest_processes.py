@@ -269,6 +269,19 @@ def test_every_line_goes_to_exactly_one_part(tmp_path: Path, weights: list[int])
         {"trace_id": "t"}, owners), "an omitted tenant is the default tenant"
 
 
+def test_a_line_over_the_size_limit_is_reported_by_part_0_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No process decodes a line longer than an event may be; the first part rejects it."""
+    monkeypatch.setattr(chain, "MAX_EVENT_BYTES", 600)
+    big = orjson.dumps(_event("acme", "trace-big", 1, "EXEC_START", {"context_id": "a" * 700}))
+    src = write(tmp_path / "in.jsonl", [*mixed_lines()[:30], big, *mixed_lines()[30:60]])
+    seen = [[(line.number, str(line.event)) for line in read_lines([src], part=Part.of(k, [1, 1]))
+             if line.raw == big] for k in range(2)]
+    assert seen == [[(31, f"line is {len(big):,} bytes, more than the 600 an event may take")],
+                    []]
+
+
 def test_a_cursor_resumes_reading_where_it_stopped(tmp_path: Path) -> None:
     """Taking any number of lines and reading on from the cursor gives every line once,
     across sources, blank lines and CRLF endings, with the same numbers."""
