@@ -163,8 +163,7 @@ def parse_event(obj: Any) -> TraceEvent:
     """Validate a Python object (the API's input) against the contract.
 
     The object must be JSON (no NaN, infinities, non-JSON types or NUL characters); it
-    is copied, so
-    later changes to the caller's dicts do not reach the event.
+    is copied, so later changes to the caller's dicts do not reach the event.
     """
     problem = non_json(obj, "")
     if problem is not None:
