@@ -288,3 +288,37 @@ def test_incremental_hash_equals_full_jcs_hash(ops: list[tuple[str, Any]]) -> No
     as_dict = state.as_dict()
     assert as_dict == model
     assert state.hash() == memory_hash(as_dict) == jcs_hash(model)
+
+
+many_keys = st.text(st.sampled_from("ab\u00e9\U0001f600"), max_size=3)
+ops_and_copies = st.lists(st.tuples(many_keys, st.none() | st.integers(0, 3), st.booleans()),
+                          max_size=80)  # (key, None: delete, take a copy first)
+
+
+@pytest.mark.parametrize("checkpoint", [1, 2, 3])
+@given(ops=ops_and_copies)
+def test_hash_resumed_from_checkpoints_equals_the_full_hash(
+    checkpoint: int, ops: list[tuple[str, int | None, bool]]
+) -> None:
+    """With a checkpoint every 1-3 entries, the hash after every change equals hashing the
+    whole state afresh; copies taken along the way, then changed apart, stay right."""
+    import ledger.memory
+
+    saved, ledger.memory.CHECKPOINT = ledger.memory.CHECKPOINT, checkpoint
+    try:
+        state, model = MemoryState(), dict[str, Any]()
+        copies: list[tuple[MemoryState, dict[str, Any]]] = []
+        for key, value, copy in ops:
+            if copy:
+                copies.append((state.copy(), dict(model)))
+            for n, (target, expected) in enumerate([(state, model), *copies[-1:]]):
+                if value is None:
+                    target.delete(key)
+                    expected.pop(key, None)
+                else:  # the latest copy is given other values: it goes its own way
+                    target.set(key, value + 10 * n)
+                    expected[key] = value + 10 * n
+                assert target.hash() == jcs_hash(expected)
+        assert all(c.hash() == jcs_hash(m) for c, m in copies)
+    finally:
+        ledger.memory.CHECKPOINT = saved
