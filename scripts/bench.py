@@ -47,6 +47,7 @@ from psycopg import sql as pgsql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed or not
 
+import bench_memory  # noqa: E402
 import bench_replay  # noqa: E402
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
@@ -67,7 +68,8 @@ INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one 
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
 SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
-            "replay", "backtest")
+            "replay", "backtest", "memory")
+MEMORY_WRITES = 20_000  # the memory section's writes to one scope
 LIBRARY_DIRS = ("ledger", "projections", "replay")
 NOTES: dict[str, str] = {}  # observations of the run, written to the JSON's meta
 STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections",
@@ -713,6 +715,29 @@ def median_wall(cmd: list[str], runs: int = 10) -> float:
     return statistics.median(times)
 
 
+def bench_memory_states(backends: list[str], work: Path, cluster: PgCluster | None
+                        ) -> list[Figure]:
+    """Ingest and verify of one scope written MEMORY_WRITES times: to new keys (the state,
+    and what its hash covers, grows with every write) against the same key each time."""
+    n, out = MEMORY_WRITES, []
+    for backend in backends:
+        say(f"{backend}: memory states ...")
+        figures = {}
+        for i, order in enumerate(bench_memory.KEY_ORDERS):
+            url = (f"sqlite:///{work}/memory{i}.db" if backend == "sqlite" or cluster is None
+                   else cluster.create_database(f"bench_memory{i}"))
+            secs = bench_memory.ingest_and_verify(url, bench_memory.memory_lines(n, order))
+            figures[order] = [rate_figure(f"{backend}: {what} of {n:,} memory writes, {order}",
+                                          n, secs[f"{what}_s"]) for what in ("ingest", "verify")]
+        out += [f for order in bench_memory.KEY_ORDERS for f in figures[order]]
+        for order in bench_memory.KEY_ORDERS[1:]:
+            for mine, base in zip(figures[order], figures["one key"], strict=True):
+                ratio = ratio_figure(f"{mine.name} / one key", mine, base, 0)
+                ratio.target, ratio.passed = "", None
+                out.append(ratio)
+    return out
+
+
 def bench_help() -> list[Figure]:
     base = Figure("python -c pass (median of 10)", median_wall([sys.executable, "-c", "pass"]),
                   "s")
@@ -919,6 +944,11 @@ def main(argv: list[str] | None = None) -> None:
                 pg = cluster if backend == "postgres" else None
                 figures += bench_backend(backend, args, work, jsonl, pg)
                 shutil.rmtree(work, ignore_errors=True)
+        if "memory" in args.only:
+            if "postgres" in backends and cluster is None:
+                cluster = PgCluster().start()
+            (base / "memory").mkdir()
+            figures += bench_memory_states(backends, base / "memory", cluster)
         if "help" in args.only:
             figures += bench_help()
         if "rss" in args.only:
