@@ -247,13 +247,11 @@ def _where(tenant: str, filters: dict[str, Any], since: str | None,
            until: str | None) -> tuple[str, list[Any]]:
     clauses, params = ["tenant = ?"], [tenant]
     for column, value in filters.items():
-        if value is not None and column in _NAMES:  # its index holds a prefix
-            clause, values = name_equals(column, value)
+        if value is not None:  # a name's index holds a prefix: see ``name_equals``
+            clause, values = (name_equals(column, value) if column in _NAMES
+                              else (f"{column} = ?", (value,)))
             clauses.append(clause)
             params += values
-        elif value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
     lo, hi = parse_window(since, until)
     if lo is not None:
         clauses.append("ts >= ?")
