@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import gc
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from ledger.errors import (
 )
 from ledger.events import TraceEvent
 from ledger.gcpause import paused_gc
+from ledger.long_lines import LongLine
 from ledger.paths import file_problem
 from ledger.sources import STDIN, STDIN_LABEL, Cursor, Line, Part, check_sources, read_lines
 from ledger.store import Store
@@ -71,19 +73,33 @@ class RejectSink:
         self._fh: IO[bytes] | None = None
         self._last = ""  # the last line written, for the error if saving it fails
 
-    def write(self, source: str, line: int, reason: str, raw: bytes,
+    def write(self, source: str, line: int, reason: str, raw: bytes | LongLine,
               context: dict[str, Any] | None = None) -> None:
+        self._last = f"{source} line {line}"
+        if isinstance(raw, LongLine):
+            self._write_long(source, line, reason, raw, context or {})
+            return
         try:
             text, encoding = raw.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
         entry = {"source": source, "line": line, "reason": reason, "raw": text,
                  "raw_encoding": encoding, **(context or {})}
-        self._last = f"{source} line {line}"
+        self._put([orjson.dumps(entry) + b"\n"])
+
+    def _write_long(self, source: str, line: int, reason: str, raw: LongLine,
+                    context: dict[str, Any]) -> None:
+        """The same entry as for bytes, its ``raw`` written in pieces from disk."""
+        head = orjson.dumps({"source": source, "line": line, "reason": reason})[:-1]
+        tail = orjson.dumps({"raw_encoding": raw.encoding, **context})[1:]
+        self._put(itertools.chain([head, b',"raw":'], raw.json_string(), [b",", tail, b"\n"]))
+
+    def _put(self, pieces: Iterable[bytes]) -> None:
         try:
             if self._fh is None:
                 self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
-            self._fh.write(orjson.dumps(entry) + b"\n")
+            for piece in pieces:
+                self._fh.write(piece)
         except OSError as exc:
             raise self._failed(exc) from None
 
@@ -259,15 +275,15 @@ def _count(summary: IngestSummary, sink: RejectSink, item: tuple[Line, TraceEven
 
 
 def _reject(sink: RejectSink, summary: IngestSummary, src: str, number: int, reason: str,
-            raw: bytes, context: dict[str, Any]) -> None:
+            raw: bytes | LongLine, context: dict[str, Any]) -> None:
     summary.rejected += 1
     sink.write(src, number, reason, raw, context)
 
 
-def _context(raw: bytes, error: ValidationError) -> dict[str, Any]:
+def _context(raw: bytes | LongLine, error: ValidationError) -> dict[str, Any]:
     """Where a rejected line belongs, as far as it can be read (tenant, trace, seq, field)."""
     context: dict[str, Any] = {"field": error.field}
-    if len(raw) > chain.MAX_EVENT_BYTES:  # refused unread: not decoded for this either
+    if isinstance(raw, LongLine) or len(raw) > chain.MAX_EVENT_BYTES:  # refused unread
         return context
     try:
         obj = orjson.loads(raw)

@@ -16,19 +16,20 @@ import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import IO, Any, NamedTuple
 
 import orjson
 
-from ledger import chain
+from ledger import chain, long_lines
 from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
 from ledger.events import DEFAULT_TENANT, TraceEvent, too_large, validate_line
+from ledger.long_lines import UTF8_BOM, LongLine
 from ledger.strict_json import decode_json
 
 STDIN = "-"
 GZIP_MAGIC = b"\x1f\x8b"  # how a gzip-compressed file begins
-UTF8_BOM = b"\xef\xbb\xbf"
 STDIN_LABEL = "<stdin>"  # how stdin is named in the reject file
 
 
@@ -37,7 +38,7 @@ class Line(NamedTuple):
 
     source: str  # the path, or STDIN_LABEL
     number: int  # 1-based line number in that source
-    raw: bytes  # without the line ending
+    raw: bytes | LongLine  # without the line ending; a LongLine when longer than an event may be
     event: TraceEvent | ValidationError
 
 
@@ -103,12 +104,13 @@ def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = 
         name = label(src)
         if index != at.source:
             at.source, at.offset, at.line = index, 0, 0
-        for number, raw, nbytes, stored in _raw_lines(src, at.offset, at.line):
+        keep_long = part is None or part.index == 0  # the part that rejects such lines
+        for number, raw, nbytes, stored in _raw_lines(src, at.offset, at.line, keep_long):
             at.offset += nbytes
             at.line = number
             if progress is not None:
                 progress(stored)
-            if len(raw) > chain.MAX_EVENT_BYTES:  # refused unread (part 0 of several says so)
+            if isinstance(raw, LongLine) or len(raw) > chain.MAX_EVENT_BYTES:  # refused unread
                 if part is None or part.index == 0:
                     yield Line(name, number, raw, ValidationError(too_large("line is", len(raw))))
                 continue
@@ -193,12 +195,14 @@ def _validated(raw: bytes, obj: Any) -> TraceEvent | ValidationError:
         return exc
 
 
-def _raw_lines(src: str, offset: int = 0, line: int = 0
-               ) -> Iterator[tuple[int, bytes, int, int]]:
+def _raw_lines(src: str, offset: int = 0, line: int = 0, keep_long: bool = True
+               ) -> Iterator[tuple[int, bytes | LongLine, int, int]]:
     """``(line number, line without its ending, bytes it took, bytes of the source as
     stored that it took)`` for each non-blank line, from byte ``offset`` (the end of line
     number ``line``) on.
 
+    A line longer than an event may be comes as a :class:`LongLine` on disk, removed
+    once the next line is asked for (its bytes are not kept unless ``keep_long``).
     A gzip-compressed source (one that begins with gzip's magic bytes) is read
     decompressed: line numbers and ``offset`` count its decompressed lines and bytes,
     and the last count its compressed bytes, in steps of the decompressor's reads.
@@ -221,16 +225,36 @@ def _raw_lines(src: str, offset: int = 0, line: int = 0
             _check_encoding(src, fh.peek(2))
         size = 0  # blank lines count towards the next line's bytes (progress stays exact)
         at = stored.tell() if counted else 0
-        for number, text in enumerate(fh, line + 1):
+
+        def took(size: int) -> int:  # of the source as stored: compressed bytes since the last
+            nonlocal at
+            if not counted:
+                return size
+            before, at = at, stored.tell()
+            return at - before
+
+        long_at = long_lines.SPILL_AT
+        for number, text in enumerate(iter(partial(fh.readline, long_at), b""), line + 1):
             size += len(text)
-            raw = text.rstrip(b"\r\n")
-            if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+            if len(text) == long_at and long_lines.is_long(text):  # read on to disk
+                skip = len(UTF8_BOM) if number == 1 and text.startswith(UTF8_BOM) else 0
+                raw, nbytes = long_lines.read_long(fh, text, limit=chain.MAX_EVENT_BYTES,
+                                                   keep=keep_long, skip=skip)
+                size += nbytes - len(text)
+                if isinstance(raw, LongLine):
+                    try:
+                        if not raw.blank:
+                            yield number, raw, size, took(size)
+                            size = 0
+                    finally:
+                        raw.close()
+                    continue
+            else:
+                raw = text.rstrip(b"\r\n")
+                if number == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
             if raw.strip():
-                took = size
-                if counted:
-                    took, at = stored.tell() - at, stored.tell()
-                yield number, raw, size, took
+                yield number, raw, size, took(size)
                 size = 0
     except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a damaged gzip
         where = f" after line {number}" if number else ""
