@@ -52,6 +52,7 @@ import bench_replay  # noqa: E402
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
+from ledger import chain  # noqa: E402
 from ledger.ingest import DEFAULT_BATCH_SIZE, IngestSummary, ingest  # noqa: E402
 from ledger.store import Store  # noqa: E402
 from ledger.verify import verify  # noqa: E402
@@ -788,7 +789,9 @@ with open(sys.argv[1], "w") as fh:
 
 
 def bench_rss(gb: float, work: Path) -> list[Figure]:
-    """Peak RSS of `agentledger ingest` (a child process) over a generated file of ~gb GB."""
+    """Peak RSS of `agentledger ingest` (a child process) over a generated file of ~gb GB
+    of events, then over a file of the same size holding a single line (which is longer
+    than an event may be: rejected, and saved whole in the reject file)."""
     path, target = work / "big.jsonl", int(gb * 1e9)
     size = lines = 0
     with path.open("wb") as fh:
@@ -797,9 +800,46 @@ def bench_rss(gb: float, work: Path) -> list[Figure]:
             size, lines = size + len(line), lines + 1
             if size >= target:
                 break
+    try:
+        secs, peak_mb, total_mb, _ = _measure_ingest(path, work, expect=(lines, 0, 0))
+    finally:
+        path.unlink(missing_ok=True)
+    figures = [rate_figure(f"rss: CLI ingest of {size / 1e9:.2f} GB (sqlite)", lines, secs),
+               Figure(f"rss: peak RSS of CLI ingest, largest process, {size / 1e9:.2f} GB input",
+                      peak_mb, "MB"),
+               Figure(f"rss: peak RSS of CLI ingest, all its processes (sampled every 20 ms), "
+                      f"{size / 1e9:.2f} GB input", total_mb, "MB",
+                      target="< 300 MB at 2 GB", passed=total_mb < 300)]
+    with path.open("wb") as fh:  # one line of `size` bytes (or just over the limit of an
+        piece, head = ("é😀a" * 2**17).encode(), b'{"trace_id":"long","seq":1,"x":"'
+        fh.write(head)  # event, if more): a JSON object with one string
+        for _ in range(max(size, chain.MAX_EVENT_BYTES + len(piece)) // len(piece)):
+            fh.write(piece)
+        fh.write(b'"}\n')
+        one = fh.tell()
+    try:
+        secs, _, total_mb, saved = _measure_ingest(path, work, expect=(0, 0, 1))
+        escaped = one - 1 + head.count(b'"') + 1  # the line as a JSON string: \" for "
+        if saved != escaped:
+            raise SystemExit(f"the reject file holds {saved:,} bytes of raw, not {escaped:,}")
+    finally:
+        path.unlink(missing_ok=True)
+    return [*figures, Figure(f"rss: peak RSS of CLI ingest of one line of {one / 1e9:.2f} GB "
+                             f"(rejected, saved whole in {secs:.1f} s), all its processes",
+                             total_mb, "MB", target="< 300 MB at 2 GB", passed=total_mb < 300)]
+
+
+def _measure_ingest(path: Path, work: Path, expect: tuple[int, int, int]
+                    ) -> tuple[float, float, float, int]:
+    """Ingest ``path`` with the CLI in a fresh store: (seconds, peak RSS of the largest
+    process in MB, peak RSS of all its processes in MB, bytes of the first rejected
+    line's raw as the reject file holds it), checking (accepted, duplicates, rejected)."""
+    for old in ("rss.db", "rss.db-wal", "rss.db-shm", "rss-rejects.jsonl"):
+        (work / old).unlink(missing_ok=True)
+    rejects = work / "rss-rejects.jsonl"
     cmd = [entry_point(), "--store", f"sqlite:///{work / 'rss.db'}", "ingest", str(path),
-           "--reject-file", str(work / "rss-rejects.jsonl"), "--json"]
-    print(f"rss: {size / 1e9:.2f} GB, {lines:,} events; running {' '.join(cmd)}", flush=True)
+           "--reject-file", str(rejects), "--json"]
+    print(f"rss: {path.stat().st_size / 1e9:.2f} GB; running {' '.join(cmd)}", flush=True)
     try:
         with (work / "rss.out").open("wb") as stdout:
             start = time.perf_counter()
@@ -808,17 +848,21 @@ def bench_rss(gb: float, work: Path) -> list[Figure]:
             secs = time.perf_counter() - start
         maxrss_kib, returncode, total_kib = map(int, (work / "rss.usage").read_text().split())
         summary = orjson.loads((work / "rss.out").read_bytes())
-        if returncode != 0 or summary["accepted"] != lines:
+        counts = (summary["accepted"], summary["duplicates"], summary["rejected"])
+        if returncode != (3 if expect[2] else 0) or counts != expect:
             raise SystemExit(f"ingest exited {returncode}: {summary}")
+        saved = 0
+        if expect[2]:
+            with rejects.open("rb") as fh:  # the raw of a long line, without reading it all
+                head = fh.read(4096)
+                raw_at = head.index(b'"raw":"') + len(b'"raw":"')
+                tail = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, tail - 4096))
+                last = fh.read()
+                saved = tail - len(last) + last.rindex(b'","raw_encoding"') - raw_at
     finally:
-        path.unlink(missing_ok=True)
-    peak_mb, total_mb = maxrss_kib / 1024, total_kib / 1024  # both in KiB on Linux
-    return [rate_figure(f"rss: CLI ingest of {size / 1e9:.2f} GB (sqlite)", lines, secs),
-            Figure(f"rss: peak RSS of CLI ingest, largest process, {size / 1e9:.2f} GB input",
-                   peak_mb, "MB"),
-            Figure(f"rss: peak RSS of CLI ingest, all its processes (sampled every 20 ms), "
-                   f"{size / 1e9:.2f} GB input", total_mb, "MB",
-                   target="< 300 MB at 2 GB", passed=total_mb < 300)]
+        rejects.unlink(missing_ok=True)
+    return secs, maxrss_kib / 1024, total_kib / 1024, saved  # both in KiB on Linux
 
 
 # -- output -----------------------------------------------------------------------------
