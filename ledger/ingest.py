@@ -42,6 +42,7 @@ from ledger.store import Store
 __all__ = ["STDIN", "STDIN_LABEL", "IngestSummary", "RejectSink", "check_sources", "ingest"]
 _RETRIES = 5
 DEFAULT_BATCH_SIZE = 5000  # events per transaction (10,000: 2 GB ingest peaked at 301 MB RSS)
+BATCH_BYTES = 16 * 2**20  # a batch also ends once its lines hold this many bytes
 
 
 @dataclass
@@ -210,6 +211,7 @@ def ingest_part(
     try:
         with paused_gc():  # collected by hand after each batch (and batch of rejects)
             batch: list[tuple[Line, TraceEvent]] = []
+            held = 0  # bytes of the batch's lines: large events end a batch sooner
             try:
                 for line in read_lines(sources, progress, part=part, cursor=cursor):
                     summary.lines += 1
@@ -221,9 +223,10 @@ def ingest_part(
                             gc.collect(1)
                     else:
                         batch.append((line, event))
-                        if len(batch) >= batch_size:
+                        held += len(line.raw)
+                        if len(batch) >= batch_size or held >= BATCH_BYTES:
                             _commit(app, batch, sink, summary, reorder, notify)
-                            batch = []
+                            batch, held = [], 0
                             gc.collect(1)  # young objects only: the batch's cycles are garbage
                     if stop is not None and stop():
                         break

@@ -281,6 +281,38 @@ def test_read_streams_pages_a_range_of_streams_in_log_order(store: Store) -> Non
     assert sorted(shared) == [tuple(r) for r in log if r[0] <= head]
 
 
+def _sized(tenant: str, name: str, sizes: list[int]) -> list[StoredEvent]:
+    sid = chain.trace_stream_id(tenant, name)
+    return [StoredEvent(sid, seq, chain.EVENT_TOPIC, b"x" * size)
+            for seq, size in enumerate(sizes, 1)]
+
+
+def test_a_page_of_the_log_ends_where_its_states_reach_max_bytes(store: Store) -> None:
+    """With max_bytes, read_log() and read_streams() give the entries up to the one that
+    brings their states' bytes to it (always one at least; limit still applies): a page
+    of large events holds few of them, and paging on loses none."""
+    sizes = [10, 500, 20, 30, 40, 2000, 5, 5, 5, 5]
+    store.backend.append(_sized("t", "a", sizes), [_head("t", "a", len(sizes))])
+    log = store.backend.read_log(0, 1000)
+    assert [len(r[4]) for r in log] == sizes
+    pages = {}
+    for max_bytes in (1, 30, 520, 600, 10**6):
+        for read in (lambda after, limit, mb: store.backend.read_log(after, limit, mb),
+                     lambda after, limit, mb: store.backend.read_streams(
+                         (chain.trace_stream_id("t", "a"), None), after, log[-1][0], limit, mb)):
+            found, after = [], 0
+            while rows := read(after, 4, max_bytes):
+                found.append([len(r[4]) for r in rows])
+                after = rows[-1][0]
+            assert [size for page in found for size in page] == sizes
+            pages[max_bytes] = found
+    assert pages[1] == [[size] for size in sizes]
+    assert pages[30] == [[10, 500], [20, 30], [40], [2000], [5, 5, 5, 5]]
+    assert pages[520] == [[10, 500, 20], [30, 40, 2000], [5, 5, 5, 5]]
+    assert pages[600] == [[10, 500, 20, 30], [40, 2000], [5, 5, 5, 5]]
+    assert pages[10**6] == [[10, 500, 20, 30], [40, 2000, 5, 5], [5, 5]]  # the limit: 4
+
+
 def test_list_streams_filters_by_tenant_status_and_time(store: Store) -> None:
     """list_streams never crosses tenants and applies status/since/until."""
     for tenant, name, status, first, last in [

@@ -193,19 +193,23 @@ class Backend(ABC):
         """Every catalog row (of one tenant, of streams in ``id_range``), by stream id."""
 
     @abstractmethod
-    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        """Up to ``limit`` log entries with notification id above ``after``, in id order.
+    def read_log(self, after: int, limit: int, max_bytes: int | None = None
+                 ) -> list[tuple[int, str, str, int, bytes]]:
+        """Up to ``limit`` log entries with notification id above ``after``, in id order;
+        with ``max_bytes``, only as many as it takes for their states to hold that many
+        bytes (at least one), so large events come fewer to a page.
 
         Each is ``(notification_id, topic, stream key (32 hex), version, state)``:
         the raw rows read models consume (no per-row object construction).
         """
 
     @abstractmethod
-    def read_streams(self, id_range: IdRange, after: int, upto: int,
-                     limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        """Up to ``limit`` entries of the streams whose id lies in ``id_range``, with
-        notification id above ``after`` and at most ``upto``, in id order. Rows as
-        :meth:`read_log`'s: one part of a rebuild shared out by stream.
+    def read_streams(self, id_range: IdRange, after: int, upto: int, limit: int,
+                     max_bytes: int | None = None) -> list[tuple[int, str, str, int, bytes]]:
+        """Up to ``limit`` entries (and ``max_bytes``, as for :meth:`read_log`) of the
+        streams whose id lies in ``id_range``, with notification id above ``after`` and
+        at most ``upto``, in id order. Rows as :meth:`read_log`'s: one part of a rebuild
+        shared out by stream.
         """
 
     @abstractmethod

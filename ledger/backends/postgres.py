@@ -282,23 +282,34 @@ class PostgresBackend(Backend):
         for r in rows:
             yield catalog.head_from_row(r, r[0])
 
-    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        query = sql.SQL(  # the key as 32 hex digits in SQL: no UUID object per row
-            "SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
-            "originator_version, state FROM {} WHERE notification_id > %s "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        return self._log_rows(query, (after, limit))
+    def read_log(self, after: int, limit: int, max_bytes: int | None = None
+                 ) -> list[tuple[int, str, str, int, bytes]]:
+        query, params = self._log_query(["notification_id > %s"], [after], limit, max_bytes)
+        return self._log_rows(query, params)
 
-    def read_streams(self, id_range: IdRange, after: int, upto: int,
-                     limit: int) -> list[tuple[int, str, str, int, bytes]]:
-        where, params = catalog.slice_bounds(id_range, after, upto, "%s")
+    def read_streams(self, id_range: IdRange, after: int, upto: int, limit: int,
+                     max_bytes: int | None = None) -> list[tuple[int, str, str, int, bytes]]:
+        where, bounds = catalog.slice_bounds(id_range, after, upto, "%s")
+        query, params = self._log_query(where, bounds, limit, max_bytes)
+        return self._log_rows(query, params, plan=_SLICE_PLAN)
+
+    def _log_query(self, where: Sequence[str], params: Sequence[Any], limit: int,
+                   max_bytes: int | None) -> tuple[sql.Composed, list[Any]]:
+        """Log entries ``where`` holds, in id order: ``limit`` of them, and with
+        ``max_bytes`` those up to the one whose state brings their total to it (a running
+        sum in the server: a page of large events is cut there, not in the client)."""
+        table = sql.Identifier(self.schema, catalog.EVENTS_TABLE)
+        columns = ("notification_id, topic, replace(originator_id::text, '-', ''), "
+                   "originator_version, state")  # the key as 32 hex digits: no UUID per row
+        page = " FROM {} WHERE " + " AND ".join(where) + " ORDER BY notification_id LIMIT %s"
+        if max_bytes is None:
+            return sql.SQL("SELECT " + columns + page).format(table), [*params, limit]
+        size = "coalesce(octet_length(state), 0)"
         query = sql.SQL(
-            "SELECT notification_id, topic, replace(originator_id::text, '-', ''), "
-            "originator_version, state FROM {} WHERE " + " AND ".join(where)
-            + " ORDER BY notification_id LIMIT %s"
-        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        return self._log_rows(query, (*params, limit), plan=_SLICE_PLAN)
+            "SELECT " + columns + " FROM (SELECT *, sum(" + size + ") OVER (ORDER BY "
+            "notification_id ROWS UNBOUNDED PRECEDING) - " + size + " AS held" + page
+            + ") AS page WHERE held < %s ORDER BY notification_id").format(table)
+        return query, [*params, limit, max_bytes]
 
     def _log_rows(self, query: sql.Composed, params: Sequence[Any], *,
                   plan: str | None = None) -> list[tuple[int, str, str, int, bytes]]:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
-from itertools import chain, groupby
+from itertools import groupby
 from operator import itemgetter
 from typing import Any
 from uuid import UUID
@@ -179,6 +179,20 @@ def _heads(c: SQLiteCursor, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead
     return heads
 
 
+def _within(c: SQLiteCursor, max_bytes: int | None) -> list[Any]:
+    """The query's rows, or with ``max_bytes`` those up to the one whose state (the last
+    column) brings their total to it: SQLite reads a row only when it is asked for."""
+    if max_bytes is None:
+        return c.fetchall()  # type: ignore[no-any-return]
+    rows, held = [], 0
+    for row in c.sqlite_cursor:
+        rows.append(row)
+        held += len(row[-1])
+        if held >= max_bytes:
+            break
+    return rows
+
+
 def _as_bytes(value: Any) -> bytes:
     """Stored state as bytes (a row edited by hand may have become TEXT)."""
     return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
@@ -341,8 +355,8 @@ class SQLiteBackend(Backend):
             cursor.execute(sql + (" WHERE " + " AND ".join(where) if where else "")
                            + " ORDER BY originator_id, originator_version",
                            bound_params + (batch or []))
-            fetched = chain.from_iterable(iter(partial(cursor.fetchmany, 5000), []))
-            for key, rows in groupby(fetched, itemgetter(0)):
+            for key, rows in groupby(cursor, itemgetter(0)):  # a row at a time: large
+                # events are not read thousands ahead (and it is no slower than fetchmany)
                 yield UUID(key), list(rows)
 
     def _catalog(self, c: SQLiteCursor, tenant: str | None, id_range: IdRange | None,
@@ -367,20 +381,21 @@ class SQLiteBackend(Backend):
             heads = self._catalog(c, tenant, id_range)
         yield from heads
 
-    def read_log(self, after: int, limit: int) -> list[tuple[int, str, str, int, bytes]]:
+    def read_log(self, after: int, limit: int, max_bytes: int | None = None
+                 ) -> list[tuple[int, str, str, int, bytes]]:
         with self._txn(commit=False) as c:
             c.execute(_SELECT_LOG + " WHERE notification_id > ? ORDER BY notification_id LIMIT ?",
                       (after, limit))
-            return c.fetchall()  # type: ignore[no-any-return]
+            return _within(c, max_bytes)
 
-    def read_streams(self, id_range: IdRange, after: int, upto: int,
-                     limit: int) -> list[tuple[int, str, str, int, bytes]]:
+    def read_streams(self, id_range: IdRange, after: int, upto: int, limit: int,
+                     max_bytes: int | None = None) -> list[tuple[int, str, str, int, bytes]]:
         where, bounds = catalog.slice_bounds(id_range, after, upto, "?")
         params = [p.hex if isinstance(p, UUID) else p for p in bounds]
         with self._txn(commit=False) as c:
             c.execute(_SELECT_LOG + " WHERE " + " AND ".join(where)
                       + " ORDER BY notification_id LIMIT ?", (*params, limit))
-            return c.fetchall()  # type: ignore[no-any-return]
+            return _within(c, max_bytes)
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         with self._txn(commit=False) as c:
