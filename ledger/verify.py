@@ -12,7 +12,7 @@ the runtime's own claim was wrong. See ``docs/VERIFY.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -21,7 +21,7 @@ from uuid import UUID
 import orjson
 
 from ledger import chain
-from ledger.backends.base import IdRange, RowTuple, StreamHead
+from ledger.backends.base import IdRange, RowTuple, StreamHead, StreamScan
 from ledger.errors import NotFoundError
 from ledger.events import DEFAULT_TENANT, stored_ts_utc
 from ledger.gcpause import paused_gc
@@ -135,7 +135,7 @@ def verify_range(store: Store, tenant: str | None, id_range: IdRange | None,
 
 
 def verify_scanned(store: Store, heads: list[StreamHead],
-                   streams: Iterator[tuple[UUID, list[RowTuple]]],
+                   streams: StreamScan,
                    progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Check ``streams`` against the catalog ``heads``, both read in one snapshot
     (``Backend.snapshot_scan``): for a caller that must know which rows were checked."""
@@ -144,7 +144,7 @@ def verify_scanned(store: Store, heads: list[StreamHead],
 
 
 def _verify_streams(store: Store, heads: list[StreamHead],
-                    streams: Iterator[tuple[UUID, list[RowTuple]]],
+                    streams: StreamScan,
                     progress: Callable[[int], None] | None) -> VerifyReport:
     """Check ``streams`` (by stream id) against catalog ``heads`` (by stream id)."""
     report = VerifyReport()
@@ -246,9 +246,10 @@ class _StreamCheck:
             self._replay = ReplayCheck(self.store, self.problem)
         return self._replay
 
-    def run(self, rows: list[RowTuple]) -> int:
-        prev, expected, last_nid = chain.GENESIS_HASH, 1, 0
-        for _, version, nid, topic, state in rows:
+    def run(self, rows: Iterable[RowTuple]) -> int:
+        """Check the stream's rows (read once, as they come); the number of rows."""
+        prev, expected, last_nid, count = chain.GENESIS_HASH, 1, 0, 0
+        for count, (_, version, nid, topic, state) in enumerate(rows, 1):  # noqa: B007
             if version != expected:
                 self.problem(expected, "missing_event",
                              f"versions {expected}..{version - 1} are not stored")
@@ -263,7 +264,7 @@ class _StreamCheck:
             self.check_row(version, topic, state, prev)
             prev, expected = chain.record_hash(state), version + 1
         self.check_head(expected - 1, prev)
-        return len(rows)
+        return count
 
     def check_row(self, version: int, topic: str, state: bytes, prev: str) -> None:
         try:

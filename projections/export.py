@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from ledger import chain
-from ledger.backends.base import RowTuple, StreamHead, StreamQuery
+from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
@@ -190,11 +190,17 @@ def _utc(ts: Any) -> str | None:
         return None
 
 
-def _noting_lengths(streams: Iterator[tuple[UUID, list[RowTuple]]],
-                    checked: dict[UUID, int]) -> Iterator[tuple[UUID, list[RowTuple]]]:
+def _noting_lengths(streams: StreamScan, checked: dict[UUID, int]) -> StreamScan:
+    """The scan, noting in ``checked`` the last version read of each stream."""
     for sid, rows in streams:
-        checked[sid] = rows[-1][1]
-        yield sid, rows
+        yield sid, _noting(sid, rows, checked)
+
+
+def _noting(sid: UUID, rows: Iterator[RowTuple], checked: dict[UUID, int]
+            ) -> Iterator[RowTuple]:
+    for row in rows:
+        checked[sid] = row[1]
+        yield row
 
 
 def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,

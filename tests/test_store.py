@@ -131,7 +131,7 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
     for name in reversed(names):
         store.backend.append(_events("t", name, range(3, 4)), [_head("t", name, 3)])
     store.backend.append(_events("u", "other", range(1, 2)), [_head("u", "other", 1)])
-    scanned = list(store.backend.scan_streams())
+    scanned = [(sid, list(rows)) for sid, rows in store.backend.scan_streams()]
     sids = [sid for sid, _ in scanned]
     assert sids == sorted(sids) and len(sids) == 13
     for sid, rows in scanned:
@@ -166,13 +166,13 @@ def test_scan_streams_reads_a_long_stream_whole_and_in_version_order(store: Stor
                              [_head("t", f"short-{first}", 1)])
     sid = chain.trace_stream_id("t", "long")
     stored = [e.state for e in store.backend.read_stream(sid)]
-    for rows in (dict(store.backend.scan_streams())[sid],
-                 dict(store.backend.scan_streams([sid]))[sid]):
+    for rows in ({s: list(rows) for s, rows in store.backend.scan_streams()}[sid],
+                 {s: list(rows) for s, rows in store.backend.scan_streams([sid])}[sid]):
         assert [r[1] for r in rows] == list(range(1, 201))
         assert [r[4] for r in rows] == stored
         assert [r[2] for r in rows] == sorted(r[2] for r in rows)
     with store.backend.snapshot_scan("t") as (_, streams):
-        assert [len(rows) for s, rows in streams if s == sid] == [200]
+        assert [len(list(rows)) for s, rows in streams if s == sid] == [200]
 
 
 @pytest.mark.parametrize("leave", ["break", "raise", "close"])

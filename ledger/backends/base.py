@@ -81,6 +81,11 @@ class StoredRow:
 RowTuple = tuple[Any, int, int, str, bytes]
 """A stored row as a backend scans it: (stream key, version, notification id, topic, state)."""
 
+StreamScan = Iterator[tuple[UUID, Iterator[RowTuple]]]
+"""Streams by id, each with an iterator over its rows in version order, read as the
+caller goes: take a stream's rows before asking for the next stream (they are gone
+then). No stream is held whole, however long."""
+
 IdRange = tuple[UUID, UUID | None]
 """Stream ids ``lo <= id < hi`` (``hi`` None: no upper bound), in UUID byte order."""
 
@@ -159,9 +164,10 @@ class Backend(ABC):
 
     @abstractmethod
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
-                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+                     id_range: IdRange | None = None) -> StreamScan:
         """Each stored stream (or each of the given ones) with its rows in version order,
-        by stream id; ``id_range`` keeps only streams whose id lies in it.
+        by stream id (a :data:`StreamScan`); ``id_range`` keeps only streams whose id lies
+        in it.
 
         Rows are plain tuples, built by the driver: the scan verify makes of every row.
         """
@@ -170,7 +176,7 @@ class Backend(ABC):
     def snapshot_scan(
         self, tenant: str | None = None, *, id_range: IdRange | None = None,
         stream_ids: Sequence[UUID] | None = None,
-    ) -> AbstractContextManager[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+    ) -> AbstractContextManager[tuple[list[StreamHead], StreamScan]]:
         """The catalog rows and the stored rows of the same streams, read in one snapshot:
         what writers commit meanwhile changes neither, so the two agree unless the record
         was altered (what verify relies on).

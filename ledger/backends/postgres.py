@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from datetime import UTC, datetime
-from itertools import groupby, repeat
+from itertools import chain, groupby, repeat
 from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -32,14 +32,19 @@ from ledger.backends.base import (
     RowTuple,
     StreamHead,
     StreamQuery,
+    StreamScan,
 )
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder, pg_sql
 from ledger.errors import SchemaVersionError, StoreError, UsageError
 
-_Scan = Generator[tuple[UUID, list[RowTuple]], None, None]  # closed when left part-way
+_Scan = Generator[tuple[UUID, Iterator[RowTuple]], None, None]  # closed when left part-way
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _SCAN_IDS = 2000  # stream ids per scan statement
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _chunk_key(chunk: list[RowTuple]) -> Any:
+    return chunk[0][0]
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -167,7 +172,7 @@ class PostgresBackend(Backend):
             return [catalog.head_from_row(r, r[0]) for r in c.fetchall()]
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
-                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+                     id_range: IdRange | None = None) -> StreamScan:
         try:
             with self.datastore.get_connection() as conn, conn.transaction():
                 yield from self._scan(conn, stream_ids, id_range)
@@ -178,7 +183,7 @@ class PostgresBackend(Backend):
     def snapshot_scan(
         self, tenant: str | None = None, *, id_range: IdRange | None = None,
         stream_ids: Sequence[UUID] | None = None,
-    ) -> Iterator[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+    ) -> Iterator[tuple[list[StreamHead], StreamScan]]:
         try:
             with self.datastore.get_connection() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -197,12 +202,8 @@ class PostgresBackend(Backend):
 
     def _scan(self, conn: Any, stream_ids: Sequence[UUID] | None,
               id_range: IdRange | None) -> _Scan:
-        """scan_streams' rows, read in ``conn``'s transaction.
-
-        The server sends a stream's rows 64 to a message, as arrays (``_GROUPED_SCAN``).
-        Should a group be too big for one (a value over 1 GiB), the scan goes on from the
-        stream it was reading, a row to a message.
-        """
+        """scan_streams' streams, read in ``conn``'s transaction, each with its rows as
+        they arrive (``_stream_rows``): a long stream is never held whole."""
         where, lo_hi = catalog.id_bounds("originator_id", id_range, "%s")
         batches: list[list[UUID] | None] = [None]
         if stream_ids is not None:  # COPY binds parameters into its text: keep lists short
@@ -211,27 +212,42 @@ class PostgresBackend(Backend):
             batches = [ids[i : i + _SCAN_IDS] for i in range(0, len(ids), _SCAN_IDS)]
         with conn.cursor() as cur:
             cur.execute(_SCAN_PLAN)
-            for batch in batches:
-                params = [*lo_hi, *([batch] if batch is not None else [])]
-                after: UUID | None = None  # the last stream read whole
-                try:
-                    with conn.transaction():  # a savepoint, to go on from if a group fails
-                        grouped = self._read_scan(cur, where, params, grouped=True)
-                        try:
-                            for sid, rows in grouped:
-                                yield sid, rows
-                                after = sid
-                        finally:  # left part-way: the COPY ends before the savepoint
-                            grouped.close()
-                except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.OutOfMemory):
-                    more = ["originator_id > %s"] if after is not None else []
-                    yield from self._read_scan(cur, [*where, *more],
-                                               [*params, *([after] if more else [])],
-                                               grouped=False)
+            chunks = self._chunks(conn, cur, where, list(lo_hi), batches)
+            try:
+                for key, group in groupby(chunks, _chunk_key):
+                    yield UUID(bytes=key), chain.from_iterable(group)
+            finally:  # left part-way: the COPY ends before the transaction
+                chunks.close()
 
-    def _read_scan(self, cur: psycopg.Cursor[Any], where: list[str], params: list[Any], *,
-                   grouped: bool) -> _Scan:
-        """The rows of the streams ``where`` keeps, by stream then version."""
+    def _chunks(self, conn: Any, cur: psycopg.Cursor[Any], where: list[str],
+                lo_hi: list[Any], batches: list[list[UUID] | None]
+                ) -> Generator[list[RowTuple], None, None]:
+        """The scan's rows, by stream then version, in lists of one stream's rows.
+
+        The server sends a stream's rows 64 to a message, as arrays (``_GROUPED_SCAN``).
+        Should a group be too big for one (a value over 1 GiB), the scan goes on after
+        the last row read, a row to a message.
+        """
+        for batch in batches:
+            params = [*lo_hi, *([batch] if batch is not None else [])]
+            last: RowTuple | None = None
+            try:
+                with (conn.transaction(),  # a savepoint, to go on from if a group fails
+                      closing(self._copy_chunks(cur, where, params, grouped=True)) as chunks):
+                    for chunk in chunks:
+                        last = chunk[-1]
+                        yield chunk
+            except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.OutOfMemory):
+                more = ["(originator_id, originator_version) > (%s, %s)"] if last else []
+                after = [UUID(bytes=last[0]), last[1]] if last else []
+                with closing(self._copy_chunks(cur, [*where, *more], [*params, *after],
+                                               grouped=False)) as chunks:
+                    yield from chunks
+
+    def _copy_chunks(self, cur: psycopg.Cursor[Any], where: list[str], params: list[Any], *,
+                     grouped: bool) -> Generator[list[RowTuple], None, None]:
+        """The rows of the streams ``where`` keeps, by stream then version: up to 64 of
+        one stream's to a list (one a list if not ``grouped``)."""
         query = sql.SQL(
             "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
         ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
@@ -244,21 +260,14 @@ class PostgresBackend(Backend):
             # one per row (a tenth less CPU, here and in the server).
             if not grouped:
                 out.set_types(["bytea", "int8", "int8", "text", "bytea"])
-                for key, group in groupby(out.rows(), itemgetter(0)):
-                    yield UUID(bytes=key), list(group)
+                for row in out.rows():
+                    yield [row]
                 return
             out.set_types(["bytea", "int8[]", "int8[]", "text[]", "bytea[]"])
-            sid, key, rows = UUID(int=0), None, list[RowTuple]()
             for k, versions, nids, topics, states in out.rows():
-                if k != key:
-                    if rows:
-                        yield sid, rows
-                    key, sid, rows = k, UUID(bytes=k), []
                 chunk: list[RowTuple] = list(zip(repeat(k), versions, nids, topics, states))
                 chunk.sort(key=itemgetter(1))  # the order within an array is not promised
-                rows += chunk
-            if rows:
-                yield sid, rows
+                yield chunk
 
     def _catalog_query(self, tenant: str | None, id_range: IdRange | None,
                        stream_ids: Sequence[UUID] | None = None) -> tuple[sql.Composed, list[Any]]:

@@ -37,10 +37,10 @@ from ledger.backends.base import (
     Backend,
     IdRange,
     LockedReads,
-    RowTuple,
     SharedAppend,
     StreamHead,
     StreamQuery,
+    StreamScan,
 )
 from ledger.backends.sqlite_file import ConnectionPool, read_only_name, use_wal
 from ledger.errors import SchemaVersionError, StoreError
@@ -322,7 +322,7 @@ class SQLiteBackend(Backend):
             return [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
-                     id_range: IdRange | None = None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+                     id_range: IdRange | None = None) -> StreamScan:
         with self._txn(commit=False) as c:
             yield from self._scan(c, stream_ids, id_range)
 
@@ -330,7 +330,7 @@ class SQLiteBackend(Backend):
     def snapshot_scan(
         self, tenant: str | None = None, *, id_range: IdRange | None = None,
         stream_ids: Sequence[UUID] | None = None,
-    ) -> Iterator[tuple[list[StreamHead], Iterator[tuple[UUID, list[RowTuple]]]]]:
+    ) -> Iterator[tuple[list[StreamHead], StreamScan]]:
         with self._txn(commit=False) as c:  # one read transaction: one snapshot of the WAL
             heads = self._catalog(c, tenant, id_range, stream_ids)
             if stream_ids is None and tenant is not None:
@@ -338,7 +338,7 @@ class SQLiteBackend(Backend):
             yield heads, self._scan(c, stream_ids, id_range)
 
     def _scan(self, c: SQLiteCursor, stream_ids: Sequence[UUID] | None,
-              id_range: IdRange | None) -> Iterator[tuple[UUID, list[RowTuple]]]:
+              id_range: IdRange | None) -> StreamScan:
         """scan_streams' rows, read in ``c``'s transaction."""
         sql = (  # CAST: a state edited by hand into TEXT still comes back as its bytes
             "SELECT originator_id, originator_version, notification_id, topic, "
@@ -355,9 +355,8 @@ class SQLiteBackend(Backend):
             cursor.execute(sql + (" WHERE " + " AND ".join(where) if where else "")
                            + " ORDER BY originator_id, originator_version",
                            bound_params + (batch or []))
-            for key, rows in groupby(cursor, itemgetter(0)):  # a row at a time: large
-                # events are not read thousands ahead (and it is no slower than fetchmany)
-                yield UUID(key), list(rows)
+            for key, rows in groupby(cursor, itemgetter(0)):  # a row at a time, as read:
+                yield UUID(key), rows  # no stream, nor thousands of rows, held whole
 
     def _catalog(self, c: SQLiteCursor, tenant: str | None, id_range: IdRange | None,
                  stream_ids: Sequence[UUID] | None = None) -> list[StreamHead]:
