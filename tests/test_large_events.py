@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_ingest import ev, rejects, tool, write_lines
 from viewdump import dump
 
@@ -18,6 +20,7 @@ from ledger.store import Store
 from ledger.verify import verify
 from ledger.workload import demo_events
 from projections import Projector, runner
+from projections.export import export_audit
 
 
 def test_an_ingest_batch_ends_once_its_lines_hold_batch_bytes(
@@ -98,3 +101,52 @@ def test_large_events_are_ingested_and_projected_in_bounded_memory(
     assert (summary.accepted, read) == (41, 41), rejects(tmp_path / "r.jsonl")
     assert peak < 40 * 2**20, f"peak {peak:,} bytes of Python allocations"
     assert verify(store).ok
+
+
+def test_a_long_trace_of_large_events_is_verified_and_exported_in_bounded_memory(
+    store: Store, tmp_path: Path
+) -> None:
+    """Verify reads a stream's rows as they come: forty events of 1 MiB in one trace
+    are checked holding a fraction of them (a stream was held whole, and PostgreSQL
+    sent them 64 to a message), and an export takes them all away."""
+    src = tmp_path / "in.jsonl"
+    output = {"tool": "fetch", "args": {}, "success": True, "output": "é" * 2**19}
+    write_lines(src, [ev("big")] + [tool("big", seq, output) for seq in range(2, 42)])
+    ingest(store, [str(src)], reject_file=str(tmp_path / "r.jsonl"))
+    Projector(store).catch_up()
+    tracemalloc.start()
+    try:
+        report = verify(store)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report.ok and report.events == 41
+    assert peak < 20 * 2**20, f"peak {peak:,} bytes of Python allocations"
+    exported = tmp_path / "out.jsonl"
+    export_audit(store, "default", exported)
+    events = [orjson.loads(line) for line in exported.read_bytes().splitlines()]
+    assert [e["seq"] for e in events if e["type"] == "event"] == list(range(1, 42))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=200))
+def test_postgres_groups_are_given_out_in_version_order(large: list[bool]) -> None:
+    """However large and small states mix in a stream, the groups PostgreSQL sends (per
+    block of 64 versions: the small states' group, then each large state alone) come
+    out in version order, no run holding more than one large state."""
+    from ledger.backends.postgres_scan import GROUP, in_version_order
+
+    rows, groups = [], []
+    for key in (b"a", b"b"):  # two streams: the same blocks, one after the other
+        mine = [(key, v, v, "t", b"L" if big else b"s") for v, big in enumerate(large, 1)]
+        rows += mine
+        for block in range(len(mine) // GROUP + 1):
+            here = [r for r in mine if r[1] // GROUP == block]
+            small = [r for r in here if r[4] == b"s"][::-1]  # an array's order: not promised
+            groups += ([small] if small else []) + [[r] for r in here if r[4] == b"L"]
+    arrays = [(group[0][0], *map(list, zip(*(r[1:] for r in group), strict=True)))
+              for group in groups]
+    runs = list(in_version_order(arrays))
+    assert [r for run in runs for r in run] == rows
+    assert all(len({r[0] for r in run}) == 1 for run in runs)
+    assert all(sum(r[4] == b"L" for r in run) <= 1 for run in runs)

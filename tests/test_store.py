@@ -120,11 +120,11 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """scan_streams() yields every stream once, by stream id, its rows in version order;
     ids ranges split the streams without loss or overlap, and so does the catalog."""
-    import ledger.backends.postgres
+    import ledger.backends.postgres_scan
     import ledger.backends.sqlite
 
     monkeypatch.setattr(ledger.backends.sqlite, "_CHUNK", 2)  # given ids: several queries
-    monkeypatch.setattr(ledger.backends.postgres, "_SCAN_IDS", 2)
+    monkeypatch.setattr(ledger.backends.postgres_scan, "SCAN_IDS", 2)
     names = [f"trace-{i}" for i in range(12)]
     for name in names:  # interleaved appends: log order is not stream order
         store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])
@@ -224,7 +224,7 @@ def test_a_postgres_scan_goes_on_row_by_row_past_a_group_the_server_cannot_send(
     from psycopg import sql
     from rawdb import _pg_target
 
-    import ledger.backends.postgres as pg
+    import ledger.backends.postgres_scan as pg_scan
 
     names = ["a", "b", "c", "d", "e"]
     with Store.open(postgres_url) as store:
@@ -246,8 +246,8 @@ def test_a_postgres_scan_goes_on_row_by_row_past_a_group_the_server_cannot_send(
                 conn.execute(sql.SQL("SELECT array_agg({}(originator_id, state)) FROM {} "
                                      "GROUP BY originator_id").format(
                     sql.Identifier(schema, "too_big"),
-                    sql.Identifier(schema, pg.catalog.EVENTS_TABLE)))
-        monkeypatch.setattr(pg, "_GROUPED_SCAN", pg._GROUPED_SCAN.replace(
+                    sql.Identifier(schema, pg_scan.catalog.EVENTS_TABLE)))
+        monkeypatch.setattr(pg_scan, "GROUPED_SCAN", pg_scan.GROUPED_SCAN.replace(
             "array_agg(state)", f'array_agg("{schema}".too_big(originator_id, state))'))
         wanted = sorted(expected) if scope == "ids" else None
         scanned = {sid: [(r[1], r[2], r[3], r[4]) for r in rows]
@@ -448,11 +448,11 @@ def test_snapshot_scan_does_not_see_what_writers_commit_meanwhile(
     """The catalog rows and the stream rows of snapshot_scan() come from one snapshot:
     another writer's appends inside the block (to a scanned stream, and a new stream)
     show in neither, however the streams are chosen, even over several queries."""
-    import ledger.backends.postgres
+    import ledger.backends.postgres_scan
     import ledger.backends.sqlite
 
     monkeypatch.setattr(ledger.backends.sqlite, "_CHUNK", 1)
-    monkeypatch.setattr(ledger.backends.postgres, "_SCAN_IDS", 1)
+    monkeypatch.setattr(ledger.backends.postgres_scan, "SCAN_IDS", 1)
     for name in ("a", "b"):
         store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])
     ids = [chain.trace_stream_id("t", name) for name in ("a", "b")]

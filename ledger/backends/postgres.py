@@ -8,11 +8,9 @@ as binary ``COPY ... TO STDOUT``.
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Iterator, Sequence
-from contextlib import closing, contextmanager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
-from itertools import chain, groupby, repeat
-from operator import itemgetter
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from uuid import UUID
@@ -24,12 +22,11 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import tuple_row
 
-from ledger.backends import catalog
+from ledger.backends import catalog, postgres_scan
 from ledger.backends.base import (
     SCHEMA_VERSION,
     Backend,
     IdRange,
-    RowTuple,
     StreamHead,
     StreamQuery,
     StreamScan,
@@ -37,14 +34,8 @@ from ledger.backends.base import (
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder, pg_sql
 from ledger.errors import SchemaVersionError, StoreError, UsageError
 
-_Scan = Generator[tuple[UUID, Iterator[RowTuple]], None, None]  # closed when left part-way
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
-_SCAN_IDS = 2000  # stream ids per scan statement
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-
-
-def _chunk_key(chunk: list[RowTuple]) -> Any:
-    return chunk[0][0]
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -201,73 +192,9 @@ class PostgresBackend(Backend):
             raise StoreError(f"{self.label}: {exc}") from exc
 
     def _scan(self, conn: Any, stream_ids: Sequence[UUID] | None,
-              id_range: IdRange | None) -> _Scan:
-        """scan_streams' streams, read in ``conn``'s transaction, each with its rows as
-        they arrive (``_stream_rows``): a long stream is never held whole."""
-        where, lo_hi = catalog.id_bounds("originator_id", id_range, "%s")
-        batches: list[list[UUID] | None] = [None]
-        if stream_ids is not None:  # COPY binds parameters into its text: keep lists short
-            where.append("originator_id = ANY(%s)")
-            ids = sorted(stream_ids)
-            batches = [ids[i : i + _SCAN_IDS] for i in range(0, len(ids), _SCAN_IDS)]
-        with conn.cursor() as cur:
-            cur.execute(_SCAN_PLAN)
-            chunks = self._chunks(conn, cur, where, list(lo_hi), batches)
-            try:
-                for key, group in groupby(chunks, _chunk_key):
-                    yield UUID(bytes=key), chain.from_iterable(group)
-            finally:  # left part-way: the COPY ends before the transaction
-                chunks.close()
-
-    def _chunks(self, conn: Any, cur: psycopg.Cursor[Any], where: list[str],
-                lo_hi: list[Any], batches: list[list[UUID] | None]
-                ) -> Generator[list[RowTuple], None, None]:
-        """The scan's rows, by stream then version, in lists of one stream's rows.
-
-        The server sends a stream's rows 64 to a message, as arrays (``_GROUPED_SCAN``).
-        Should a group be too big for one (a value over 1 GiB), the scan goes on after
-        the last row read, a row to a message.
-        """
-        for batch in batches:
-            params = [*lo_hi, *([batch] if batch is not None else [])]
-            last: RowTuple | None = None
-            try:
-                with (conn.transaction(),  # a savepoint, to go on from if a group fails
-                      closing(self._copy_chunks(cur, where, params, grouped=True)) as chunks):
-                    for chunk in chunks:
-                        last = chunk[-1]
-                        yield chunk
-            except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.OutOfMemory):
-                more = ["(originator_id, originator_version) > (%s, %s)"] if last else []
-                after = [UUID(bytes=last[0]), last[1]] if last else []
-                with closing(self._copy_chunks(cur, [*where, *more], [*params, *after],
-                                               grouped=False)) as chunks:
-                    yield from chunks
-
-    def _copy_chunks(self, cur: psycopg.Cursor[Any], where: list[str], params: list[Any], *,
-                     grouped: bool) -> Generator[list[RowTuple], None, None]:
-        """The rows of the streams ``where`` keeps, by stream then version: up to 64 of
-        one stream's to a list (one a list if not ``grouped``)."""
-        query = sql.SQL(
-            "SELECT originator_id, originator_version, notification_id, topic, state FROM {}"
-        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
-        if where:
-            query += sql.SQL(" WHERE " + " AND ".join(where))
-        query += sql.SQL(" ORDER BY originator_id, originator_version")
-        copy = sql.SQL(_GROUPED_SCAN if grouped else "COPY ({}) TO STDOUT (FORMAT BINARY)")
-        with cur.copy(copy.format(query), params) as out:
-            # A binary uuid is its 16 bytes: read as such, one UUID per stream instead of
-            # one per row (a tenth less CPU, here and in the server).
-            if not grouped:
-                out.set_types(["bytea", "int8", "int8", "text", "bytea"])
-                for row in out.rows():
-                    yield [row]
-                return
-            out.set_types(["bytea", "int8[]", "int8[]", "text[]", "bytea[]"])
-            for k, versions, nids, topics, states in out.rows():
-                chunk: list[RowTuple] = list(zip(repeat(k), versions, nids, topics, states))
-                chunk.sort(key=itemgetter(1))  # the order within an array is not promised
-                yield chunk
+              id_range: IdRange | None) -> postgres_scan.Scan:
+        table = sql.Identifier(self.schema, catalog.EVENTS_TABLE)
+        return postgres_scan.scan(conn, table, stream_ids, id_range)
 
     def _catalog_query(self, tenant: str | None, id_range: IdRange | None,
                        stream_ids: Sequence[UUID] | None = None) -> tuple[sql.Composed, list[Any]]:
@@ -363,37 +290,6 @@ class PostgresBackend(Backend):
     def check_connections(self) -> None:
         self.datastore.pool.check()  # tests each idle connection, replacing the broken ones
 
-
-_GROUPED_SCAN = (
-    "COPY (SELECT originator_id, array_agg(originator_version), array_agg(notification_id), "
-    "array_agg(topic), array_agg(state) FROM ({}) AS e "
-    "GROUP BY originator_id, originator_version / 64 "
-    "ORDER BY originator_id, originator_version / 64) TO STDOUT (FORMAT BINARY)"
-)
-"""How scans read a stream's rows: up to 64 in one message, as five arrays.
-
-Reading rows one by one, psycopg spends about 2 µs of client CPU a row (a message, a
-generator step and a tuple each), as much as verify's hashing and decoding together.
-Grouped, the client's share halves and the server's grows by a quarter of that (it
-sorts each stream's rows by their group: a stream's rows are already in order, but the
-planner cannot know it): verify with one worker checks 1M events with 10-12% less CPU
-in all, 16-25% faster. Groups of 64 rows, not whole streams, bound what the server
-holds for one group whatever a stream's length.
-"""
-
-_SCAN_PLAN = ("SET LOCAL max_parallel_workers_per_gather = 0; "
-              "SET LOCAL random_page_cost = 1.1; SET LOCAL jit = off")
-"""How verify's scan of streams is planned: along the primary key, in one process.
-
-Verify already splits the log between processes, one per CPU, each reading a range
-of stream ids in stream order. With the default costs (pages as if read from a
-spinning disk) PostgreSQL plans a range as a bitmap heap scan, a sort that spills
-to disk, and parallel workers that compete with ours for the same CPUs. Read as an
-index scan, the ranges of a 1M-event store cost the server 1.75 s of CPU against
-2.4-3.2 s; with that (and verify's smaller ranges) verify with 2 workers on a freshly
-ingested 1M-event store went from 130-152k to 224-239k events/s on 2 cores. JIT
-compiling a whole-log scan does not pay either.
-"""
 
 _SLICE_PLAN = "SET LOCAL enable_sort = off"
 """How a part of a shared rebuild reads its streams' entries: along the log's index.
