@@ -110,6 +110,8 @@ class LongLine:
         """The line's bytes, ``size`` at a time (the last piece may be shorter)."""
         file = self._file
         if file is None:
+            if self._size == 0:  # nothing but its ending (a run of carriage returns)
+                return
             raise ValueError("the bytes of this line were not kept")
         try:
             file.seek(0)

@@ -226,10 +226,10 @@ def _raw_lines(src: str, offset: int = 0, line: int = 0, keep_long: bool = True
         size = 0  # blank lines count towards the next line's bytes (progress stays exact)
         at = stored.tell() if counted else 0
 
-        def took(size: int) -> int:  # of the source as stored: compressed bytes since the last
+        def took(nbytes: int) -> int:  # of the source as stored: compressed bytes since the last
             nonlocal at
             if not counted:
-                return size
+                return nbytes
             before, at = at, stored.tell()
             return at - before
 

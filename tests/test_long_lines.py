@@ -73,7 +73,8 @@ def read_pieces(data: bytes, limit: int, *, keep: bool = True
 
 
 line_bytes = st.lists(st.sampled_from([b"a", b" ", b"\r", b"\xc3\xa9", b"\xf0\x9f\x98\x80",
-                                       b"\xc3", b"\xff", b'"', b"\\", b"\x01", BOM]),
+                                       b"\xc3", b"\xff", b'"', b"\\", b"\x01", BOM,
+                                       b"\r" * 17, b" " * 17]),
                       max_size=60).map(b"".join)
 
 
@@ -112,6 +113,16 @@ def test_the_bytes_of_a_line_beyond_the_limit_are_dropped_when_not_kept() -> Non
                                                       (2, b"y" * 30, 31, False)]
         assert read_pieces(data, 120, keep=False) == [(1, b"x" * 100, 102, False),
                                                        (2, b"y" * 30, 31, False)]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_long_line_of_nothing_but_line_endings_is_blank(keep: bool) -> None:
+    """A long run of carriage returns is all ending: blank, skipped, its bytes counted
+    towards the next line (it once had no bytes to read back)."""
+    data = b"\r" * 40 + b"\n" + b"\r" * 40 + b"\r\n" + b"y" * 3 + b"\n"
+    with small_pieces():
+        assert read_pieces(data, 50, keep=keep) == [(3, b"yyy", len(data), False)]
+        assert reference(data, 50) == [(3, b"yyy", len(data), False)]
 
 
 def test_a_reject_entry_for_a_long_line_is_the_entry_for_its_bytes(tmp_path: Path) -> None:
