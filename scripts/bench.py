@@ -7,6 +7,7 @@ PostgreSQL figures, raw baselines included, all use one throwaway cluster
 
     python scripts/bench.py --events 1000000 --backend both --json bench.json
     python scripts/bench.py --only rss --rss-gb 2
+    python scripts/bench.py --only large --backend both
     python scripts/bench.py --events 1000000 --backend both \
         --only rebuild,queries,ingest_projections --json bench-proj.json
 """
@@ -47,6 +48,7 @@ from psycopg import sql as pgsql
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed or not
 
+import bench_large  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_replay  # noqa: E402
 import rawdb  # noqa: E402
@@ -69,8 +71,9 @@ INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one 
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
 SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
-            "replay", "backtest", "memory")
+            "replay", "backtest", "memory", "large")
 MEMORY_WRITES = 20_000  # the memory section's writes to one scope
+LARGE_EVENTS = 500  # the large section's events of 1 MiB, in one trace
 LIBRARY_DIRS = ("ledger", "projections", "replay")
 NOTES: dict[str, str] = {}  # observations of the run, written to the JSON's meta
 STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections",
@@ -829,6 +832,42 @@ def bench_rss(gb: float, work: Path) -> list[Figure]:
                              total_mb, "MB", target="< 300 MB at 2 GB", passed=total_mb < 300)]
 
 
+def bench_large_events(backends: list[str], work: Path, cluster: PgCluster | None
+                       ) -> list[Figure]:
+    """Peak RSS of the CLI's ingest, rebuild, verify and export of one trace of
+    LARGE_EVENTS events of 1 MiB (``scripts/bench_large.py``), on each backend."""
+    path = work / "large.jsonl"
+    size = bench_large.write_trace(path, LARGE_EVENTS)
+    out = []
+    try:
+        for backend in backends:
+            say(f"{backend}: {LARGE_EVENTS} events of 1 MiB in one trace ...")
+            url = (f"sqlite:///{work}/large.db" if backend == "sqlite" or cluster is None
+                   else cluster.create_database("bench_large"))
+            found = bench_large.run_commands(url, path, work, partial(_measure, work=work))
+            for name, (secs, total_mb) in found.items():
+                out.append(Figure(f"{backend}: peak RSS of {name}, one trace of {LARGE_EVENTS} "
+                                  f"events of 1 MiB ({size / 1e6:,.0f} MB, {secs:.1f} s), "
+                                  "all its processes", total_mb, "MB", target="< 300 MB",
+                                  passed=total_mb < 300))
+    finally:
+        path.unlink(missing_ok=True)
+        (work / "large-export.jsonl").unlink(missing_ok=True)
+    return out
+
+
+def _measure(args: list[str], work: Path) -> tuple[float, float, float, int]:
+    """Run ``agentledger ARGS`` under the RSS probe: (seconds, peak RSS of its largest
+    process in MB, peak RSS of all its processes in MB, exit code)."""
+    with (work / "rss.out").open("wb") as stdout:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", _RSS_PROBE, str(work / "rss.usage"),
+                        entry_point(), *args], stdout=stdout, check=False)
+        secs = time.perf_counter() - start
+    maxrss_kib, returncode, total_kib = map(int, (work / "rss.usage").read_text().split())
+    return secs, maxrss_kib / 1024, total_kib / 1024, returncode  # KiB on Linux
+
+
 def _measure_ingest(path: Path, work: Path, expect: tuple[int, int, int]
                     ) -> tuple[float, float, float, int]:
     """Ingest ``path`` with the CLI in a fresh store: (seconds, peak RSS of the largest
@@ -837,16 +876,12 @@ def _measure_ingest(path: Path, work: Path, expect: tuple[int, int, int]
     for old in ("rss.db", "rss.db-wal", "rss.db-shm", "rss-rejects.jsonl"):
         (work / old).unlink(missing_ok=True)
     rejects = work / "rss-rejects.jsonl"
-    cmd = [entry_point(), "--store", f"sqlite:///{work / 'rss.db'}", "ingest", str(path),
-           "--reject-file", str(rejects), "--json"]
-    print(f"rss: {path.stat().st_size / 1e9:.2f} GB; running {' '.join(cmd)}", flush=True)
+    args = ["--store", f"sqlite:///{work / 'rss.db'}", "ingest", str(path),
+            "--reject-file", str(rejects), "--json"]
+    print(f"rss: {path.stat().st_size / 1e9:.2f} GB; running agentledger {' '.join(args)}",
+          flush=True)
     try:
-        with (work / "rss.out").open("wb") as stdout:
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", _RSS_PROBE, str(work / "rss.usage"), *cmd],
-                           stdout=stdout, check=False)
-            secs = time.perf_counter() - start
-        maxrss_kib, returncode, total_kib = map(int, (work / "rss.usage").read_text().split())
+        secs, peak_mb, total_mb, returncode = _measure(args, work)
         summary = orjson.loads((work / "rss.out").read_bytes())
         counts = (summary["accepted"], summary["duplicates"], summary["rejected"])
         if returncode != (3 if expect[2] else 0) or counts != expect:
@@ -862,7 +897,7 @@ def _measure_ingest(path: Path, work: Path, expect: tuple[int, int, int]
                 saved = tail - len(last) + last.rindex(b'","raw_encoding"') - raw_at
     finally:
         rejects.unlink(missing_ok=True)
-    return secs, maxrss_kib / 1024, total_kib / 1024, saved  # both in KiB on Linux
+    return secs, peak_mb, total_mb, saved
 
 
 # -- output -----------------------------------------------------------------------------
@@ -995,6 +1030,11 @@ def main(argv: list[str] | None = None) -> None:
             figures += bench_memory_states(backends, base / "memory", cluster)
         if "help" in args.only:
             figures += bench_help()
+        if "large" in args.only:
+            if "postgres" in backends and cluster is None:
+                cluster = PgCluster().start()
+            (base / "large").mkdir()
+            figures += bench_large_events(backends, base / "large", cluster)
         if "rss" in args.only:
             (base / "rss").mkdir()
             figures += bench_rss(args.rss_gb, base / "rss")
