@@ -42,7 +42,7 @@ from ledger.store import Store
 __all__ = ["STDIN", "STDIN_LABEL", "IngestSummary", "RejectSink", "check_sources", "ingest"]
 _RETRIES = 5
 DEFAULT_BATCH_SIZE = 5000  # events per transaction (10,000: 2 GB ingest peaked at 301 MB RSS)
-BATCH_BYTES = 16 * 2**20  # a batch also ends once its lines hold this many bytes
+BATCH_BYTES = 8 * 2**20  # a batch also ends once its lines hold this many bytes
 
 
 @dataclass

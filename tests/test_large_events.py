@@ -52,7 +52,7 @@ def test_an_ingest_batch_ends_once_its_lines_hold_batch_bytes(
 def test_projections_read_in_pages_of_read_bytes_give_the_same_views(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rebuild and a catch-up whose pages end at READ_BYTES fill the views as
+    """A rebuild and a catch-up whose pages end by bytes (ENTRY_BYTES) fill the views as
     pages of any count do; the pages are cut where the bytes say."""
     demo = tmp_path / "demo.jsonl"
     demo.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in demo_events()))
@@ -69,14 +69,14 @@ def test_projections_read_in_pages_of_read_bytes_give_the_same_views(
         return rows
 
     monkeypatch.setattr(store.backend, "read_log", spy)
-    monkeypatch.setattr(runner, "READ_BYTES", 3000)
-    Projector(store).rebuild(workers=1)
+    monkeypatch.setattr(runner, "ENTRY_BYTES", 30)  # pages of 100 entries: 3,000 bytes
+    Projector(store, batch_size=100).rebuild(workers=1)
     assert dump(store) == whole
     assert len(pages) > 10
     assert all(sum(page[:-1]) < 3000 <= sum(page) for page in pages[:-1])
     pages.clear()
     for projection in runner.NAMES:  # a catch-up from zero, page by page
-        Projector(store, [projection]).rebuild(workers=1)
+        Projector(store, [projection], batch_size=100).rebuild(workers=1)
     assert dump(store) == whole
 
 
@@ -87,7 +87,7 @@ def test_large_events_are_ingested_and_projected_in_bounded_memory(
     projections' catch-up allocate less than the input holds (with batches by count
     alone, all forty were held at once, several times over)."""
     monkeypatch.setattr(ingest_module, "BATCH_BYTES", 4 * 2**20)
-    monkeypatch.setattr(runner, "READ_BYTES", 4 * 2**20)
+    monkeypatch.setattr(runner, "ENTRY_BYTES", 4 * 2**20 // runner.CATCH_UP_BATCH)
     src = tmp_path / "in.jsonl"
     output = {"tool": "fetch", "args": {}, "success": True, "output": "é" * 2**19}
     write_lines(src, [ev("big")] + [tool("big", seq, output) for seq in range(2, 42)])

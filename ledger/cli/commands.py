@@ -53,7 +53,7 @@ def init(ctx: click.Context, as_json: bool) -> None:
 @click.option("--reject-file", type=click.Path(dir_okay=False),
               help="Where rejected lines go (JSONL). Default: rejected-<time>.jsonl here.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True,
-              help="Events per transaction (a batch also ends at 16 MiB of lines).")
+              help="Events per transaction (a batch also ends at 8 MiB of lines).")
 @click.option("--reorder", is_flag=True,
               help="Hold and reorder events by seq within each batch instead of rejecting gaps.")
 @click.option("--no-projections", is_flag=True,
