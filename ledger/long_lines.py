@@ -41,9 +41,8 @@ def read_long(fh: IO[bytes], text: bytes, *, limit: int, keep: bool = True, skip
     The line comes without its ending, as bytes when it has at most ``limit`` bytes,
     else as a :class:`LongLine` (whose bytes are dropped unless ``keep``).
     """
-    line = LongLine(limit=None if keep else limit)
+    line = LongLine(limit=None if keep else limit, taken=skip)
     try:
-        line.taken = skip
         line.add(text[skip:])
         while (text := fh.readline(PIECE)):
             line.add(text)
@@ -66,14 +65,14 @@ class LongLine:
     bytes are dropped once there are more than that (its size is still counted).
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | None = None, *, taken: int = 0) -> None:
         self._limit = limit
         self._file: IO[bytes] | None = None
         self._dropped = False  # beyond the limit: the bytes are no longer kept
         self._size = 0  # bytes kept or counted, without the ending
         self._crs = 0  # carriage returns read last: the ending, unless more of the line follows
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self.taken = 0
+        self.taken = taken  # bytes read for it so far (a byte order mark before it counts)
         self.utf8 = True
         self.blank = True
 
