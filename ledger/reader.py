@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,13 +62,26 @@ def event_json(record: dict[str, Any]) -> dict[str, Any]:
 
 def get_trace(store: Store, tenant: str, trace_id: str) -> TraceView:
     """A trace of a tenant, or NotFoundError."""
+    summary = trace_summary(store, tenant, trace_id)
+    return TraceView(summary, list(iter_records(store, tenant, trace_id)))
+
+
+def trace_summary(store: Store, tenant: str, trace_id: str) -> TraceSummary:
+    """The catalog's summary of a trace of a tenant, or NotFoundError."""
     sid = chain.trace_stream_id(tenant, trace_id)
     head = store.backend.load_heads([sid]).get(sid)
     if head is None:
         raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
-    records = [chain.decode_stored(e.state, tenant=tenant, name=trace_id, seq=e.originator_version)
-               for e in store.backend.read_stream(sid)]
-    return TraceView(TraceSummary.from_head(head), records)
+    return TraceSummary.from_head(head)
+
+
+def iter_records(store: Store, tenant: str, trace_id: str) -> Iterator[dict[str, Any]]:
+    """A trace's stored records in seq order, decoded one at a time as they are read
+    (a trace of large events is never held whole); UnreadableRecordError names one
+    that is not a record."""
+    sid = chain.trace_stream_id(tenant, trace_id)
+    for row in store.backend.iter_rows([sid]):
+        yield chain.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version)
 
 
 def list_traces(

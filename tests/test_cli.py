@@ -285,6 +285,39 @@ def test_an_unusable_postgres_store_fails_at_once_with_the_servers_reason(
     assert time.monotonic() - started < 2.5
 
 
+@pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": [1, {"b": "x\ny"}]}, 2**100, "z"]])
+@pytest.mark.parametrize("at", ["first", "middle", "last"])
+def test_a_list_printed_an_item_at_a_time_is_the_document_printed_whole(
+    items: list[Any], at: str, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """emit_json_list gives the very bytes emit_json gives for the same document, the
+    list wherever its key stands (a line break inside a string is escaped, and an
+    integer beyond 64 bits written by the stdlib), with an empty list too."""
+    from ledger.cli.common import emit_json, emit_json_list
+
+    head = {"first": {"events": 0}, "middle": {"x": 1, "events": 0, "y": "s"},
+            "last": {"x": [1], "events": 0}}[at]
+    emit_json({**head, "events": items})
+    whole = capsysbinary.readouterr().out
+    emit_json_list(head, "events", iter(items))
+    assert capsysbinary.readouterr().out == whole
+
+
+def test_trace_show_json_is_the_trace_printed_whole(
+    store_url: str, demo_file: Path, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    """trace show --json, written a record at a time, prints what the whole view gives."""
+    from ledger.cli.common import emit_json
+    from ledger.reader import get_trace
+    from ledger.store import Store
+
+    run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))
+    code, out, _ = run(store_url, "trace", "show", "crm-export", "--tenant", "acme", "--json")
+    with Store.open(store_url) as store:
+        emit_json(get_trace(store, "acme", "crm-export").as_json())
+    assert code == 0 and out.encode() == capsysbinary.readouterr().out
+
+
 def test_trace_show_json_fields(store_url: str, demo_file: Path, tmp_path: Path) -> None:
     """trace show --json gives the trace's status and its events in seq order."""
     run(store_url, "ingest", str(demo_file), "--reject-file", str(tmp_path / "r.jsonl"))

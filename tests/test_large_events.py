@@ -150,3 +150,26 @@ def test_postgres_groups_are_given_out_in_version_order(large: list[bool]) -> No
     assert [r for run in runs for r in run] == rows
     assert all(len({r[0] for r in run}) == 1 for run in runs)
     assert all(sum(r[4] == b"L" for r in run) <= 1 for run in runs)
+
+
+def test_trace_show_reads_a_trace_of_large_events_a_record_at_a_time(
+    store_url: str, tmp_path: Path
+) -> None:
+    """The timeline of forty events of 1 MiB is written holding a fraction of them
+    (all the records were decoded and held first)."""
+    from clirun import run
+
+    src = tmp_path / "in.jsonl"
+    output = {"tool": "fetch", "args": {}, "success": True, "output": "é" * 2**19}
+    write_lines(src, [ev("big")] + [tool("big", seq, output) for seq in range(2, 42)])
+    with Store.open(store_url) as store:
+        ingest(store, [str(src)], reject_file=str(tmp_path / "r.jsonl"))
+    tracemalloc.start()
+    try:
+        code, out, err = run(store_url, "trace", "show", "big", "--tenant", "default")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0, err
+    assert len(out.splitlines()) == 2 + 41 and "fetch ok" in out
+    assert peak < 20 * 2**20, f"peak {peak:,} bytes of Python allocations"

@@ -15,6 +15,7 @@ from ledger.cli.common import (
     EXIT_PROBLEMS,
     EXIT_REJECTED,
     emit_json,
+    emit_json_list,
     handle_errors,
     is_terminal,
     json_option,
@@ -171,16 +172,18 @@ def trace() -> None:
 @handle_errors
 def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, as_json: bool) -> None:
     """Show one trace's events in order (tenant defaults to 'default')."""
-    from ledger.cli.timeline import render_timeline
+    from ledger.cli.timeline import timeline_lines
     from ledger.events import DEFAULT_TENANT
-    from ledger.reader import get_trace
+    from ledger.reader import event_json, iter_records, trace_summary
 
-    with open_store(ctx) as store:
-        view = get_trace(store, tenant or DEFAULT_TENANT, trace_id)
-    if as_json:
-        emit_json(view.as_json())
-    else:
-        click.echo(render_timeline(view, color=sys.stdout.isatty()))
+    with open_store(ctx) as store:  # a record at a time, as read: a trace is never held
+        summary = trace_summary(store, tenant or DEFAULT_TENANT, trace_id)
+        records = iter_records(store, summary.tenant, summary.trace_id)
+        if as_json:
+            emit_json_list(summary.as_json(), "events", map(event_json, records))
+        else:
+            lines = list(timeline_lines(summary, records, color=sys.stdout.isatty()))
+            click.echo("\n".join(lines))
 
 
 @trace.command("list")

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -160,20 +160,45 @@ def open_store(ctx: click.Context, *, writes: str | None = None) -> Iterator[Sto
 
 
 def emit_json(value: Any) -> None:
-    """Print a JSON document (UTF-8, indented) to stdout.
+    """Print a JSON document (UTF-8, indented) to stdout."""
+    sys.stdout.buffer.write(_indented(value) + b"\n")
+    sys.stdout.flush()
 
-    Integers beyond 64 bits and events nested to the contract's limit inside the
-    document's own levels are beyond orjson: the stdlib writes those, exactly."""
+
+def emit_json_list(head: dict[str, Any], key: str, items: Iterable[Any]) -> None:
+    """Print ``{**head, key: [*items]}`` as :func:`emit_json` does, taking the items
+    one at a time: the document is put together in a temporary file (on disk past
+    8 MiB) and printed once complete, so an error part-way prints nothing."""
+    import shutil
+    import tempfile
+
+    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as out:
+        whole = _indented({**head, key: []})  # the list where the key stands in ``head``
+        mark = b"\n  " + _indented(key) + b": []"  # only a key can start a line so
+        at = whole.index(mark) + len(mark) - 1
+        out.write(whole[:at])
+        count = 0
+        for count, item in enumerate(items, 1):
+            out.write((b"\n" if count == 1 else b",\n") + b"    "
+                      + _indented(item).replace(b"\n", b"\n    "))
+        out.write((b"\n  " if count else b"") + whole[at:] + b"\n")
+        out.seek(0)
+        shutil.copyfileobj(out, sys.stdout.buffer)
+    sys.stdout.flush()
+
+
+def _indented(value: Any) -> bytes:
+    """``value`` as indented JSON. Integers beyond 64 bits and events nested to the
+    contract's limit inside the document's own levels are beyond orjson: the stdlib
+    writes those, exactly. Neither writes a line break inside a string."""
     import orjson
 
     try:
-        text = orjson.dumps(value, option=orjson.OPT_INDENT_2)
+        return orjson.dumps(value, option=orjson.OPT_INDENT_2)
     except TypeError:
         import json
 
-        text = json.dumps(value, indent=2, ensure_ascii=False).encode()
-    sys.stdout.buffer.write(text + b"\n")
-    sys.stdout.flush()
+        return json.dumps(value, indent=2, ensure_ascii=False).encode()
 
 
 def is_terminal() -> bool:

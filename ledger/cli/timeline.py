@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
 
 from ledger.cli.common import printable
 from ledger.payloads import is_failure_point
-from ledger.reader import TraceView
+from ledger.reader import TraceSummary, TraceView
 
 
 def summarize(event: str, payload: dict[str, Any]) -> str:
@@ -49,13 +50,19 @@ def summarize(event: str, payload: dict[str, Any]) -> str:
 
 def render_timeline(view: TraceView, *, color: bool) -> str:
     """The trace header and one line per event; failures marked (red on a terminal)."""
-    s = view.summary
+    return "\n".join(timeline_lines(view.summary, view.records, color=color))
+
+
+def timeline_lines(s: TraceSummary, records: Iterable[dict[str, Any]], *,
+                   color: bool) -> Iterator[str]:
+    """:func:`render_timeline`'s lines, a record at a time."""
     status = s.status.upper()
     if color:
         status = click.style(status, fg="red" if s.status == "terminated" else "green")
-    lines = [printable(f"trace {s.trace_id}  tenant {s.tenant}  owner {s.agent_owner}  ")
-             + f"{status}  {s.events} events  {s.first_ts or ''} .. {s.last_ts or ''}", ""]
-    for r in view.records:
+    yield (printable(f"trace {s.trace_id}  tenant {s.tenant}  owner {s.agent_owner}  ")
+           + f"{status}  {s.events} events  {s.first_ts or ''} .. {s.last_ts or ''}")
+    yield ""
+    for r in records:
         failed = is_failure_point(r["event"], r["payload"])
         scope = ""
         if r["event"] == "CALLBACK_MEMORY_WRITE":
@@ -67,5 +74,4 @@ def render_timeline(view: TraceView, *, color: bool) -> str:
             f"{r['executed_by']:<12} {summarize(r['event'], r['payload'])}{scope}")
         if color and failed:
             text = click.style(text, fg="red")
-        lines.append(text.rstrip())
-    return "\n".join(lines)
+        yield text.rstrip()
