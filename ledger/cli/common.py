@@ -174,7 +174,7 @@ def emit_json_list(head: dict[str, Any], key: str, items: Iterable[Any]) -> None
 
     with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as out:
         whole = _indented({**head, key: []})  # the list where the key stands in ``head``
-        mark = b"\n  " + _indented(key) + b": []"  # only a key can start a line so
+        mark = b"\n  " + _indented(key) + b": []"  # strings hold no line break: a key
         at = whole.index(mark) + len(mark) - 1
         out.write(whole[:at])
         count = 0
