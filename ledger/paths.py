@@ -38,6 +38,29 @@ def file_problem(path: str, use: Use = "append") -> str | None:
     return None
 
 
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8: no lone surrogates, which is how Python
+    holds the bytes of a command-line argument or file name that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(path: str) -> str:
+    """``path`` as text to print or put in JSON. A file name may be any bytes; those
+    that are not UTF-8 are shown escaped (``caf\\xe9.jsonl`` for the Latin-1 name
+    ``café.jsonl``), so the name can be written out and still tells the file."""
+    if is_utf8(path):
+        return path
+    try:
+        raw = path.encode("utf-8", "surrogateescape")  # the name's bytes, as given
+    except UnicodeEncodeError:  # a surrogate no bytes decode to (made in Python)
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 

@@ -26,6 +26,7 @@ from ledger.chain import may_hold_big_int
 from ledger.errors import InputError, ValidationError
 from ledger.events import DEFAULT_TENANT, TraceEvent, too_large, validate_line
 from ledger.long_lines import UTF8_BOM, LongLine
+from ledger.paths import shown
 from ledger.strict_json import decode_json
 
 STDIN = "-"
@@ -82,7 +83,7 @@ def input_size(src: str) -> int:
 
 def label(src: str) -> str:
     """How a source is named in reject files and errors."""
-    return STDIN_LABEL if src == STDIN else src
+    return STDIN_LABEL if src == STDIN else shown(src)
 
 
 def read_lines(sources: Sequence[str], progress: Callable[[int], None] | None = None, *,

@@ -13,7 +13,7 @@ from types import TracebackType
 
 from ledger.backends.base import Backend
 from ledger.errors import UsageError
-from ledger.paths import file_problem
+from ledger.paths import file_problem, is_utf8, shown
 
 DEFAULT_URL = "sqlite:///agentledger.db"
 URL_ENV = "AGENTLEDGER_STORE"
@@ -41,6 +41,9 @@ def open_backend(url: str) -> Backend:
         return SQLiteBackend(path, url=url)
     if url.startswith(("postgresql://", "postgres://")):
         from ledger.backends.postgres import PostgresBackend
+
+        if not is_utf8(url):  # a file name may be any bytes; a connection string may not
+            raise UsageError(f"PostgreSQL URL '{shown(url)}' is not valid UTF-8")
 
         return PostgresBackend(url)
     raise UsageError(

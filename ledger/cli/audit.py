@@ -12,10 +12,12 @@ import click
 
 from ledger.cli.common import (
     EXIT_PROBLEMS,
+    LIMIT,
     emit_json,
     handle_errors,
     json_option,
     open_store,
+    printable,
     table,
     tenant_option,
 )
@@ -37,7 +39,7 @@ def audit_group() -> None:
 @click.option("--trace", "trace_id", metavar="ID", help="Only this trace.")
 @click.option("--since", metavar="TIME", help="At or after this time (RFC 3339 or date).")
 @click.option("--until", metavar="TIME", help="At or before this time.")
-@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@click.option("--limit", type=LIMIT, help="At most this many rows.")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV (a header row, then rows).")
 @click.pass_context
@@ -136,8 +138,8 @@ def audit_export(ctx: click.Context, out: str, tenant: str, since: str | None,
         state = "every record verifies" if summary.verified_ok else click.style(
             f"ALTERED: {summary.problems} problem(s), {summary.events_not_ok} exported "
             "event(s) affected", fg="red")
-        click.echo(f"Wrote {summary.events:,} events of {summary.traces:,} traces and "
-                   f"{summary.findings:,} findings of tenant {tenant!r} to {summary.path} "
-                   f"({state}).")
+        click.echo(printable(f"Wrote {summary.events:,} events of {summary.traces:,} traces "
+                             f"and {summary.findings:,} findings of tenant {tenant!r} to "
+                             f"{summary.path} ({state})."))
     if not summary.verified_ok:
         sys.exit(EXIT_PROBLEMS)

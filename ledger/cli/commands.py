@@ -14,6 +14,7 @@ import click
 from ledger.cli.common import (
     EXIT_PROBLEMS,
     EXIT_REJECTED,
+    LIMIT,
     emit_json,
     emit_json_list,
     handle_errors,
@@ -44,13 +45,13 @@ def init(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json({"store": backend.url, "schema_version": version, "applied": applied})
     elif applied:
-        click.echo(f"Initialized {backend.url} (schema version {version}).")
+        click.echo(printable(f"Initialized {backend.url} (schema version {version})."))
     else:
-        click.echo(f"{backend.url} is up to date (schema version {version}).")
+        click.echo(printable(f"{backend.url} is up to date (schema version {version})."))
 
 
 @click.command()
-@click.argument("files", nargs=-1, required=True)
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--reject-file", type=click.Path(dir_okay=False),
               help="Where rejected lines go (JSONL). Default: rejected-<time>.jsonl here.")
 @click.option("--batch-size", type=click.IntRange(1, 1_000_000), default=5000, show_default=True,
@@ -99,7 +100,7 @@ def ingest(ctx: click.Context, files: tuple[str, ...], reject_file: str | None,
             line += f"  findings {summary.findings:,}"
         click.echo(line)
         if summary.reject_file:
-            click.echo(f"Rejected lines saved to {summary.reject_file}")
+            click.echo(printable(f"Rejected lines saved to {summary.reject_file}"))
     if summary.rejected:
         sys.exit(EXIT_REJECTED)
 
@@ -191,7 +192,7 @@ def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, as_json: b
 @click.option("--status", type=click.Choice(["active", "terminated"]))
 @click.option("--since", help="Only traces active at or after this time (RFC 3339 or date).")
 @click.option("--until", help="Only traces started at or before this time.")
-@click.option("--limit", type=click.IntRange(1), help="At most this many traces.")
+@click.option("--limit", type=LIMIT, help="At most this many traces.")
 @json_option
 @click.pass_context
 @handle_errors

@@ -77,6 +77,31 @@ def workers_option(shared: str, note: str = "") -> Callable[[Callable[P, R]], Ca
     )
 
 
+class Text(click.types.StringParamType):
+    """A name or value compared with what the ledger stores (every plain text parameter
+    but a file's: :func:`ledger.cli.main` gives them this type). Text the ledger could
+    not store matches nothing in it, so it is a usage error naming the parameter
+    (exit 2): bytes that are not UTF-8, which a shell passes on as they are (Python
+    holds them as lone surrogates), or the NUL character."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        from ledger.paths import is_utf8
+
+        text = super().convert(value, param, ctx)
+        if not is_utf8(text):
+            self.fail(f"'{printable(text)}' is not valid UTF-8", param, ctx)
+        if "\x00" in text:
+            self.fail(f"'{printable(text)}' holds the NUL character", param, ctx)
+        return text
+
+
+TEXT = Text()
+LIMIT = click.IntRange(1, 2**63 - 1)  # a row count the stores take (64-bit)
+
+
 def tenant_option(required: bool = True) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """``--tenant T``: the isolation boundary no command crosses."""
     return click.option(
@@ -116,7 +141,7 @@ def handle_errors(f: Callable[P, R]) -> Callable[P, R]:
             if os.environ.get("AGENTLEDGER_DEBUG"):
                 raise
             where = f": {exc.filename}" if exc.filename else ""
-            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            click.echo(f"Error: {printable(f'{exc.strerror or exc}{where}')}", err=True)
             _discard_stdout()
             sys.exit(EXIT_INTERNAL)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
@@ -198,7 +223,24 @@ def _indented(value: Any) -> bytes:
     except TypeError:
         import json
 
-        return json.dumps(value, indent=2, ensure_ascii=False).encode()
+        try:
+            return json.dumps(value, indent=2, ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a file name that is not UTF-8 (stored text always is)
+            return _indented(_shown_names(value))
+
+
+def _shown_names(value: Any) -> Any:
+    """``value`` with every string :func:`ledger.paths.shown`: file names (an output
+    path, an input's name) are the only strings of a document that may not be UTF-8."""
+    from ledger.paths import shown
+
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {shown(k): _shown_names(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_shown_names(v) for v in value]
+    return value
 
 
 def is_terminal() -> bool:
@@ -207,8 +249,9 @@ def is_terminal() -> bool:
 
 
 _BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"  # marks, embeddings, overrides, isolates
-_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
-_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}]")
+_NOT_UTF8 = "\ud800-\udfff"  # lone surrogates: bytes of a file name that are not UTF-8
+_UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}{_NOT_UTF8}]")
+_UNSAFE_BUT_NEWLINE = re.compile(f"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI}{_NOT_UTF8}]")
 
 
 def printable(text: str, *, newlines: bool = False) -> str:
@@ -216,11 +259,20 @@ def printable(text: str, *, newlines: bool = False) -> str:
     carriage returns, bells) and bidirectional overrides are shown as escapes
     (``\\x1b``, ``\\r``, ``\\u202e``), never acted on. Agents and the pages their
     tools read choose this text; an auditor's screen must show it, not obey it.
-    ``newlines`` keeps line breaks (a multi-line message)."""
+    ``newlines`` keeps line breaks (a multi-line message). A file name's bytes that
+    are not UTF-8 are shown as :func:`ledger.paths.shown` shows them (``\\xe9``)."""
     unsafe = _UNSAFE_BUT_NEWLINE if newlines else _UNSAFE
     if unsafe.search(text) is None:
         return text
-    return unsafe.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return unsafe.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    from ledger.paths import shown
+
+    char = match.group()
+    return shown(char) if "\ud800" <= char <= "\udfff" else (
+        char.encode("unicode_escape").decode("ascii"))
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ledger.cli.common import handle_errors, open_store, table
+from ledger.cli.common import handle_errors, open_store, printable, table
 
 if TYPE_CHECKING:
     from ledger.store import Store
@@ -45,9 +45,9 @@ def demo(ctx: click.Context, out_dir: str) -> None:
     rejects.unlink(missing_ok=True)
 
     with open_store(ctx, writes="ingest the demo into it") as store:
-        click.echo(f"Store: {store.url}\n")
+        click.echo(printable(f"Store: {store.url}") + "\n")
         _heading("1. Ingest")
-        click.echo(f"$ agentledger ingest {source} --reject-file {rejects}")
+        click.echo(printable(f"$ agentledger ingest {source} --reject-file {rejects}"))
         attach_views(store)  # the read models follow the ingest (sections 6 and 7)
         summary = ingest(store, [str(source)], reject_file=str(rejects))
         click.echo(f"accepted {summary.accepted}  duplicates {summary.duplicates}  rejected "

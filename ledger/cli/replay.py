@@ -55,9 +55,10 @@ class ReplayGroup(click.Group):
 def policy_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``replay`` and ``backtest`` share: policy, outcome sources, who and why."""
     for option in reversed((
-        click.option("--policy", "policy_path", required=True, metavar="FILE",
+        click.option("--policy", "policy_path", required=True, type=click.Path(),
+                     metavar="FILE",
                      help="The policy to replay under (.json, .yaml or .yml)."),
-        click.option("--outcomes", "outcomes_path", metavar="FILE",
+        click.option("--outcomes", "outcomes_path", type=click.Path(), metavar="FILE",
                      help="Scripted tool outcomes ({tool: outcome | [outcome, ...]})."),
         click.option("--tools", metavar="MODULE:NAME",
                      help="Live tools: a mapping of tool names to callables, called now."),

@@ -16,6 +16,7 @@ import click
 
 from ledger.cli.common import (
     EXIT_PROBLEMS,
+    LIMIT,
     emit_json,
     handle_errors,
     is_terminal,
@@ -372,7 +373,7 @@ def memory_history(ctx: click.Context, tenant: str, trace_id: str, scope: str | 
 @click.option("--trace", "trace_id", metavar="ID", help="Only this trace.")
 @click.option("--since", metavar="TIME", help="At or after this time (RFC 3339 or date).")
 @click.option("--until", metavar="TIME", help="At or before this time.")
-@click.option("--limit", type=click.IntRange(1), help="At most this many rows.")
+@click.option("--limit", type=LIMIT, help="At most this many rows.")
 @json_option
 @click.pass_context
 @handle_errors
