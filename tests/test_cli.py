@@ -285,6 +285,37 @@ def test_an_unusable_postgres_store_fails_at_once_with_the_servers_reason(
     assert time.monotonic() - started < 2.5
 
 
+def test_every_libpq_parameter_of_a_postgres_url_applies_to_every_connection(
+        postgres_url: str) -> None:
+    """``sslmode``, ``application_name`` and the rest reach the first connection and
+    the pool's. They were dropped: ``sslmode=require`` (or ``verify-full``) connected
+    to a server without SSL, or without checking its certificate, saying nothing."""
+    from ledger.store import Store
+
+    code, _, err = run(postgres_url + "&sslmode=require", "trace", "list", "--tenant", "t")
+    assert code == 1
+    assert "server does not support SSL, but SSL was required" in err
+    with Store.open(postgres_url + "&application_name=ledger-probe") as store, \
+            store.backend.datastore.get_connection() as conn:  # type: ignore[attr-defined]
+        assert conn.execute("SHOW application_name").fetchone() == {
+            "application_name": "ledger-probe"}
+
+
+@pytest.mark.parametrize("url", ["postgresql://[bad", "postgresql://u:pw@[bad/x"])
+def test_a_postgres_url_urllib_cannot_split_exits_2(url: str) -> None:
+    code, _, err = run(url, "trace", "list", "--tenant", "t")
+    assert code == 2
+    assert "invalid PostgreSQL URL" in err and "Invalid IPv6 URL" in err
+    assert "pw" not in err
+
+
+def test_a_password_given_as_a_url_parameter_is_not_shown(pg_cluster: Any) -> None:
+    url = pg_cluster.url_for("no_such_db") + "?password=s3cret&sslmode=disable"
+    code, _, err = run(url, "trace", "list", "--tenant", "t")
+    assert code == 1
+    assert "password=***&sslmode=disable" in err and "s3cret" not in err
+
+
 @pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": [1, {"b": "x\ny"}]}, 2**100, "z"]])
 @pytest.mark.parametrize("at", ["first", "middle", "last"])
 def test_a_list_printed_an_item_at_a_time_is_the_document_printed_whole(

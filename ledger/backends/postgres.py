@@ -19,7 +19,7 @@ import psycopg
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import tuple_row
 
 from ledger.backends import catalog, postgres_scan
@@ -38,9 +38,20 @@ _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
+_NAMED = ("dbname", "host", "port", "user", "password")  # what eventsourcing is given by name
+
+
 def parse_url(url: str) -> dict[str, Any]:
-    """Connection settings from ``postgresql://user:pw@host:port/db?schema=s``."""
-    parts = urlsplit(url)
+    """Connection settings from ``postgresql://user:pw@host:port/db?schema=s&...``.
+
+    Every other parameter libpq takes (``sslmode``, ``sslrootcert``,
+    ``target_session_attrs``, ``application_name``, ...) is kept in ``extra`` and
+    applies to every connection: dropping ``sslmode=verify-full`` would connect
+    without checking the server's certificate."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": a "[" with no "]"
+        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
     query = dict(parse_qsl(parts.query))
     schema = query.pop("schema", "public")
     if not _PLAIN_NAME.fullmatch(schema):  # eventsourcing names its types unquoted
@@ -58,6 +69,7 @@ def parse_url(url: str) -> dict[str, Any]:
         "user": info.get("user") or "postgres",
         "password": info.get("password") or "",
         "schema": schema,
+        "extra": {k: v for k, v in info.items() if k not in _NAMED},
     }
 
 
@@ -81,6 +93,8 @@ class PostgresBackend(Backend):
                 connect_timeout=CONNECT_TIMEOUT, pool_size=2, max_overflow=4, lock_timeout=30,
                 idle_in_transaction_session_timeout=300,
             )
+            if settings["extra"]:  # the pool's conninfo, under the named settings
+                self.datastore.pool.conninfo = make_conninfo("", **settings["extra"])
             self.recorder = LedgerPostgresRecorder(self.datastore)
         except PersistenceError as exc:
             raise StoreError(f"cannot open PostgreSQL store {_redact(url)}: {exc}") from exc
@@ -307,11 +321,11 @@ def _check_reachable(url: str, settings: dict[str, Any]) -> str | None:
     fails at once in the server's own words (the pool would retry for its whole
     timeout, then say only that it got no connection). Return why the store is
     read-only to this login (``Backend.read_only``), or None."""
-    keys = ("dbname", "host", "port", "user", "password")
     events = sql.Identifier(settings["schema"], catalog.EVENTS_TABLE).as_string()
+    params = {"connect_timeout": CONNECT_TIMEOUT, **settings["extra"],
+              **{k: settings[k] for k in _NAMED}}
     try:
-        with psycopg.connect(connect_timeout=CONNECT_TIMEOUT,
-                             **{k: settings[k] for k in keys}) as conn:
+        with psycopg.connect(**params) as conn:
             row = conn.execute(_READ_ONLY, (events, events)).fetchone()
     except psycopg.Error as exc:
         reason = " ".join(str(exc).split())  # libpq's message spans lines and tabs
@@ -333,8 +347,15 @@ _READ_ONLY = (  # a standby; read-only sessions; the events table there and not 
 
 
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+    """``url`` with its password shown as ``***``, given before the host or as a
+    parameter (``?password=``)."""
+    url = _PASSWORD_PARAMETER.sub(r"\1***", url)
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL urllib can split: hide whatever could be one
+        return _USER_INFO.sub(r"\1***@", url)
+    return url.replace(":" + password + "@", ":***@", 1) if password else url
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*")
+_USER_INFO = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")
