@@ -14,6 +14,7 @@ import base64
 import gc
 import itertools
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
@@ -65,14 +66,18 @@ class RejectSink:
     """Appends rejected lines to a JSONL file, created on the first rejection.
 
     A write the system refuses (a full disk) raises :class:`OutputError`: the ingest
-    stops there. A re-run of the same input rejects the same lines again, so from a
-    file nothing is lost (from stdin, what was not yet stored or saved is).
+    stops there, and the entry it was writing is cut off the file, so the file holds
+    whole entries only. A re-run of the same input rejects the same lines again, so
+    from a file nothing is lost (from stdin, what was not yet stored or saved is). A
+    file that an ingest killed mid-entry left without its final line break gets one
+    before the next entry, so that entry is not joined to the broken one.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fh: IO[bytes] | None = None
         self._last = ""  # the last line written, for the error if saving it fails
+        self._ends: list[int] = []  # where the file ends after each entry since a flush
 
     def write(self, source: str, line: int, reason: str, raw: bytes | LongLine,
               context: dict[str, Any] | None = None) -> None:
@@ -96,19 +101,35 @@ class RejectSink:
         self._put(itertools.chain([head, b',"raw":'], raw.json_string(), [b",", tail, b"\n"]))
 
     def _put(self, pieces: Iterable[bytes]) -> None:
+        """Append one entry, given in pieces."""
         try:
             if self._fh is None:
-                self._fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+                self._fh = self._open()
             for piece in pieces:
                 self._fh.write(piece)
+            if self._ends:
+                self._ends.append(self._fh.tell())
         except OSError as exc:
             raise self._failed(exc) from None
+
+    def _open(self) -> IO[bytes]:
+        fh = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a pipe or a device
+            return fh  # written as it comes: nothing to sync, or to cut off
+        end = fh.tell()
+        if end and not _ends_a_line(self.path, end):  # an entry cut off by a killed ingest
+            fh.write(b"\n")
+            end += 1
+        self._ends = [end]
+        return fh
 
     def flush(self) -> None:
         if self._fh is not None:
             try:
                 self._fh.flush()
-                os.fsync(self._fh.fileno())
+                if self._ends:  # a file (a pipe cannot be synced: EINVAL)
+                    os.fsync(self._fh.fileno())
+                    self._ends = self._ends[-1:]
             except OSError as exc:
                 raise self._failed(exc) from None
 
@@ -122,14 +143,30 @@ class RejectSink:
 
     def _failed(self, exc: OSError) -> OutputError:
         if self._fh is not None:  # what is left in its buffer cannot be written either
+            fh, self._fh = self._fh, None
             with suppress(OSError):
-                self._fh.close()
-            self._fh = None
+                if self._ends:  # a file: the entry being written may be cut short
+                    written = os.fstat(fh.fileno()).st_size
+                    os.ftruncate(fh.fileno(), max((e for e in self._ends if e <= written),
+                                                     default=written))
+            with suppress(OSError, ValueError):
+                getattr(fh, "raw", fh).close()  # its buffer is dropped, not written after
+                fh.close()
         return OutputError(
             f"cannot write the reject file {self.path} ({exc.strerror or exc}): the ingest "
             f"stopped while saving rejected lines (the last: {self._last or 'none'}); what "
             "it stored is kept, and running the same ingest again once the file can be "
             "written saves the rejected lines and stores the rest")
+
+
+def _ends_a_line(path: str, size: int) -> bool:
+    """Whether the file's ``size`` bytes end with a line break (True if unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(size - 1)
+            return fh.read(1) == b"\n"
+    except OSError:
+        return True
 
 
 def check_reject_file(path: str) -> None:

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -110,6 +112,7 @@ def ingest_in_processes(
     weights = [mine] + [theirs] * (count - 1)
     context = multiprocessing.get_context("spawn")  # never fork a process holding connections
     children = _Children(count, progress, store.committed if follow else None)
+    parts = _PartFiles(reject_file)
     try:
         for index in range(1, count):
             receiver, sender = context.Pipe(duplex=False)
@@ -117,7 +120,7 @@ def ingest_in_processes(
             child = context.Process(
                 target=_run_part, name=f"agentledger-ingest-{index}", daemon=True,
                 args=(sender, orders, store.backend.url, list(sources),
-                      _part_path(reject_file, index), batch_size, reorder,
+                      parts.path(index), batch_size, reorder,
                       Part.of(index, weights), progress is not None))
             child.start()
             sender.close()  # the child holds the only sending end: its death ends the pipe
@@ -138,16 +141,38 @@ def ingest_in_processes(
         results = children.collect()
         for index in range(1, count):
             _add(summary, results[index])
-            if _append_file(_part_path(reject_file, index), reject_file):
+            if _append_file(parts.path(index), reject_file):
                 summary.reject_file = reject_file
     finally:
         children.stop()
+        parts.remove_folder()
     store.committed()  # listeners (projections) catch up with every part's events
     return summary
 
 
-def _part_path(reject_file: str, index: int) -> str:
-    return f"{reject_file}.part{index}"
+class _PartFiles:
+    """Where each spawned part saves its rejected lines until they are appended to the
+    reject file: beside it (``rejects.jsonl.part1``), where they are found should the
+    ingest die first, or in a temporary folder when the reject file is a pipe or a
+    device (``--reject-file /dev/stderr``), beside which nothing can be made."""
+
+    def __init__(self, reject_file: str) -> None:
+        self.reject_file = reject_file
+        self.folder: str | None = None
+        if os.path.exists(reject_file) and not os.path.isfile(reject_file):
+            self.folder = tempfile.mkdtemp(prefix="agentledger-rejects-")
+
+    def path(self, index: int) -> str:
+        if self.folder is None:
+            return f"{self.reject_file}.part{index}"
+        return os.path.join(self.folder, f"part{index}.jsonl")
+
+    def remove_folder(self) -> None:
+        """The temporary folder, once empty (a part file left in it is named in the
+        error that left it)."""
+        if self.folder is not None:
+            with suppress(OSError):
+                os.rmdir(self.folder)
 
 
 class _Children:
@@ -281,7 +306,8 @@ def _append_file(part_path: str, path: str) -> bool:
         with open(part_path, "rb") as src, open(path, "ab") as dst:
             shutil.copyfileobj(src, dst)
             dst.flush()
-            os.fsync(dst.fileno())
+            if stat.S_ISREG(os.fstat(dst.fileno()).st_mode):  # a pipe cannot be synced
+                os.fsync(dst.fileno())
     except OSError as exc:
         raise OutputError(
             f"cannot append {part_path} to the reject file {path} ({exc.strerror or exc}): "
