@@ -23,6 +23,17 @@ if TYPE_CHECKING:
     from ledger.events import TraceEvent
 
 NUL_REASON = "contains the NUL character (U+0000), which the ledger does not store"
+SURROGATE_REASON = "string contains a lone surrogate (not valid Unicode)"
+
+
+def _lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def decode_json(raw: bytes) -> Any:
@@ -50,7 +61,7 @@ def decode_json(raw: bytes) -> Any:
         value = json.loads(text, parse_constant=_reject_constant, parse_float=read_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ValidationError("string contains a lone surrogate (not valid Unicode)") from None
+        raise ValidationError(SURROGATE_REASON) from None
     except RecursionError:
         raise ValidationError("malformed JSON: nested too deeply") from None
     except ValueError:
@@ -147,12 +158,15 @@ class _Pairs(list[tuple[str, Any]]):
 
 def non_json(value: Any, path: str, *, nul: bool = True) -> tuple[str, str] | None:
     """The path of the first value inside ``value`` that the ledger does not take as
-    JSON (NaN, infinities, non-JSON types; with ``nul``, a string or key with a NUL
-    character), and the reason."""
+    JSON (NaN, infinities, non-JSON types, strings with a lone surrogate, which is
+    not Unicode text; with ``nul``, a string or key with a NUL character), and the
+    reason."""
     if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, str):
-        return (path, NUL_REASON) if nul and "\x00" in value else None
+        if nul and "\x00" in value:
+            return path, NUL_REASON
+        return (path, SURROGATE_REASON) if _lone_surrogate(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"{value!r} is not a JSON value")
     if isinstance(value, dict):
@@ -161,6 +175,8 @@ def non_json(value: Any, path: str, *, nul: bool = True) -> tuple[str, str] | No
                 return path, f"key {key!r} (keys must be strings) is not a JSON value"
             if nul and "\x00" in key:
                 return path, f"key {key!r} {NUL_REASON}"
+            if _lone_surrogate(key):
+                return path, f"key {key!r}: {SURROGATE_REASON}"
             found = non_json(item, f"{path}.{key}" if path else key, nul=nul)
             if found:
                 return found

@@ -204,10 +204,13 @@ def test_writer_uses_its_tenant(store: Store) -> None:
     assert stored(store, "t1") == []
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, b"bytes"],
-                         ids=["nan", "infinity", "set", "bytes"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), {1, 2}, b"bytes", "a\ud800",
+                                   {"k\udcff": 1}],
+                         ids=["nan", "infinity", "set", "bytes", "surrogate", "surrogate-key"])
 def test_non_json_payload_value_raises_validation_error(store: Store, value: object) -> None:
-    """A payload value JSON cannot represent raises ValidationError naming it; nothing is stored."""
+    """A payload value JSON cannot represent raises ValidationError naming it; nothing is
+    stored. A lone surrogate (not Unicode text, and no UTF-8 holds it) was a
+    UnicodeEncodeError from the encoder."""
     with pytest.raises(ValidationError) as info:
         TraceWriter(store).record("t1", "EXEC_NEXT", {"x": value}, **AGENTS)
     assert info.value.field is not None and info.value.field.startswith("payload")
