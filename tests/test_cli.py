@@ -295,10 +295,13 @@ def test_every_libpq_parameter_of_a_postgres_url_applies_to_every_connection(
     code, _, err = run(postgres_url + "&sslmode=require", "trace", "list", "--tenant", "t")
     assert code == 1
     assert "server does not support SSL, but SSL was required" in err
-    with Store.open(postgres_url + "&application_name=ledger-probe") as store, \
+    url = postgres_url + "&application_name=ledger%20probe&options=-c%20statement_timeout%3D4321"
+    with Store.open(url) as store, \
             store.backend.datastore.get_connection() as conn:  # type: ignore[attr-defined]
         assert conn.execute("SHOW application_name").fetchone() == {
-            "application_name": "ledger-probe"}
+            "application_name": "ledger probe"}  # "%20", not "+": libpq reads no "+"
+        assert conn.execute("SHOW statement_timeout").fetchone() == {
+            "statement_timeout": "4321ms"}
 
 
 @pytest.mark.parametrize("url", ["postgresql://[bad", "postgresql://u:pw@[bad/x"])

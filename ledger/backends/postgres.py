@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from uuid import UUID
 
 import psycopg
@@ -57,7 +57,7 @@ def parse_url(url: str) -> dict[str, Any]:
     if not _PLAIN_NAME.fullmatch(schema):  # eventsourcing names its types unquoted
         raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: schema {schema!r} must be "
                          "1-63 letters, digits and underscores, not starting with a digit")
-    rest = urlunsplit(parts._replace(query=urlencode(query)))
+    rest = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: no "+"
     try:
         info = conninfo_to_dict(rest)
     except psycopg.ProgrammingError as exc:
