@@ -349,7 +349,8 @@ class LiveTools:
             exc = failure[0]
             declared = getattr(exc, "error_class", None)
             error_class = declared if declared in ERROR_CLASSES else "retryable"
-            reason = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")  # storable
+            reason = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00").encode(
+                "utf-8", "backslashreplace").decode("utf-8")  # storable: "\\ud800"
             return Outcome(False, error_reason=reason, error_class=error_class,
                            latency_ms=latency)
         if not result:  # pragma: no cover - the thread ended without returning or raising
@@ -361,7 +362,7 @@ class LiveTools:
             return Outcome(False, error_reason=f"returned a value that is not JSON: {exc}",
                            error_class="terminal", latency_ms=latency)
         found = non_json(output, "output")
-        if found is not None:  # a NUL character: no event can hold it
+        if found is not None:  # a NUL character or a lone surrogate: no event can hold it
             return Outcome(False, error_reason=f"returned a value the ledger does not take: "
                            f"{found[0]}: {found[1]}", error_class="terminal", latency_ms=latency)
         return Outcome(True, output, latency_ms=latency)

@@ -411,6 +411,8 @@ REGISTRY: dict[str, Callable[[Any], Any]] = {
     "nan": lambda args: float("nan"),
     "nul": lambda args: {"text": "a\x00b"},
     "nul_raise": _raise(ValueError("bad \x00 byte")),
+    "surrogate": lambda args: {"text": "a\ud800"},
+    "surrogate_raise": _raise(ValueError("bad \udcff byte")),
     "hang": lambda args: RELEASE.wait(10),
 }
 NOT_A_MAPPING = ["echo"]
@@ -458,6 +460,7 @@ def test_live_exception_is_a_failure(live: LiveTools, tool: str, reason: str,
 @pytest.mark.parametrize(("tool", "says"), [
     ("set", "not JSON"), ("nan", "not JSON"),
     ("nul", "the ledger does not take: output.text: contains the NUL character"),
+    ("surrogate", "the ledger does not take: output.text: string contains a lone surrogate"),
 ])
 def test_live_non_json_output_is_a_failure(live: LiveTools, tool: str, says: str) -> None:
     """An output that is not JSON (a set, NaN), or that no event can hold (a NUL
@@ -468,9 +471,12 @@ def test_live_non_json_output_is_a_failure(live: LiveTools, tool: str, says: str
 
 
 def test_live_exception_text_is_kept_storable(live: LiveTools) -> None:
-    """A NUL character in an exception's text is written as ``\\x00`` in the reason."""
+    """A NUL character in an exception's text is written as ``\\x00`` in the reason,
+    a lone surrogate (no UTF-8 holds it) as ``\\udcff``."""
     outcome = live.lookup(call("nul_raise"))
     assert outcome is not None and outcome.error_reason == "ValueError: bad \\x00 byte"
+    outcome = live.lookup(call("surrogate_raise"))
+    assert outcome is not None and outcome.error_reason == "ValueError: bad \\udcff byte"
 
 
 def test_live_timeout_is_a_retryable_failure() -> None:
