@@ -156,17 +156,18 @@ class _Pairs(list[tuple[str, Any]]):
     """An object's members in the order written, repeats kept (for :func:`_duplicate_key`)."""
 
 
-def non_json(value: Any, path: str, *, nul: bool = True) -> tuple[str, str] | None:
+def non_json(value: Any, path: str, *, nul: bool = True, surrogates: bool = True,
+             ) -> tuple[str, str] | None:
     """The path of the first value inside ``value`` that the ledger does not take as
-    JSON (NaN, infinities, non-JSON types, strings with a lone surrogate, which is
-    not Unicode text; with ``nul``, a string or key with a NUL character), and the
-    reason."""
+    JSON (NaN, infinities, non-JSON types; with ``nul``, a string or key with a NUL
+    character; with ``surrogates``, one with a lone surrogate, which is not Unicode
+    text and which no UTF-8 holds), and the reason."""
     if value is None or isinstance(value, bool | int):
         return None
     if isinstance(value, str):
         if nul and "\x00" in value:
             return path, NUL_REASON
-        return (path, SURROGATE_REASON) if _lone_surrogate(value) else None
+        return (path, SURROGATE_REASON) if surrogates and _lone_surrogate(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"{value!r} is not a JSON value")
     if isinstance(value, dict):
@@ -175,15 +176,16 @@ def non_json(value: Any, path: str, *, nul: bool = True) -> tuple[str, str] | No
                 return path, f"key {key!r} (keys must be strings) is not a JSON value"
             if nul and "\x00" in key:
                 return path, f"key {key!r} {NUL_REASON}"
-            if _lone_surrogate(key):
+            if surrogates and _lone_surrogate(key):
                 return path, f"key {key!r}: {SURROGATE_REASON}"
-            found = non_json(item, f"{path}.{key}" if path else key, nul=nul)
+            found = non_json(item, f"{path}.{key}" if path else key, nul=nul,
+                             surrogates=surrogates)
             if found:
                 return found
         return None
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
-            found = non_json(item, f"{path}[{i}]", nul=nul)
+            found = non_json(item, f"{path}[{i}]", nul=nul, surrogates=surrogates)
             if found:
                 return found
         return None
