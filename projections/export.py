@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
-from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from ledger import chain
@@ -35,6 +34,7 @@ from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
 from ledger.reader import parse_window
+from ledger.redact import redact_url
 from ledger.store import Store
 from ledger.verify import Problem, VerifyReport, verify_scanned
 from projections.queries import FindingRow, audit_findings
@@ -135,16 +135,6 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         _publish(target, header, body, writer, force, packed=packed)
     return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, len(chosen),
                          not_ok, report.ok, len(report.problems))
-
-
-def redact_url(url: str) -> str:
-    """The store URL with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 # -- what goes in ---------------------------------------------------------------------

@@ -319,6 +319,19 @@ def test_a_password_given_as_a_url_parameter_is_not_shown(pg_cluster: Any) -> No
     assert "password=***&sslmode=disable" in err and "s3cret" not in err
 
 
+@pytest.mark.parametrize("args", [["init"], ["init", "--json"], ["demo", "--dir", "{tmp}/d"]])
+def test_no_command_prints_the_store_password(postgres_url: str, tmp_path: Path,
+                                              args: list[str]) -> None:
+    """The server here trusts any password, so these URLs open the store; ``init``
+    and ``demo`` printed them whole, password and all."""
+    args = [a.format(tmp=tmp_path) for a in args]
+    for url in (postgres_url.replace("postgres@", "postgres:s3cret@"),
+                postgres_url + "&password=s3cret"):
+        code, out, err = run(url, *args)
+        assert code == 0, err
+        assert "s3cret" not in out + err and "***" in out
+
+
 @pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": [1, {"b": "x\ny"}]}, 2**100, "z"]])
 @pytest.mark.parametrize("at", ["first", "middle", "last"])
 def test_a_list_printed_an_item_at_a_time_is_the_document_printed_whole(

@@ -697,9 +697,12 @@ def test_demo_shows_the_projections(tmp_path: Path) -> None:
 
 
 def test_export_header_never_shows_the_store_password() -> None:
-    """The export's store URL has its password replaced by ***."""
-    from projections.export import redact_url
+    """The export's store URL has its password replaced by ***, however it is given."""
+    from ledger.redact import redact_url
 
     assert redact_url("postgresql://al:s3cr@t@db:5432/ledger?schema=x") == (
         "postgresql://al:***@db:5432/ledger?schema=x")
+    assert redact_url("postgresql://al@db/ledger?schema=x&password=s3cret&sslmode=require") == (
+        "postgresql://al@db/ledger?schema=x&password=***&sslmode=require")
+    assert redact_url("postgresql://al:s3cret@[db/x") == "postgresql://al:***@[db/x"
     assert redact_url("sqlite:///agentledger.db") == "sqlite:///agentledger.db"

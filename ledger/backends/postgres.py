@@ -33,6 +33,7 @@ from ledger.backends.base import (
 )
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder, pg_sql
 from ledger.errors import SchemaVersionError, StoreError, UsageError
+from ledger.redact import redact_url
 
 _ADVISORY_LOCK = 7_355_608_001  # serialises concurrent migrations of one schema
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -51,17 +52,17 @@ def parse_url(url: str) -> dict[str, Any]:
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # "Invalid IPv6 URL": a "[" with no "]"
-        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
+        raise UsageError(f"invalid PostgreSQL URL {redact_url(url)!r}: {exc}") from None
     query = dict(parse_qsl(parts.query))
     schema = query.pop("schema", "public")
     if not _PLAIN_NAME.fullmatch(schema):  # eventsourcing names its types unquoted
-        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: schema {schema!r} must be "
+        raise UsageError(f"invalid PostgreSQL URL {redact_url(url)!r}: schema {schema!r} must be "
                          "1-63 letters, digits and underscores, not starting with a digit")
     rest = urlunsplit(parts._replace(query=urlencode(query, quote_via=quote)))  # libpq: no "+"
     try:
         info = conninfo_to_dict(rest)
     except psycopg.ProgrammingError as exc:
-        raise UsageError(f"invalid PostgreSQL URL {_redact(url)!r}: {exc}") from None
+        raise UsageError(f"invalid PostgreSQL URL {redact_url(url)!r}: {exc}") from None
     return {
         "dbname": info.get("dbname") or info.get("user") or "postgres",
         "host": info.get("host") or "localhost",
@@ -97,7 +98,7 @@ class PostgresBackend(Backend):
                 self.datastore.pool.conninfo = make_conninfo("", **settings["extra"])
             self.recorder = LedgerPostgresRecorder(self.datastore)
         except PersistenceError as exc:
-            raise StoreError(f"cannot open PostgreSQL store {_redact(url)}: {exc}") from exc
+            raise StoreError(f"cannot open PostgreSQL store {redact_url(url)}: {exc}") from exc
         self.schema = self.datastore.schema
 
     def _sql(self, template: str) -> sql.Composed:
@@ -111,7 +112,7 @@ class PostgresBackend(Backend):
             ):
                 yield conn.cursor(row_factory=tuple_row)
         except PersistenceError as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
 
     def schema_version(self) -> int:
         with self._txn(commit=False) as c:
@@ -168,7 +169,7 @@ class PostgresBackend(Backend):
 
     @property
     def label(self) -> str:
-        return f"PostgreSQL store {_redact(self.url)}"
+        return f"PostgreSQL store {redact_url(self.url)}"
 
     def list_streams(self, query: StreamQuery) -> list[StreamHead]:
         template, params = catalog.list_streams_sql(query)
@@ -275,7 +276,7 @@ class PostgresBackend(Backend):
                 cur.execute(query, params)
                 return cur.fetchall()
         except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         query = sql.SQL(
@@ -287,7 +288,7 @@ class PostgresBackend(Backend):
                 row = conn.cursor(row_factory=tuple_row).execute(
                     query, (stream_id, version)).fetchone()
         except (PersistenceError, psycopg.Error) as exc:
-            raise StoreError(f"PostgreSQL store {_redact(self.url)}: {exc}") from exc
+            raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
         return None if row is None else bytes(row[0])
 
     def last_notification_id(self) -> int:
@@ -329,7 +330,7 @@ def _check_reachable(url: str, settings: dict[str, Any]) -> str | None:
             row = conn.execute(_READ_ONLY, (events, events)).fetchone()
     except psycopg.Error as exc:
         reason = " ".join(str(exc).split())  # libpq's message spans lines and tabs
-        raise StoreError(f"cannot open PostgreSQL store {_redact(url)}: {reason}") from None
+        raise StoreError(f"cannot open PostgreSQL store {redact_url(url)}: {reason}") from None
     standby, reads_only, may_insert = row or (False, False, None)
     if standby:
         return "a standby server, which only reads"
@@ -344,18 +345,3 @@ _READ_ONLY = (  # a standby; read-only sessions; the events table there and not 
     "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only') = 'on', "
     "CASE WHEN to_regclass(%s) IS NULL THEN NULL ELSE has_table_privilege(%s, 'INSERT') END"
 )
-
-
-def _redact(url: str) -> str:
-    """``url`` with its password shown as ``***``, given before the host or as a
-    parameter (``?password=``)."""
-    url = _PASSWORD_PARAMETER.sub(r"\1***", url)
-    try:
-        password = urlsplit(url).password
-    except ValueError:  # not a URL urllib can split: hide whatever could be one
-        return _USER_INFO.sub(r"\1***@", url)
-    return url.replace(":" + password + "@", ":***@", 1) if password else url
-
-
-_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*")
-_USER_INFO = re.compile(r"^([a-z]+://[^:/@]*:)[^@]*@")

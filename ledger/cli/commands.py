@@ -34,6 +34,7 @@ from ledger.cli.common import (
 @handle_errors
 def init(ctx: click.Context, as_json: bool) -> None:
     """Create or upgrade the store's schema (also done on first use)."""
+    from ledger.redact import redact_url
     from ledger.store import open_backend, resolve_url
 
     backend = open_backend(resolve_url(ctx.obj.get("store")))
@@ -42,12 +43,13 @@ def init(ctx: click.Context, as_json: bool) -> None:
         version = backend.schema_version()
     finally:
         backend.close()
+    shown = redact_url(backend.url)
     if as_json:
-        emit_json({"store": backend.url, "schema_version": version, "applied": applied})
+        emit_json({"store": shown, "schema_version": version, "applied": applied})
     elif applied:
-        click.echo(printable(f"Initialized {backend.url} (schema version {version})."))
+        click.echo(printable(f"Initialized {shown} (schema version {version})."))
     else:
-        click.echo(printable(f"{backend.url} is up to date (schema version {version})."))
+        click.echo(printable(f"{shown} is up to date (schema version {version})."))
 
 
 @click.command()

@@ -29,6 +29,7 @@ def demo(ctx: click.Context, out_dir: str) -> None:
     from ledger.cli.views import attach_views
     from ledger.ingest import ingest
     from ledger.reader import get_trace, list_findings, list_traces
+    from ledger.redact import redact_url
     from ledger.verify import verify
     from ledger.workload import demo_bad_lines, demo_events
     from projections import queries
@@ -45,7 +46,7 @@ def demo(ctx: click.Context, out_dir: str) -> None:
     rejects.unlink(missing_ok=True)
 
     with open_store(ctx, writes="ingest the demo into it") as store:
-        click.echo(printable(f"Store: {store.url}") + "\n")
+        click.echo(printable(f"Store: {redact_url(store.url)}") + "\n")
         _heading("1. Ingest")
         click.echo(printable(f"$ agentledger ingest {source} --reject-file {rejects}"))
         attach_views(store)  # the read models follow the ingest (sections 6 and 7)

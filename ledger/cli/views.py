@@ -255,6 +255,7 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
     import orjson
 
     from ledger.errors import StoreError
+    from ledger.redact import redact_url
     from projections import Projector
     from projections.follower import follow
 
@@ -270,7 +271,8 @@ def projections_run(ctx: click.Context, once: bool, interval: float, as_json: bo
             with progress_bar("Catching up") as progress:
                 report(Projector(store).catch_up(progress))
             return
-        click.echo(f"Following {store.url} every {interval:g}s (Ctrl-C to stop).", err=True)
+        click.echo(printable(f"Following {redact_url(store.url)} every {interval:g}s (Ctrl-C to "
+                             "stop)."), err=True)
 
         def retrying(error: StoreError, wait: float) -> None:
             click.echo(f"Store unavailable: {printable(str(error), newlines=True)}; "
