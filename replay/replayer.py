@@ -23,6 +23,7 @@ from ledger.payloads import is_failure_point
 from ledger.reader import list_traces
 from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
 from ledger.store import Store
+from ledger.strict_json import non_json
 from projections import Projector, queries
 from replay.backtest import BacktestJob, BacktestReport, ProgressFn, run_backtest, script_source
 from replay.engine import Engine
@@ -89,6 +90,7 @@ class Replayer:
                outcomes: Outcomes = None, tools: str | None = None, reason: str | None = None,
                by: str | None = None, dry_run: bool = False) -> ReplayResult:
         """Replay ``trace_id`` from ``from_seq`` (default: see docs/REPLAY.md) under ``policy``."""
+        _check_storable(reason=reason, by=by)
         self._catch_up()
         scripted = _scripted(outcomes)
         live = LiveTools.load(tools, timeout=self.tool_timeout) if tools else None
@@ -136,6 +138,7 @@ class Replayer:
         stored and scripted outcomes are not a shared ``ScriptedOutcomes`` object;
         otherwise (or for an in-memory SQLite store) this process runs them all.
         """
+        _check_storable(reason=reason, by=by)
         self._catch_up()
         traces = [t.trace_id for t in list_traces(self.store, tenant, status="terminated",
                                                   since=since, until=until)]
@@ -364,6 +367,14 @@ def _link_json(link: dict[str, Any]) -> dict[str, Any]:
             "replay_status", "original_status", "policy_digest", "policy", "outcome_sources",
             "by", "reason", "recorded_at")
     return {k: link.get(k) for k in keys}
+
+
+def _check_storable(**texts: str | None) -> None:
+    """Refuse, before any work, free text a stored replay could not hold: a lone
+    surrogate, which no UTF-8 holds (the CLI refuses it as an option already)."""
+    found = non_json(texts, "", nul=False)
+    if found is not None:
+        raise UsageError(f"{found[0]}: {found[1]}")
 
 
 def _default_by() -> str:

@@ -38,6 +38,7 @@ from runtime_sim import (
 )
 
 from ledger import chain
+from ledger.errors import UsageError
 from ledger.ingest import ingest
 from ledger.payloads import is_failure_point
 from ledger.reader import get_trace, list_findings
@@ -344,6 +345,22 @@ def terminated_fetch(store: Store, tenant: str) -> list[Event]:
         "reason": "fetch_doc: 503 unavailable"}
     write_trace(store, run.events, "writer")
     return run.events
+
+
+@pytest.mark.parametrize("texts", [{"reason": "why\ud800"}, {"by": "al\udcff"}])
+def test_a_reason_or_author_no_record_can_hold_is_refused_before_any_work(
+        projected: Store, texts: dict[str, str]) -> None:
+    """A lone surrogate (no UTF-8 holds one) in ``reason`` or ``by`` failed in the
+    encoder once the replay was done (UnicodeEncodeError); nothing is stored."""
+    tenant = fresh_tenant()
+    terminated_fetch(projected, tenant)
+    replayer = Replayer(projected)
+    for run in (lambda: replayer.replay(tenant, TRACE, Policy.from_obj(RECOVER),
+                                        outcomes={"fetch_doc_mirror": MIRROR_DOC}, **texts),
+                lambda: replayer.backtest(tenant, Policy.from_obj(RECOVER), save=True, **texts)):
+        with pytest.raises(UsageError, match="lone surrogate"):
+            run()
+    assert replayer.replays(tenant) == []
 
 
 @pytest.mark.parametrize("as_file", [False, True], ids=["dict", "file"])
