@@ -24,8 +24,9 @@ from ledger import chain
 from ledger.backends.base import StreamHead
 from ledger.errors import ConcurrencyError, NotFoundError, UsageError
 from ledger.events import normalize_ts
+from ledger.paths import is_utf8
 from ledger.store import Store
-from ledger.strict_json import NUL_REASON
+from ledger.strict_json import NUL_REASON, SURROGATE_REASON
 
 _SCOPE = re.compile(r"memory/.+", re.S)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -71,7 +72,7 @@ def add_grant(
     _check_text(agent, "agent")
     if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
         raise UsageError(f"scope: must look like memory/<agent>, got {scope!r}")
-    _check_no_nul(scope, "scope")
+    _check_storable(scope, "scope")
     start = _timestamp(valid_from, "valid_from") if valid_from is not None else _now()
     end = _timestamp(valid_until, "valid_until") if valid_until is not None else None
     if end is not None and end <= start:
@@ -195,7 +196,7 @@ def _timestamp(value: str, name: str) -> str:
 def _check_text(value: object, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise UsageError(f"{name}: must be a non-empty string, got {value!r}")
-    _check_no_nul(value, name)
+    _check_storable(value, name)
     return value
 
 
@@ -205,9 +206,12 @@ def _check_tenant(tenant: object) -> None:
         raise UsageError(f"tenant: must be at most 100 characters, got {len(str(tenant))}")
 
 
-def _check_no_nul(value: str, name: str) -> None:
+def _check_storable(value: str, name: str) -> None:
+    """Text a grant's record can hold: no NUL character, no lone surrogate."""
     if "\x00" in value:
         raise UsageError(f"{name}: {NUL_REASON}")
+    if not is_utf8(value):
+        raise UsageError(f"{name}: {SURROGATE_REASON}")
 
 
 def _by(by: str | None) -> str:
@@ -224,5 +228,5 @@ def _reason(reason: str | None) -> str | None:
     if reason is not None and not isinstance(reason, str):
         raise UsageError(f"reason: must be a string, got {reason!r}")
     if reason is not None:
-        _check_no_nul(reason, "reason")
+        _check_storable(reason, "reason")
     return reason

@@ -41,6 +41,8 @@ def file_problem(path: str, use: Use = "append") -> str | None:
 def is_utf8(text: str) -> bool:
     """Whether ``text`` can be written as UTF-8: no lone surrogates, which is how Python
     holds the bytes of a command-line argument or file name that are not UTF-8."""
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -18,22 +18,13 @@ import orjson
 
 from ledger.chain import may_hold_big_int
 from ledger.errors import ValidationError
+from ledger.paths import is_utf8
 
 if TYPE_CHECKING:
     from ledger.events import TraceEvent
 
 NUL_REASON = "contains the NUL character (U+0000), which the ledger does not store"
 SURROGATE_REASON = "string contains a lone surrogate (not valid Unicode)"
-
-
-def _lone_surrogate(text: str) -> bool:
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def decode_json(raw: bytes) -> Any:
@@ -167,7 +158,7 @@ def non_json(value: Any, path: str, *, nul: bool = True, surrogates: bool = True
     if isinstance(value, str):
         if nul and "\x00" in value:
             return path, NUL_REASON
-        return (path, SURROGATE_REASON) if surrogates and _lone_surrogate(value) else None
+        return (path, SURROGATE_REASON) if surrogates and not is_utf8(value) else None
     if isinstance(value, float):
         return None if math.isfinite(value) else (path, f"{value!r} is not a JSON value")
     if isinstance(value, dict):
@@ -176,7 +167,7 @@ def non_json(value: Any, path: str, *, nul: bool = True, surrogates: bool = True
                 return path, f"key {key!r} (keys must be strings) is not a JSON value"
             if nul and "\x00" in key:
                 return path, f"key {key!r} {NUL_REASON}"
-            if surrogates and _lone_surrogate(key):
+            if surrogates and not is_utf8(key):
                 return path, f"key {key!r}: {SURROGATE_REASON}"
             found = non_json(item, f"{path}.{key}" if path else key, nul=nul,
                              surrogates=surrogates)
