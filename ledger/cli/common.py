@@ -78,11 +78,11 @@ def workers_option(shared: str, note: str = "") -> Callable[[Callable[P, R]], Ca
 
 
 class Text(click.types.StringParamType):
-    """A name or value compared with what the ledger stores (every plain text parameter
-    but a file's: :func:`ledger.cli.main` gives them this type). Text the ledger could
-    not store matches nothing in it, so it is a usage error naming the parameter
-    (exit 2): bytes that are not UTF-8, which a shell passes on as they are (Python
-    holds them as lone surrogates), or the NUL character."""
+    """A name or value compared with what the ledger stores: ``ledger/cli/main.py``
+    gives every plain text parameter this type (file names are ``click.Path``). Text
+    the ledger could not store matches nothing in it, so it is a usage error naming
+    the parameter (exit 2): bytes that are not UTF-8, which a shell passes on as they
+    are (Python holds them as lone surrogates), or the NUL character."""
 
     name = "text"
 
