@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NamedTuple
 
@@ -22,7 +23,8 @@ from ledger import chain
 from ledger.canonical import canonicalize
 from ledger.chain import MAX_NESTING, encode
 from ledger.errors import ValidationError
-from ledger.payloads import MAX_INTEGER, payload_model
+from ledger.payloads import MAX_INTEGER, MODEL_RULES, PAYLOAD_MODELS, payload_model
+from ledger.quick_check import quick_check
 from ledger.strict_json import SURROGATE_REASON, check_text, decode_json, non_json
 
 DEFAULT_TENANT = "default"
@@ -182,28 +184,22 @@ def validate_event(obj: Any) -> TraceEvent:
     """Validate an object freshly decoded from JSON (no copy is made)."""
     if not isinstance(obj, dict):
         raise ValidationError(f"expected a JSON object, got {_json_type(obj)}")
-    try:
-        env = _validate_envelope(obj)
-    except pydantic.ValidationError as exc:
-        raise _translate(exc, prefix="") from None
-    model = payload_model(env.event)
-    if model is None:
-        raise ValidationError(f"unknown event type {env.event!r}", field="event")
-    try:
-        model.__pydantic_validator__.validate_python(env.payload)  # model_validate, unwrapped
-    except pydantic.ValidationError as exc:
-        raise _translate(exc, prefix="payload") from None
-    ts_utc = _checked_timestamp(env.ts)
-    write_scope = env.write_scope
-    if env.event == "CALLBACK_MEMORY_WRITE":
+    event: str = obj.get("event")  # type: ignore[assignment]  # a string, once validated
+    quick = payload_check(event)
+    if quick is None or not _quick_envelope(obj) or not quick(obj["payload"]):
+        _validate_with_models(obj)  # raises what the models refuse; else it was valid
+    payload, owner, write_scope = obj["payload"], obj["agent_owner"], obj.get("write_scope")
+    ts = obj["ts"]
+    ts_utc = _checked_timestamp(ts)
+    if event == "CALLBACK_MEMORY_WRITE":
         if write_scope is None:
             raise ValidationError("required for CALLBACK_MEMORY_WRITE", field="write_scope")
-        canonicalize(env.payload["key"], path="payload.key")
-        if "value" in env.payload:
-            canonicalize(env.payload["value"], path="payload.value")
-    wire = (env.tenant, env.trace_id, env.seq, env.event, env.ts, env.agent_owner,
-            env.executed_by, write_scope or f"memory/{env.agent_owner}", env.memory_hash,
-            obj["payload"])
+        canonicalize(payload["key"], path="payload.key")
+        if "value" in payload:
+            canonicalize(payload["value"], path="payload.value")
+    wire = (obj.get("tenant", DEFAULT_TENANT), obj["trace_id"], obj["seq"], event, ts, owner,
+            obj["executed_by"], write_scope or f"memory/{owner}", obj.get("memory_hash"),
+            payload)
     stored = encode(dict(zip(WIRE_FIELDS, wire, strict=True)), max_nesting=MAX_NESTING)
     if len(stored) > chain.MAX_EVENT_BYTES:
         raise ValidationError(too_large("event is", len(stored)))
@@ -215,7 +211,32 @@ def too_large(what: str, size: int) -> str:
     return f"{what} {size:,} bytes, more than the {chain.MAX_EVENT_BYTES:,} an event may take"
 
 
+def payload_check(event: Any) -> Callable[[Any], bool] | None:
+    """The quick check of an event type's payload (:mod:`ledger.quick_check`): True only
+    for a payload its model surely accepts. None for a ``CALLBACK_*`` subtype the
+    contract does not name, or anything but a known event type."""
+    return _QUICK_PAYLOADS.get(event) if type(event) is str else None
+
+
+def _validate_with_models(obj: dict[str, Any]) -> None:
+    """Validate with the pydantic models, raising the first problem they find."""
+    try:
+        env = _validate_envelope(obj)
+    except pydantic.ValidationError as exc:
+        raise translated(exc, prefix="") from None
+    model = payload_model(env.event)
+    if model is None:
+        raise ValidationError(f"unknown event type {env.event!r}", field="event")
+    try:
+        model.__pydantic_validator__.validate_python(env.payload)  # model_validate, unwrapped
+    except pydantic.ValidationError as exc:
+        raise translated(exc, prefix="payload") from None
+
+
 _validate_envelope = EventEnvelope.__pydantic_validator__.validate_python  # unwrapped
+_quick_envelope = quick_check(EventEnvelope) or (lambda obj: False)
+_QUICK_PAYLOADS = {event: check for event, model in PAYLOAD_MODELS.items()
+                   if (check := quick_check(model, MODEL_RULES)) is not None}
 
 
 def _checked_timestamp(ts: str) -> str:
@@ -225,7 +246,7 @@ def _checked_timestamp(ts: str) -> str:
         raise ValidationError(f"not a valid RFC 3339 timestamp ({exc})", field="ts") from None
 
 
-def _translate(exc: pydantic.ValidationError, *, prefix: str) -> ValidationError:
+def translated(exc: pydantic.ValidationError, *, prefix: str) -> ValidationError:
     """The first pydantic error as a ValidationError with a dotted field path."""
     err = exc.errors(include_url=False)[0]
     parts = [prefix] if prefix else []

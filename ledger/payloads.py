@@ -9,6 +9,7 @@ requires). ``PAYLOAD_MODELS`` maps each event type to its model;
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -93,13 +94,21 @@ class CallbackMemoryWrite(Payload):
     @classmethod
     def _value_xor_delete(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            has_value = "value" in data
-            deletes = data.get("op") == "delete"
-            if has_value and deletes:
-                raise ValueError("give either 'value' or 'op: \"delete\"', not both")
-            if not has_value and data.get("op") is None:
-                raise ValueError("needs 'value' (to set the key) or 'op: \"delete\"'")
+            problem = memory_write_problem(data)
+            if problem is not None:
+                raise ValueError(problem)
         return data
+
+
+def memory_write_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a memory write's payload having ``value`` and ``op`` as it
+    does, or None (:class:`CallbackMemoryWrite`'s validator)."""
+    has_value = "value" in payload
+    if has_value and payload.get("op") == "delete":
+        return "give either 'value' or 'op: \"delete\"', not both"
+    if not has_value and payload.get("op") is None:
+        return "needs 'value' (to set the key) or 'op: \"delete\"'"
+    return None
 
 
 class CallbackFallback(Payload):
@@ -160,6 +169,12 @@ PAYLOAD_MODELS: dict[str, type[Payload]] = {
     "EXEC_FAIL": ExecFail,
     "EXEC_TERMINATED": ExecTerminated,
 }
+
+MODEL_RULES: dict[type[BaseModel], Callable[[Any], bool]] = {
+    CallbackMemoryWrite: lambda payload: memory_write_problem(payload) is None,
+}
+"""For each model with a model validator, a plain check that passes where it does:
+what :mod:`ledger.quick_check` needs to check the model without pydantic."""
 
 KNOWN_EVENTS = frozenset(PAYLOAD_MODELS)
 _CALLBACK_SUBTYPE = re.compile(r"CALLBACK_[A-Z0-9_]+")
