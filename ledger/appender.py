@@ -25,8 +25,9 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger import chain
+from ledger import chain, records
 from ledger.backends.base import LockedReads, StreamHead
+from ledger.errors import UnreadableRecordError
 from ledger.events import TraceEvent
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_write
 from ledger.store import Store
@@ -42,9 +43,10 @@ class Outcome(NamedTuple):
 
     status: Status
     reason: str | None = None
-    kind: str | None = None  # for rejections: "gap" or "conflict"
+    kind: str | None = None  # for rejections: "gap", "conflict" or "unreadable"
     memory_hash: str | None = None  # for accepted events: the ledger's memory hash
     record_hash: str | None = None
+    error: UnreadableRecordError | None = None  # why the trace cannot take an event
 
 
 @dataclass(slots=True)
@@ -131,7 +133,12 @@ class Appender:
             last = stream.last_seq
             if event.seq == last + 1:
                 if key not in dirty:
-                    stream = self._open_for_write(key, stream)
+                    try:
+                        stream = self._open_for_write(key, stream)
+                    except UnreadableRecordError as exc:  # its memory cannot be known
+                        outcomes.append(Outcome("rejected", f"cannot append to {exc}",
+                                                "unreadable", error=exc))
+                        continue
                 outcomes.append(self._accept(stream, event, fill_memory_hash))
             elif event.seq > last + 1:
                 outcomes.append(Outcome("rejected", _gap_reason(event, last), "gap"))
@@ -239,15 +246,18 @@ class Appender:
     def _open_for_write(self, key: _Key, base: _Stream) -> _Stream:
         """Copy-on-write: staged changes go to a copy until the flush succeeds."""
         if base.memory is None:
-            base.memory = self._fold_memory(base.stream_id)
+            base.memory = self._fold_memory(base.stream_id, key)
         stream = base.copy()
         self._dirty[key] = stream
         return stream
 
-    def _fold_memory(self, sid: UUID) -> dict[str, MemoryState]:
+    def _fold_memory(self, sid: UUID, key: _Key) -> dict[str, MemoryState]:
+        """The stream's memory from its stored records (UnreadableRecordError names
+        one altered so that it cannot be read)."""
         memory: dict[str, MemoryState] = {}
         for stored in self.backend.read_stream(sid):
-            apply_record(memory, chain.decode(stored.state))
+            apply_record(memory, records.decode_stored(
+                stored.state, tenant=key[0], name=key[1], seq=stored.originator_version))
         return memory
 
     def _accept(self, stream: _Stream, event: TraceEvent, fill_memory_hash: bool) -> Outcome:

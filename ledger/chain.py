@@ -165,10 +165,13 @@ def decode(state: bytes | None) -> dict[str, Any]:
         raise ValueError("stored state is empty (NULL or no bytes)")
     if not isinstance(state, bytes | bytearray | memoryview):
         raise ValueError(f"stored state is {type(state).__name__}, not bytes")
-    try:  # orjson would read an integer beyond 64 bits as a float: json keeps it exact
-        value = json.loads(state) if may_hold_big_int(state) else orjson.loads(state)
-    except orjson.JSONDecodeError:
-        value = json.loads(state)
+    try:
+        try:  # orjson would read an integer beyond 64 bits as a float: json keeps it exact
+            value = json.loads(state) if may_hold_big_int(state) else orjson.loads(state)
+        except orjson.JSONDecodeError:
+            value = json.loads(state)
+    except RecursionError:
+        raise ValueError("stored state nests too deeply to read") from None
     if not isinstance(value, dict):
         raise ValueError("stored state is not a JSON object")
     return value

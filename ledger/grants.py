@@ -13,14 +13,14 @@ from __future__ import annotations
 import getpass
 import re
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger import chain
+from ledger import chain, records
 from ledger.backends.base import StreamHead
 from ledger.errors import ConcurrencyError, NotFoundError, UsageError
 from ledger.events import normalize_ts
@@ -113,16 +113,24 @@ def revoke_grant(
 def list_grants(store: Store, tenant: str) -> list[Grant]:
     """A tenant's grants, oldest first, each with its revocation (if any) folded in."""
     stored = store.backend.read_stream(chain.grants_stream_id(tenant))
-    return list(_fold(chain.decode(e.state) for e in stored).values())
+    return list(_fold(_decoded(tenant, stored)).values())
 
 
 # -- internals -------------------------------------------------------------------
 
 
-def _fold(records: Iterable[dict[str, Any]]) -> dict[str, Grant]:
+def _decoded(tenant: str, stored: Iterable[StoredEvent]) -> Iterator[dict[str, Any]]:
+    """The grants stream's records; UnreadableRecordError for one altered so that it
+    cannot be read (the grants are not known without it)."""
+    for e in stored:
+        yield records.decode_stored(e.state, tenant=tenant, name=chain.GRANTS_STREAM_NAME,
+                                    seq=e.originator_version, topic=chain.GRANT_TOPIC)
+
+
+def _fold(decoded: Iterable[dict[str, Any]]) -> dict[str, Grant]:
     """Grants by id, in the order they were added; the first revocation of each counts."""
     grants: dict[str, Grant] = {}
-    for r in records:
+    for r in decoded:
         _apply(grants, r)
     return grants
 
@@ -155,7 +163,7 @@ def _append(
         head = backend.load_heads([sid]).get(sid) or StreamHead(
             sid, chain.GRANTS_KIND, tenant, chain.GRANTS_STREAM_NAME, 0, chain.GENESIS_HASH)
         stored = backend.read_stream(sid, lte=head.last_seq) if head.last_seq else []
-        grants = _fold(chain.decode(e.state) for e in stored)
+        grants = _fold(_decoded(tenant, stored))
         now = _now()
         record = {"v": chain.RECORD_VERSION, **make(grants), "recorded_at": now,
                   "prev_hash": head.head_hash}

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ledger import chain
+from ledger import chain, records
 from ledger.backends.base import StreamHead, StreamQuery
 from ledger.errors import NotFoundError, UsageError
 from ledger.events import normalize_ts
@@ -81,7 +81,7 @@ def iter_records(store: Store, tenant: str, trace_id: str) -> Iterator[dict[str,
     that is not a record."""
     sid = chain.trace_stream_id(tenant, trace_id)
     for row in store.backend.iter_rows([sid]):
-        yield chain.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version)
+        yield records.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version)
 
 
 def list_traces(
@@ -124,6 +124,7 @@ def list_findings(store: Store, tenant: str) -> list[dict[str, Any]]:
     """The integrity findings the ledger recorded for a tenant, oldest first."""
     stored = store.backend.read_stream(chain.findings_stream_id(tenant))
     keys = ("tenant", "trace_id", "seq", "finding", "detail", "recorded_at")
-    records = (chain.decode_stored(e.state, tenant=tenant, name=chain.FINDINGS_STREAM_NAME,
-                                   seq=e.originator_version) for e in stored)
-    return [{k: r.get(k) for k in keys} for r in records]
+    found = (records.decode_stored(e.state, tenant=tenant, name=chain.FINDINGS_STREAM_NAME,
+                                   seq=e.originator_version, topic=chain.FINDING_TOPIC)
+             for e in stored)
+    return [{k: r.get(k) for k in keys} for r in found]

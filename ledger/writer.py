@@ -63,6 +63,8 @@ class TraceWriter:
         parsed = parse_event(wire)
         [outcome] = self._appender.stage([parsed], fill_memory_hash=True)
         if outcome.status != "accepted":
+            if outcome.error is not None:
+                raise outcome.error
             if outcome.kind == "gap":
                 raise SequenceError(outcome.reason or "out of order", field="seq")
             raise ConflictError(outcome.reason or f"seq {seq} of {trace_id} is already stored")

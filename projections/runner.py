@@ -29,6 +29,7 @@ from projections.base import (
     Projection,
     ProjectionStatus,
     Unreadable,
+    context_loader,
     decode_entries,
     skipped_rows,
 )
@@ -322,13 +323,7 @@ class Projector:
                 return read
             last = rows[-1][0]
             behind = [p for p in self.projections if positions[p.name] < last]
-            batches, skipped = self._fold(behind, rows, positions)
-            with self.db.transaction() as cur:
-                for p in behind:
-                    self._advance(cur, p.name, positions[p.name], last)
-                for p in behind:
-                    self._write(cur, p, batches[p.name])
-                self.db.executemany(cur, _SKIP, skipped)
+            batches = self._fold_and_write(behind, rows, positions, advance_to=last)
             for p in behind:
                 positions[p.name] = self._known[p.name] = last
                 self._keep(p.name, batches[p.name])
@@ -348,11 +343,7 @@ class Projector:
         after, read = 0, 0
         while rows := backend.read_streams(part.id_range, after, part.upto, batch_size,
                                            batch_size * ENTRY_BYTES):
-            batches, skipped = self._fold(self.projections, rows, positions)
-            with self.db.transaction() as cur:
-                for p in self.projections:
-                    self._write(cur, p, batches[p.name])
-                self.db.executemany(cur, _SKIP, skipped)
+            batches = self._fold_and_write(self.projections, rows, positions)
             for p in self.projections:
                 self._keep(p.name, batches[p.name])
             read += len(rows)
@@ -361,15 +352,36 @@ class Projector:
                 progress(read, max(part.upto, read))
         return read
 
+    def _fold_and_write(self, behind: Sequence[Projection], rows: Sequence[LogRow],
+                        positions: dict[str, int], *, advance_to: int | None = None
+                        ) -> dict[str, Batch]:
+        """Fold log rows and commit them, tracking positions moved on to ``advance_to``
+        (if given). A batch that fails (a record altered into JSON of another shape) is
+        folded again with ``decode_entries(strict=True)``, too slow for every batch."""
+        strict = False  # the cached contexts are copied, never changed: fold again
+        while True:
+            try:
+                batches, skipped = self._fold(behind, rows, positions, strict=strict)
+                with self.db.transaction() as cur:
+                    for p in behind if advance_to is not None else ():
+                        self._advance(cur, p.name, positions[p.name], advance_to)  # type: ignore[arg-type]
+                    for p in behind:
+                        self._write(cur, p, batches[p.name])
+                    self.db.executemany(cur, _SKIP, skipped)
+                return batches
+            except Exception as exc:
+                if strict or isinstance(exc, StaleError):  # strict: the store failed
+                    raise
+                strict = True
+
     def _fold(self, behind: Sequence[Projection], rows: Sequence[LogRow],
-              positions: dict[str, int]) -> tuple[dict[str, Batch], list[tuple[Any, ...]]]:
+              positions: dict[str, int], *, strict: bool = False,
+              ) -> tuple[dict[str, Batch], list[tuple[Any, ...]]]:
         """Fold log rows into one batch per projection, ``DECODE_CHUNK`` rows at a time;
         also return the rows recording the entries they pass over (``skipped_rows``).
 
-        Every projection folds a chunk's records before the next chunk is decoded, so
-        they are dropped while still in the CPU's caches: decoding a whole batch first
-        (50,000 records in a rebuild) makes every later step read main memory
-        (docs/PROJECTIONS.md, "A chunk of records at a time").
+        Each chunk is folded by every projection while its records are still in the
+        CPU's caches (docs/PROJECTIONS.md, "A chunk of records at a time").
         """
         batches = {}
         for p in behind:
@@ -380,10 +392,10 @@ class Projector:
                         earliest.setdefault(stream, version)
                 self._load_contexts(p.name, {s for s, v in earliest.items() if v > 1})
             cache = self._caches.setdefault(p.name, OrderedDict())
-            batches[p.name] = Batch(load_context=_loader(cache), query=self.db.query)
+            batches[p.name] = Batch(load_context=context_loader(cache), query=self.db.query)
         unreadable: list[Unreadable] = []
         for start in range(0, len(rows), DECODE_CHUNK):
-            entries, bad = decode_entries(rows[start:start + DECODE_CHUNK])
+            entries, bad = decode_entries(rows[start:start + DECODE_CHUNK], strict=strict)
             unreadable += bad
             by_topics: dict[frozenset[str], list[Entry]] = {}
             for p in behind:
@@ -436,13 +448,3 @@ class Projector:
             cache.popitem(last=False)
             self._complete.discard(name)
 
-
-def _loader(cache: OrderedDict[str, dict[str, Any]]) -> Callable[[str], dict[str, Any]]:
-    def load(stream: str) -> dict[str, Any]:
-        return _copy(cache.get(stream))
-    return load
-
-
-def _copy(context: dict[str, Any] | None) -> dict[str, Any]:
-    """A deep copy of a cached context (a failed batch must not change the cache)."""
-    return orjson.loads(orjson.dumps(context)) if context else {}

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ledger import chain
 from ledger.errors import StoreError, UsageError
+from ledger.records import decode_stored
 from ledger.store import Store
 from ledger.strict_json import non_json
 from projections.analytics import args_digest, call_key
@@ -167,7 +168,7 @@ class CassetteIndex:
 
     def _read(self, tool: str, digest: str, trace_id: str, seq: int) -> Outcome:
         state = self.store.backend.read_state(chain.trace_stream_id(self.tenant, trace_id), seq)
-        record = {} if state is None else chain.decode_stored(
+        record = {} if state is None else decode_stored(
             state, tenant=self.tenant, name=trace_id, seq=seq)
         payload = record.get("payload") or {}
         if (record.get("event") != "TOOL_EXEC" or payload.get("tool") != tool

@@ -21,6 +21,7 @@ from ledger.gcpause import paused_gc
 from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
 from ledger.reader import list_traces
+from ledger.records import decode_stored
 from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
 from ledger.store import Store
 from ledger.strict_json import non_json
@@ -177,8 +178,8 @@ class Replayer:
             if trace_id in unreadable:
                 continue
             try:
-                out[trace_id].append(chain.decode_stored(row.state, tenant=tenant,
-                                                         name=trace_id, seq=row.version))
+                out[trace_id].append(decode_stored(row.state, tenant=tenant,
+                                                           name=trace_id, seq=row.version))
             except UnreadableRecordError as exc:
                 unreadable[trace_id] = exc
                 del out[trace_id]
@@ -212,8 +213,8 @@ class Replayer:
         rows = self.store.backend.read_stream(sid)
         if not rows:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
-        return [chain.decode_stored(r.state, tenant=tenant, name=trace_id, seq=r.originator_version)
-                for r in rows]
+        return [decode_stored(r.state, tenant=tenant, name=trace_id,
+                                      seq=r.originator_version) for r in rows]
 
     def _chain(self, tenant: str, trace_id: str, plan: Plan, scripted: ScriptedOutcomes | None,
                live: LiveTools | None) -> OutcomeChain:

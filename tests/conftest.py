@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from pgcluster import PgCluster, pg_required_or_skip
 
+from ledger.ingest import ingest
 from ledger.store import Store
+from ledger.workload import synthetic_lines
 
 BACKENDS = ("sqlite", "postgres")
 
@@ -66,3 +68,14 @@ def store(store_url: str) -> Iterator[Store]:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def four_traces(store: Store, store_url: str, tmp_path: Path) -> str:
+    """The store's URL, holding four synthetic traces of ten events in two tenants
+    (``syn-1-00000000k``, k = 0..3; tenant-000 and tenant-001); views not yet built."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(synthetic_lines(40, events_per_trace=10, tenants=2)))
+    summary = ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
+    assert (summary.accepted, summary.rejected) == (40, 0)
+    return store_url

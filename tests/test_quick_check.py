@@ -22,6 +22,7 @@ from ledger import events
 from ledger.events import EventEnvelope, parse_line
 from ledger.payloads import MODEL_RULES, PAYLOAD_MODELS
 from ledger.quick_check import quick_check
+from ledger.records import StoredEvent
 from ledger.workload import demo_events, synthetic_lines
 
 EDGE_TEXT = ["", " ", "a b", "a\n", "\n", "memory/", "memory/a\n", "memory/a\r", "memory/é",
@@ -50,7 +51,7 @@ def _accepts(model: type[pydantic.BaseModel], value: Any) -> bool:
 
 
 def test_every_model_the_ledger_checks_compiles_to_a_quick_check() -> None:
-    for model in [EventEnvelope, *PAYLOAD_MODELS.values()]:
+    for model in [EventEnvelope, StoredEvent, *PAYLOAD_MODELS.values()]:
         assert quick_check(model, MODEL_RULES) is not None, model.__name__
 
 

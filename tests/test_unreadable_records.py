@@ -29,13 +29,9 @@ EVENT_PROJECTIONS = {"memory", "failures", "attribution", "analytics"}  # read t
 
 
 @pytest.fixture
-def ledger(store: Store, store_url: str, tmp_path: Path) -> str:
+def ledger(four_traces: str) -> str:
     """Four synthetic traces of ten events in two tenants; views not yet built."""
-    src = tmp_path / "in.jsonl"
-    src.write_bytes(b"".join(synthetic_lines(40, events_per_trace=10, tenants=2)))
-    summary = ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
-    assert (summary.accepted, summary.rejected) == (40, 0)
-    return store_url
+    return four_traces
 
 
 def spoil(url: str, how: str) -> bytes:
