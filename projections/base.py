@@ -8,6 +8,7 @@ commits all of that with the tracking position in one transaction.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -172,12 +173,14 @@ LogRow = tuple[int, str, str, int, bytes | None]
 def decode_entries(rows: Sequence[LogRow], *, strict: bool = False
                    ) -> tuple[list[Entry], list[Unreadable]]:
     """Decode log rows of the projected topics (the hot loop of a rebuild), and set
-    aside those that are not records.
+    aside those that are not records of the stream they are stored in: bytes that are
+    not a JSON object, or a record naming another tenant, trace or seq (which would
+    put its rows in that tenant's views).
 
     ``strict`` also sets aside records their readers cannot take
     (:func:`ledger.records.decode`): valid JSON altered into another shape. That
-    check costs more than a third of a rebuild, so the projector asks for it only for
-    a batch that failed without it (``Projector._fold_and_write``).
+    check costs a third of a rebuild, so the projector asks for it only for a batch
+    that failed without it (``Projector._fold_and_write``).
     """
     topics, risky, loads = chain.TOPICS, chain.may_hold_big_int, orjson.loads
     if not strict:
@@ -185,7 +188,7 @@ def decode_entries(rows: Sequence[LogRow], *, strict: bool = False
             entries = [Entry(nid, topic, key, version,
                              chain.decode(state) if risky(state) else loads(state))  # type: ignore[arg-type]
                        for nid, topic, key, version, state in rows if topic in topics]
-            if all(type(e.record) is dict for e in entries):
+            if all(type(e.record) is dict and _in_place(e) for e in entries):
                 return entries, []
         except (ValueError, TypeError, AttributeError):  # not JSON, or NULL: sort them out
             pass
@@ -194,10 +197,44 @@ def decode_entries(rows: Sequence[LogRow], *, strict: bool = False
     for nid, topic, key, version, state in rows:
         if topic in topics:
             try:
-                out.append(Entry(nid, topic, key, version, decode(state, topic)))
+                entry = Entry(nid, topic, key, version, decode(state, topic))
             except ValueError as exc:
                 bad.append(Unreadable(nid, topic, key, version, str(exc)))
+                continue
+            if _in_place(entry):
+                out.append(entry)
+            else:
+                r = entry.record
+                bad.append(Unreadable(nid, topic, key, version, (
+                    f"it names tenant {r.get('tenant')!r}, trace {r.get('trace_id')!r}, seq "
+                    f"{r.get('seq')!r}: not where it is stored")))
     return out, bad
+
+
+def _in_place(entry: Entry) -> bool:
+    """Whether a record names the stream (and for a trace event, the seq) it is in."""
+    r = entry.record
+    if entry.topic == chain.EVENT_TOPIC:
+        return r.get("seq") == entry.version and _stream_key(
+            chain.TRACE_KIND, r.get("tenant"), r.get("trace_id")) == entry.stream
+    kind, name = _TENANT_STREAMS[entry.topic]
+    return _stream_key(kind, r.get("tenant"), name) == entry.stream
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stream_key(kind: str, tenant: Any, name: Any) -> str | None:
+    """The 32-hex key of a stream, None for names that are not strings (~1.5 us a stream;
+    65,536 keys hold ~15 MB)."""
+    if type(tenant) is not str or type(name) is not str:
+        return None
+    try:
+        return chain.stream_id(kind, tenant, name).hex
+    except UnicodeEncodeError:  # a lone surrogate, read by the stdlib decoder
+        return None
+
+
+_TENANT_STREAMS = {chain.FINDING_TOPIC: (chain.FINDINGS_KIND, chain.FINDINGS_STREAM_NAME),
+                   chain.GRANT_TOPIC: (chain.GRANTS_KIND, chain.GRANTS_STREAM_NAME)}
 
 
 def skipped_rows(backend: Backend, behind: Sequence[Projection],

@@ -1,7 +1,7 @@
 """A stored record altered into valid JSON of another shape never stops a command.
 
 Such a record (a ``null`` event, a list for a payload, an attempt beyond 64 bits, a
-record naming another trace) is as unreadable as one whose bytes are not JSON
+record naming another tenant, trace or seq) is as unreadable as one whose bytes are not JSON
 (``test_unreadable_records.py``): the views set it aside and say so, readers of its
 stream stop with exit 4 naming it, and ingest rejects the events that would extend
 its trace, storing the rest. Before, one such record stopped every projection of the
@@ -136,6 +136,25 @@ def test_a_record_naming_another_trace_is_named_by_its_readers(ledger: str) -> N
     code, _, err = run(ledger, "trace", "show", TRACE, "--tenant", TENANT)
     assert code == 4, err
     assert f"names tenant {OTHER!r}" in err and "not where it is stored" in err
+
+
+@pytest.mark.parametrize(("field", "value"), [("tenant", OTHER), ("trace_id", "another"),
+                                               ("seq", 8)])
+def test_a_record_naming_another_stream_stays_out_of_the_views(
+        ledger: str, field: str, value: Any) -> None:
+    """Else its rows would land in the trace, or the tenant, it names."""
+    others = {t: run_json(ledger, "audit", "writes", "--tenant", t) for t in (OTHER, TENANT)}
+    record = json.loads(rawdb.get_state(ledger, SID, 7))  # a memory write
+    record[field] = value
+    rawdb.set_state(ledger, SID, 7, json.dumps(record).encode())
+    run_json(ledger, "projections", "rebuild")
+    assert run_json(ledger, "audit", "writes", "--tenant", OTHER) == others[OTHER]
+    writes = run_json(ledger, "audit", "writes", "--tenant", TENANT)
+    assert writes == [w for w in others[TENANT] if (w["trace_id"], w["seq"]) != (TRACE, 7)]
+    findings = run_json(ledger, "audit", "findings", "--tenant", TENANT, "--kind",
+                        "unreadable_record")
+    assert [(f["trace_id"], f["seq"]) for f in findings] == [(TRACE, 7)]
+    assert "not where it is stored" in findings[0]["detail"]
 
 
 def test_replay_names_the_record(ledger: str, tmp_path: Path) -> None:
