@@ -132,6 +132,16 @@ class UnreadableRecordError(LedgerError):
             f"({reason}); it was changed outside the ledger: run `agentledger verify`")
 
 
+class MemoryDisagreementError(UnreadableRecordError):
+    """A trace's memory as the memory view has it does not hash to what its stored
+    record says the ledger computed: the record or the view was altered."""
+
+    def __init__(self, tenant: str, name: str, seq: int, reason: str) -> None:
+        super().__init__(tenant, name, seq, reason)
+        self.args = (f"tenant {tenant!r} trace {name!r} seq {seq}: {reason}: run "
+                     "`agentledger verify` and `agentledger projections check memory`",)
+
+
 class ConflictError(LedgerError):
     """An event for an existing (tenant, trace_id, seq) differs from the stored one."""
 

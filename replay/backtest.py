@@ -155,7 +155,7 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
                 try:
                     done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
                                                     history.get(trace_id, []), live)
-                except UnwritableReplayError as exc:  # nothing of it was stored
+                except (UnwritableReplayError, UnreadableRecordError) as exc:  # none stored
                     report.skip(exc)
                 else:
                     if done is not None:

@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from ledger import chain
-from ledger.errors import NotFoundError, StoreError, UnreadableRecordError, UsageError
+from ledger.errors import (
+    MemoryDisagreementError,
+    NotFoundError,
+    UnreadableRecordError,
+    UsageError,
+)
 from ledger.gcpause import paused_gc
 from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
@@ -240,7 +245,7 @@ class Replayer:
         plan = read_plan(wire)
         if history is None:
             history = queries.memory_history(self.store, tenant, trace_id)
-        memory = _memory_at(history, records, fork)
+        memory = _memory_at(history, records, fork, tenant, trace_id)
         outcomes = self._chain(tenant, trace_id, plan, scripted, live)
         engine = Engine(plan, policy, outcomes, tenant=tenant, trace_id=trace_id,
                         agent_owner=wire[0]["agent_owner"], memory=memory)
@@ -260,8 +265,8 @@ class Replayer:
 
 
 
-def _memory_at(history: list[Any], records: list[dict[str, Any]],
-               fork: int) -> dict[str, dict[str, Any]]:
+def _memory_at(history: list[Any], records: list[dict[str, Any]], fork: int, tenant: str,
+               trace_id: str) -> dict[str, dict[str, Any]]:
     """Memory per scope before the fork, from the projection, checked against the record."""
     memory: dict[str, dict[str, Any]] = {}
     for version in history:
@@ -280,10 +285,10 @@ def _memory_at(history: list[Any], records: list[dict[str, Any]],
         record = last.get(scope_name)
         if record is None or record["ledger_memory_hash"] != memory_hash(
                 memory.get(scope_name, {})):
-            raise StoreError(
+            raise MemoryDisagreementError(
+                tenant, trace_id, record["seq"] if record else fork - 1,
                 f"memory of {scope_name} before seq {fork} in the memory view disagrees "
-                "with the ledger's record: run `agentledger projections rebuild memory` "
-                "and `agentledger verify`")
+                "with the ledger's record")
     return memory
 
 

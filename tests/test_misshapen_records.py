@@ -22,7 +22,9 @@ import rawdb
 from clirun import run, run_json
 
 from ledger import chain
+from ledger.ingest import ingest
 from ledger.store import Store
+from ledger.workload import synthetic_lines
 
 TENANT, TRACE, OTHER = "tenant-001", "syn-1-000000003", "tenant-000"
 SID = chain.trace_stream_id(TENANT, TRACE)
@@ -214,3 +216,36 @@ def test_grants_name_an_altered_grant_record(ledger: str) -> None:
     assert code == 0, err
     status = {s["name"]: s["unreadable"] for s in run_json(ledger, "projections", "status")}
     assert status["attribution"] == 1
+
+
+@pytest.fixture
+def terminated(store: Store, store_url: str, tmp_path: Path) -> str:
+    """Twenty synthetic traces of twenty events, one tenant; syn-1-000000000 ends
+    terminated after a memory write at seq 7."""
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(synthetic_lines(400, events_per_trace=20, tenants=1)))
+    ingest(store, [str(src)], reject_file=str(tmp_path / "rejected.jsonl"))
+    return store_url
+
+
+def test_replay_and_backtest_name_a_memory_write_altered_to_another_value(
+        terminated: str, tmp_path: Path) -> None:
+    """The record reads well, but the memory the views fold from it no longer hashes
+    to what the ledger recorded: replay stops (exit 4), backtest leaves the trace out."""
+    trace, sid = "syn-1-000000000", chain.trace_stream_id("tenant-000", "syn-1-000000000")
+    record = json.loads(rawdb.get_state(terminated, sid, 7))
+    assert record["event"] == "CALLBACK_MEMORY_WRITE"
+    record["payload"]["value"] = {"altered": True}
+    rawdb.set_state(terminated, sid, 7, json.dumps(record).encode())
+    policy = tmp_path / "retry.json"
+    policy.write_text(json.dumps({"retry": {"max_attempts": 3}}))
+    code, _, err = run(terminated, "replay", trace, "--tenant", "tenant-000", "--policy",
+                       str(policy), "--from", "12")
+    assert code == 4, err
+    assert f"trace {trace!r} seq 7: memory of memory/" in err and "disagrees" in err
+    code, out, err = run(terminated, "backtest", "--tenant", "tenant-000", "--policy",
+                         str(policy), "--json")
+    assert code == 4, err
+    report = json.loads(out)
+    assert [(u["trace_id"], u["seq"]) for u in report["unreadable"]] == [(trace, 7)]
+    assert report["terminated_traces"] >= 1
