@@ -16,6 +16,8 @@ EXAMPLES: dict[type[errors.LedgerError], errors.LedgerError] = {
     errors.NotIJSONError: errors.NotIJSONError("integer beyond 2**53", field="payload.value"),
     errors.SequenceError: errors.SequenceError("seq 5 after 3", field="seq"),
     errors.UnreadableRecordError: errors.UnreadableRecordError("acme", "t-1", 3, "not JSON"),
+    errors.MemoryDisagreementError: errors.MemoryDisagreementError(
+        "acme", "t-1", 7, "memory of memory/a before seq 9 in the memory view disagrees"),
     errors.UnwritableReplayError: errors.UnwritableReplayError("t-1", 9, "beyond 2**53"),
 }
 
