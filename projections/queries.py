@@ -15,7 +15,7 @@ import orjson
 
 from ledger import chain
 from ledger.backends.base import StreamHead
-from ledger.errors import NotFoundError, StoreError, UsageError
+from ledger.errors import MemoryDisagreementError, NotFoundError, UsageError
 from ledger.memory import memory_hash
 from ledger.reader import parse_window
 from ledger.store import Store
@@ -174,10 +174,10 @@ def _fold(store: Store, head: StreamHead, scope: str, at: int) -> tuple[dict[str
         else:
             state[key] = orjson.loads(value)
     digest = memory_hash(state)
-    if rows and rows[-1][4] != digest:
-        raise StoreError(
-            f"the memory view of trace {head.name!r} disagrees with the ledger at seq "
-            f"{rows[-1][0]}: run `agentledger projections rebuild memory`")
+    if rows and rows[-1][4] != digest:  # a record or the view was altered
+        raise MemoryDisagreementError(
+            head.tenant, head.name, int(rows[-1][0]),
+            f"the memory of {scope} in the memory view disagrees with the ledger's record")
     return state, digest
 
 

@@ -249,3 +249,21 @@ def test_replay_and_backtest_name_a_memory_write_altered_to_another_value(
     report = json.loads(out)
     assert [(u["trace_id"], u["seq"]) for u in report["unreadable"]] == [(trace, 7)]
     assert report["terminated_traces"] >= 1
+
+
+def test_memory_show_names_a_memory_view_left_short_by_an_unreadable_write(
+        ledger: str) -> None:
+    """The write at seq 4 is left out, so the state the view folds at seq 7 no longer
+    hashes to what the ledger recorded there: exit 4, naming it, never exit 1."""
+    record = json.loads(rawdb.get_state(ledger, SID, 4))
+    del record["event"]
+    rawdb.set_state(ledger, SID, 4, json.dumps(record).encode())
+    run_json(ledger, "projections", "rebuild")
+    scope = ["--scope", "memory/researcher"]  # where both writes are
+    for args in (["memory", "show", "--tenant", TENANT, "--trace", TRACE, *scope],
+                 ["memory", "diff", "--tenant", TENANT, "--trace", TRACE, *scope, "--from",
+                  "1", "--to", "10", "--json"]):
+        code, _, err = run(ledger, *args)
+        assert code == 4, (args, err)
+        assert f"trace {TRACE!r} seq 7: the memory of memory/" in err and "disagrees" in err
+        assert "agentledger verify" in err
