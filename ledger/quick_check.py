@@ -17,13 +17,13 @@ validators this module does not know compiles to None: pydantic always checks it
 ``tests/test_quick_check.py`` compares the two on generated values.
 
 The function is generated as Python source, as :mod:`dataclasses` does, one line a
-field: checking a dozen fields through nested closures cost three times as long.
+field: an envelope and payload checked through nested closures took half as long
+again (3.4 against 2.2 µs).
 Its input must be decoded JSON, so dictionary keys are strings and are not checked.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import types
@@ -39,8 +39,6 @@ Rules = dict[type[BaseModel], Check]
 _ABSENT = object()
 _INT64 = 2**63
 _EXACT_FLOAT_INTS = 2**53  # an int beyond this is no longer exact as a float
-_TYPE_TESTS = frozenset({"type(x) is str", "type(x) is bool", "type(x) is dict", "x is None",
-                         "((type(x) is str) or (x is None))"})  # settled by the type alone
 
 
 class Unsupported(Exception):
@@ -79,11 +77,7 @@ class _Compiler:
             decorators.model_validators and model not in self.rules
         ):
             raise Unsupported(f"{model.__name__}: has validators")
-        lines = ["def check(v):"]
-        rule = self.rules.get(model)
-        done = f"return {self.bind(rule)}(v)" if rule is not None else "return True"
-        lines += self.in_order(model, done)
-        lines.append("    if type(v) is not dict: return False")
+        lines = ["def check(v):", "    if type(v) is not dict: return False"]
         if config.get("extra") == "forbid":
             known = self.bind(frozenset(model.model_fields))
             lines.append(f"    if not {known}.issuperset(v): return False")
@@ -96,46 +90,12 @@ class _Compiler:
                 lines.append(f"    if x is _ABSENT or not ({test}): return False")
             else:
                 lines.append(f"    if x is not _ABSENT and not ({test}): return False")
-        lines.append("    " + done)
+        rule = self.rules.get(model)
+        lines.append(f"    return {self.bind(rule)}(v)" if rule is not None else "    return True")
         namespace: dict[str, Any] = {}
         exec("\n".join(lines), self.scope, namespace)
         check: Check = namespace["check"]
         return check
-
-    def in_order(self, model: type[BaseModel], done: str) -> list[str]:
-        """Lines that check, at once, a value whose keys are the model's fields in order
-        (as the ledger writes its records): their types by one tuple, then the tests a
-        type does not settle. None where a field is optional or of any type."""
-        fields = model.model_fields
-        kinds = [self.kinds(info.annotation) for info in fields.values()]
-        if not fields or None in kinds or not all(i.is_required() for i in fields.values()):
-            return []
-        signatures = frozenset(itertools.product(*kinds))  # type: ignore[arg-type]
-        lines = [f"    if type(v) is dict and tuple(v) == {self.bind(tuple(fields))} and "
-                 f"tuple(map(type, v.values())) in {self.bind(signatures)}:"]
-        for name, info in fields.items():
-            test = self.test(info.annotation, list(info.metadata))
-            if test not in _TYPE_TESTS:
-                lines += [f"        x = v[{name!r}]", f"        if not ({test}): return False"]
-        return [*lines, "        " + done]
-
-    def kinds(self, annotation: Any) -> frozenset[type] | None:
-        """The types a valid value of ``annotation`` may have (None: any)."""
-        origin = typing.get_origin(annotation)
-        if origin is typing.Annotated:
-            return self.kinds(typing.get_args(annotation)[0])
-        if origin in (typing.Union, types.UnionType):
-            members = [self.kinds(arg) for arg in typing.get_args(annotation)]
-            return None if None in members else frozenset().union(*members)  # type: ignore[arg-type]
-        if origin is typing.Literal:
-            return frozenset(type(option) for option in typing.get_args(annotation))
-        if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return frozenset({dict})
-        if annotation is float:
-            return frozenset({float, int})
-        if annotation in (str, int, bool, type(None)):
-            return frozenset({annotation})
-        return None
 
     def test(self, annotation: Any, metadata: list[Any]) -> str:
         """A Python expression, true only if ``x`` surely is valid for ``annotation``
