@@ -128,16 +128,20 @@ class Appender:
         dirty = self._dirty
         outcomes: list[Outcome | None] = []
         to_compare: list[tuple[int, UUID]] = []
+        unreadable: dict[_Key, Outcome] = {}  # traces whose memory cannot be known
         for i, (key, event) in enumerate(zip(keys, events, strict=True)):
             stream = dirty.get(key) or views[key]
             last = stream.last_seq
-            if event.seq == last + 1:
+            if event.seq > last and key in unreadable:  # not a gap: nothing can follow
+                outcomes.append(unreadable[key])
+            elif event.seq == last + 1:
                 if key not in dirty:
                     try:
                         stream = self._open_for_write(key, stream)
-                    except UnreadableRecordError as exc:  # its memory cannot be known
-                        outcomes.append(Outcome("rejected", f"cannot append to {exc}",
-                                                "unreadable", error=exc))
+                    except UnreadableRecordError as exc:
+                        unreadable[key] = Outcome("rejected", f"cannot append to {exc}",
+                                                  "unreadable", error=exc)
+                        outcomes.append(unreadable[key])
                         continue
                 outcomes.append(self._accept(stream, event, fill_memory_hash))
             elif event.seq > last + 1:

@@ -174,19 +174,20 @@ def test_ingest_rejects_what_would_extend_the_trace_and_stores_the_rest(
     """Its memory cannot be known without the record: nothing is appended to it."""
     seq = alter(ledger, "memory key a list")
     last = json.loads(rawdb.get_state(ledger, SID, 10))
-    more = [{**chain.wire_part(last), "seq": 11, "event": "EXEC_NEXT", "payload": {},
-             "memory_hash": None},
-            {**chain.wire_part(last), "trace_id": "another", "seq": 1, "event": "EXEC_START",
-             "payload": {}, "memory_hash": None}]
+    more = [{**chain.wire_part(last), "seq": n, "event": "EXEC_NEXT", "payload": {},
+             "memory_hash": None} for n in (11, 12)]
+    more.insert(1, {**chain.wire_part(last), "trace_id": "another", "seq": 1,
+                    "event": "EXEC_START", "payload": {}, "memory_hash": None})
     src, rejects = tmp_path / "more.jsonl", tmp_path / "rejects.jsonl"
     src.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in more))
     code, out, err = run(ledger, "ingest", str(src), "--reject-file", str(rejects), "--json")
     assert code == 3, err
-    assert (json.loads(out)["accepted"], json.loads(out)["rejected"]) == (1, 1)
-    [entry] = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert entry["line"] == 1 and entry["seq"] == 11
-    assert entry["reason"].startswith(f"cannot append to tenant {TENANT!r} trace {TRACE!r} "
-                                      f"seq {seq}")
+    assert (json.loads(out)["accepted"], json.loads(out)["rejected"]) == (1, 2)
+    entries = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(e["line"], e["seq"]) for e in entries] == [(1, 11), (3, 12)]  # 12: not a gap
+    for entry in entries:
+        assert entry["reason"].startswith(
+            f"cannot append to tenant {TENANT!r} trace {TRACE!r} seq {seq}")
 
 
 def test_the_python_api_raises_the_unreadable_record(store: Store, ledger: str) -> None:
