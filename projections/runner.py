@@ -363,8 +363,9 @@ class Projector:
             try:
                 batches, skipped = self._fold(behind, rows, positions, strict=strict)
                 with self.db.transaction() as cur:
-                    for p in behind if advance_to is not None else ():
-                        self._advance(cur, p.name, positions[p.name], advance_to)  # type: ignore[arg-type]
+                    if advance_to is not None:
+                        for p in behind:
+                            self._advance(cur, p.name, positions[p.name], advance_to)
                     for p in behind:
                         self._write(cur, p, batches[p.name])
                     self.db.executemany(cur, _SKIP, skipped)
@@ -377,12 +378,9 @@ class Projector:
     def _fold(self, behind: Sequence[Projection], rows: Sequence[LogRow],
               positions: dict[str, int], *, strict: bool = False,
               ) -> tuple[dict[str, Batch], list[tuple[Any, ...]]]:
-        """Fold log rows into one batch per projection, ``DECODE_CHUNK`` rows at a time;
-        also return the rows recording the entries they pass over (``skipped_rows``).
-
-        Each chunk is folded by every projection while its records are still in the
-        CPU's caches (docs/PROJECTIONS.md, "A chunk of records at a time").
-        """
+        """Fold log rows into one batch per projection, ``DECODE_CHUNK`` rows at a time,
+        each chunk by every projection while its records are in the CPU's caches (see
+        PROJECTIONS.md); also return the rows recording entries passed over."""
         batches = {}
         for p in behind:
             if p.name not in self._complete:  # streams first seen at version 1 have none
