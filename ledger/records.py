@@ -146,13 +146,20 @@ def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int,
     except ValueError as exc:
         raise UnreadableRecordError(tenant, name, seq, str(exc)) from None
     where = (tenant, name, seq) if topic == chain.EVENT_TOPIC else (tenant,)
-    claimed = (record.get("tenant"), record.get("trace_id"), record.get("seq"))[:len(where)]
-    if claimed != where:
-        names = ("tenant", "trace_id", "seq")
-        said = ", ".join(f"{k} {v!r}" for k, v in zip(names, claimed, strict=False))
-        raise UnreadableRecordError(tenant, name, seq, f"it names {said}: not where it is "
-                                    "stored")
+    if _identity(record)[:len(where)] != where:
+        raise UnreadableRecordError(tenant, name, seq, misplaced(record, topic))
     return record
+
+
+def misplaced(record: dict[str, Any], topic: str) -> str:
+    """Why a record that names another stream than where it is stored is unreadable."""
+    names = ("tenant", "trace", "seq") if topic == chain.EVENT_TOPIC else ("tenant",)
+    said = ", ".join(f"{k} {v!r}" for k, v in zip(names, _identity(record), strict=False))
+    return f"it names {said}: not where it is stored"
+
+
+def _identity(record: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return record.get("tenant"), record.get("trace_id"), record.get("seq")
 
 
 def record_problem(record: dict[str, Any], topic: str) -> str | None:
