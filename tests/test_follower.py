@@ -148,6 +148,12 @@ def test_the_follower_gives_back_the_sqlite_logs_space_once_idle(
         assert other.execute("SELECT COUNT(*) FROM agentledger_events").fetchone() == (N_EVENTS,)
 
 
+def _sigint_by_default() -> None:
+    """Let the child take Ctrl-C even when this suite was started with SIGINT ignored
+    (a background job of a script, as `nohup cmd &` is): Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _json_line(proc: subprocess.Popen[str], timeout: float = DEADLINE_S) -> dict[str, Any]:
     """The next line the process prints, as JSON, within ``timeout`` seconds."""
     assert proc.stdout is not None
@@ -167,7 +173,8 @@ def test_projections_run_follows_what_other_writers_append(
     entry = "from ledger.cli.main import main; main()"
     proc = subprocess.Popen(
         [sys.executable, "-c", entry, "--store", fed, "projections", "run", "--interval",
-         "0.05", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "0.05", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_by_default)
     try:
         assert _json_line(proc) == {"entries_read": N_EVENTS, "log_head": N_EVENTS}
         more = tmp_path / "more.jsonl"  # the first N_EVENTS lines again, then as many new
