@@ -268,3 +268,13 @@ def test_memory_show_names_a_memory_view_left_short_by_an_unreadable_write(
         assert code == 4, (args, err)
         assert f"trace {TRACE!r} seq 7: the memory of memory/" in err and "disagrees" in err
         assert "agentledger verify" in err
+
+
+def test_the_stored_event_model_has_the_fields_the_ledger_writes() -> None:
+    """``records.StoredEvent`` declares again what ``chain.event_record`` writes: tied here."""
+    from ledger.events import WIRE_FIELDS
+    from ledger.records import StoredEvent
+
+    written = chain.event_record(dict.fromkeys(WIRE_FIELDS), ledger_memory_hash="h",
+                                 prev_hash="p")
+    assert list(StoredEvent.model_fields) == list(written)
