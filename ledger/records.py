@@ -115,11 +115,36 @@ class GrantRevoked(BaseModel):
     prev_hash: str
 
 
+class ReplayLink(BaseModel):
+    """A stored replay's first record (``ledger.replays``): what it forked, how, and why."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    v: Version
+    kind: Literal["replay_link"]
+    tenant: str
+    source_trace_id: str
+    fork_seq: int = Field(ge=1, le=MAX_INTEGER)
+    replay_trace_id: str
+    recorded_at: Instant
+    prev_hash: str
+    # what write_replay's caller may leave out (the replayer gives them all)
+    source_prev_hash: str | None = None
+    policy_digest: str | None = None
+    policy: str | None = None
+    outcome_sources: list[str] | None = None
+    by: str | None = None
+    reason: str | None = None
+    replay_status: str | None = None
+    original_status: str | None = None
+    agent_owner: str | None = None
+
+
 _quick_stored_event = quick_check(StoredEvent) or (lambda record: False)
 _validate_stored_event = StoredEvent.__pydantic_validator__.validate_python
 _OTHERS = {
     chain.FINDING_TOPIC: (StoredFinding,),
     chain.GRANT_TOPIC: (GrantAdded, GrantRevoked),
+    chain.REPLAY_TOPIC: (ReplayLink,),
 }
 
 
@@ -145,7 +170,11 @@ def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int,
         record = decode(state, topic)
     except ValueError as exc:
         raise UnreadableRecordError(tenant, name, seq, str(exc)) from None
-    where = (tenant, name, seq) if topic == chain.EVENT_TOPIC else (tenant,)
+    where: tuple[Any, ...] = (tenant,)
+    if topic == chain.EVENT_TOPIC:
+        where = (tenant, name, seq)
+    elif topic == chain.REPLAY_TOPIC and record.get("kind") != "replay_link":
+        where = (tenant, name)  # a replayed event: its seq follows the fork, not the stream
     if _identity(record)[:len(where)] != where:
         raise UnreadableRecordError(tenant, name, seq, misplaced(record, topic))
     return record
@@ -153,7 +182,8 @@ def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int,
 
 def misplaced(record: dict[str, Any], topic: str) -> str:
     """Why a record that names another stream than where it is stored is unreadable."""
-    names = ("tenant", "trace", "seq") if topic == chain.EVENT_TOPIC else ("tenant",)
+    names = ("tenant", "trace", "seq") if topic in (chain.EVENT_TOPIC, chain.REPLAY_TOPIC) and (
+        record.get("kind") != "replay_link") else ("tenant",)
     said = ", ".join(f"{k} {v!r}" for k, v in zip(names, _identity(record), strict=False))
     return f"it names {said}: not where it is stored"
 
@@ -166,7 +196,8 @@ def record_problem(record: dict[str, Any], topic: str) -> str | None:
     """What makes a decoded ``record`` one its readers cannot take as a record of
     ``topic``, or None. Topics without a model here are only checked for values no
     store holds (infinities, lone surrogates, NUL characters)."""
-    if topic == chain.EVENT_TOPIC:
+    if topic == chain.EVENT_TOPIC or (
+            topic == chain.REPLAY_TOPIC and record.get("kind") != "replay_link"):
         problem = _event_problem(record)
     else:
         problem = None

@@ -19,9 +19,10 @@ from eventsourcing.persistence import StoredEvent
 
 from ledger import chain
 from ledger.backends.base import StreamHead, StreamQuery
-from ledger.errors import ConcurrencyError, NotFoundError
+from ledger.errors import ConcurrencyError, NotFoundError, UnreadableRecordError
 from ledger.events import normalize_ts, parse_event
 from ledger.memory import MemoryState, apply_record, scope_hash
+from ledger.records import decode, decode_stored, record_problem
 from ledger.store import Store
 
 LINK_KIND = "replay_link"
@@ -106,7 +107,7 @@ def list_replays(store: Store, tenant: str, *, source: str | None = None) -> lis
     for head in heads:
         rows = store.backend.read_stream(head.stream_id, lte=1)
         if rows:
-            link = chain.decode_stored(rows[0].state, tenant=tenant, name=head.name, seq=1)
+            link = _link(rows[0].state, tenant, head.name)
             if source is None or link.get("source_trace_id") == source:
                 links.append(link)
     return links
@@ -118,9 +119,18 @@ def read_replay(store: Store, tenant: str, name: str) -> StoredReplay:
     rows = store.backend.read_stream(sid)
     if not rows:
         raise NotFoundError(f"no replay {name!r} in tenant {tenant!r}")
-    records = [chain.decode_stored(r.state, tenant=tenant, name=name, seq=r.originator_version)
-               for r in rows]
-    return StoredReplay(name, records[0], [chain.wire_part(r) for r in records[1:]])
+    events = [decode_stored(r.state, tenant=tenant, name=name, seq=r.originator_version,
+                            topic=chain.REPLAY_TOPIC) for r in rows[1:]]
+    link = _link(rows[0].state, tenant, name)
+    return StoredReplay(name, link, [chain.wire_part(r) for r in events])
+
+
+def _link(state: bytes | None, tenant: str, name: str) -> dict[str, Any]:
+    """A replay's first record, its link; UnreadableRecordError if it cannot be read."""
+    link = decode_stored(state, tenant=tenant, name=name, seq=1, topic=chain.REPLAY_TOPIC)
+    if link.get("kind") != LINK_KIND:
+        raise UnreadableRecordError(tenant, name, 1, "not the link record a replay begins with")
+    return link
 
 
 class ReplayCheck:
@@ -155,13 +165,12 @@ class ReplayCheck:
         if link.get("kind") != LINK_KIND:
             self.problem(1, "unreadable_record", "a replay stream must start with its link")
             return
-        self.link = link
-        tenant, source, fork = link.get("tenant"), link.get("source_trace_id"), link.get(
-            "fork_seq")
-        if not isinstance(tenant, str) or not isinstance(source, str) or not isinstance(
-                fork, int):
-            self.problem(1, "unreadable_record", "replay link lacks tenant/source/fork_seq")
+        problem = record_problem(link, chain.REPLAY_TOPIC)
+        if problem is not None:
+            self.problem(1, "unreadable_record", f"replay link: {problem}")
             return
+        self.link = link
+        tenant, source, fork = link["tenant"], link["source_trace_id"], link["fork_seq"]
         sid = chain.trace_stream_id(tenant, source)
         rows = self.store.backend.read_stream(sid, lte=fork - 1) if fork > 1 else []
         actual = chain.record_hash(rows[-1].state) if rows else chain.GENESIS_HASH
@@ -170,4 +179,10 @@ class ReplayCheck:
                          f"the replay forked from {source!r} after seq {fork - 1} with record "
                          f"hash {link.get('source_prev_hash')}; the source now gives {actual}")
         for row in rows:
-            apply_record(self.memory, chain.decode(row.state))
+            try:
+                apply_record(self.memory, decode(row.state))
+            except ValueError as exc:  # its own stream's check names it too
+                self.problem(1, "replay_source_mismatch", f"the source's record at seq "
+                             f"{row.originator_version} cannot be read ({exc})")
+                self.link = None  # the memory the replay forked from is not known
+                return

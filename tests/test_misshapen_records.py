@@ -278,3 +278,45 @@ def test_the_stored_event_model_has_the_fields_the_ledger_writes() -> None:
     written = chain.event_record(dict.fromkeys(WIRE_FIELDS), ledger_memory_hash="h",
                                  prev_hash="p")
     assert list(StoredEvent.model_fields) == list(written)
+
+
+@pytest.fixture
+def replayed(store: Store, ledger: str) -> tuple[str, str]:
+    """The ledger and a replay of TRACE stored through the library with the least of
+    a link ``write_replay`` takes (no policy, statuses or sources)."""
+    from ledger.replays import source_hash_before, write_replay
+
+    name = write_replay(store, {
+        "tenant": TENANT, "source_trace_id": TRACE, "fork_seq": 3,
+        "source_prev_hash": source_hash_before(store, TENANT, TRACE, 3)}, [])
+    return ledger, name
+
+
+def test_a_replay_with_the_least_of_a_link_is_shown(replayed: tuple[str, str]) -> None:
+    ledger, name = replayed
+    for args in (["replay", "show", name, "--tenant", TENANT],
+                 ["replay", "list", "--tenant", TENANT]):
+        code, out, err = run(ledger, *args)
+        assert code == 0, (args, err)
+        assert "? -> ?" in out or "original ? -> replay ?" in out
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("fork_seq", 2**70), ("fork_seq", {"a": 1}), ("source_trace_id", None), ("kind", "x"),
+    ("recorded_at", "yesterday")])
+def test_an_altered_replay_link_is_named_not_crashed_on(
+        replayed: tuple[str, str], field: str, value: Any) -> None:
+    ledger, name = replayed
+    sid = chain.replay_stream_id(TENANT, name)
+    link = json.loads(rawdb.get_state(ledger, sid, 1))
+    link[field] = value
+    rawdb.set_state(ledger, sid, 1, json.dumps(link).encode())
+    for args in (["replay", "show", name, "--tenant", TENANT, "--json"],
+                 ["replay", "list", "--tenant", TENANT]):
+        code, _, err = run(ledger, *args)
+        assert code == 4, (args, err)
+        assert f"trace {name!r} seq 1" in err
+    code, out, err = run(ledger, "verify", "--json")
+    assert code == 4, err
+    kinds = {(p["trace_id"], p["seq"], p["kind"]) for p in json.loads(out)["problems"]}
+    assert (name, 1, "unreadable_record") in kinds

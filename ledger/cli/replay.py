@@ -162,9 +162,10 @@ def replay_list(ctx: click.Context, tenant: str, source: str | None, as_json: bo
         click.echo("No replays.")
         return
     click.echo(table([[r["replay_trace_id"], r["source_trace_id"], str(r["fork_seq"]),
-                       f"{r['original_status']} -> {r['replay_status']}",
-                       r["policy_digest"][:19], r["by"] or "", (r["recorded_at"] or "")[:19],
-                       short(r["reason"] or "", 40)] for r in links],
+                       f"{r['original_status'] or '?'} -> {r['replay_status'] or '?'}",
+                       (r["policy_digest"] or "")[:19], r["by"] or "",
+                       (r["recorded_at"] or "")[:19], short(r["reason"] or "", 40)]
+                      for r in links],
                      ["replay_trace_id", "source", "fork", "status", "policy", "by",
                       "recorded_at", "reason"]))
 
@@ -311,10 +312,11 @@ def render_result(result: ReplayResult, source: list[dict[str, Any]], *, color: 
     return "\n".join(parts)
 
 
-def _header(trace_id: str, tenant: str, fork: int, original: str, replayed: str,
-            color: bool) -> str:
-    def status(s: str) -> str:
-        return click.style(s.upper(), fg=STATUS_COLOURS.get(s)) if color else s.upper()
+def _header(trace_id: str, tenant: str, fork: int, original: str | None,
+            replayed: str | None, color: bool) -> str:
+    def status(s: str | None) -> str:  # a replay written through the API may not say
+        shown = (s or "?").upper()
+        return click.style(shown, fg=STATUS_COLOURS.get(s or "")) if color else shown
 
     return (f"replay of trace {trace_id} (tenant {tenant}) from seq {fork}: original "
             f"{status(original)} -> replay {status(replayed)}")
