@@ -37,6 +37,7 @@ from ledger.strict_json import non_json
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 Version = Literal[1]  # chain.RECORD_VERSION
 Name = Annotated[str, StringConstraints(min_length=1)]
+LINK_KIND = "replay_link"  # a replay stream's first record: its link to what it forked
 
 
 def _instant(value: str) -> str:
@@ -120,7 +121,7 @@ class ReplayLink(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     v: Version
-    kind: Literal["replay_link"]
+    kind: Literal["replay_link"]  # LINK_KIND
     tenant: str
     source_trace_id: str
     fork_seq: int = Field(ge=1, le=MAX_INTEGER)
@@ -173,7 +174,7 @@ def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int,
     where: tuple[Any, ...] = (tenant,)
     if topic == chain.EVENT_TOPIC:
         where = (tenant, name, seq)
-    elif topic == chain.REPLAY_TOPIC and record.get("kind") != "replay_link":
+    elif _is_event(record, topic):
         where = (tenant, name)  # a replayed event: its seq follows the fork, not the stream
     if _identity(record)[:len(where)] != where:
         raise UnreadableRecordError(tenant, name, seq, misplaced(record, topic))
@@ -182,10 +183,16 @@ def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int,
 
 def misplaced(record: dict[str, Any], topic: str) -> str:
     """Why a record that names another stream than where it is stored is unreadable."""
-    names = ("tenant", "trace", "seq") if topic in (chain.EVENT_TOPIC, chain.REPLAY_TOPIC) and (
-        record.get("kind") != "replay_link") else ("tenant",)
+    names = ("tenant", "trace", "seq") if _is_event(record, topic) else ("tenant",)
     said = ", ".join(f"{k} {v!r}" for k, v in zip(names, _identity(record), strict=False))
     return f"it names {said}: not where it is stored"
+
+
+def _is_event(record: dict[str, Any], topic: str) -> bool:
+    """Whether a record is a trace event's: one of a trace, or a replayed event (a
+    replay stream's records but its link)."""
+    return topic == chain.EVENT_TOPIC or (
+        topic == chain.REPLAY_TOPIC and record.get("kind") != LINK_KIND)
 
 
 def _identity(record: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -196,8 +203,7 @@ def record_problem(record: dict[str, Any], topic: str) -> str | None:
     """What makes a decoded ``record`` one its readers cannot take as a record of
     ``topic``, or None. Topics without a model here are only checked for values no
     store holds (infinities, lone surrogates, NUL characters)."""
-    if topic == chain.EVENT_TOPIC or (
-            topic == chain.REPLAY_TOPIC and record.get("kind") != "replay_link"):
+    if _is_event(record, topic):
         problem = _event_problem(record)
     else:
         problem = None

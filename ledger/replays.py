@@ -22,10 +22,9 @@ from ledger.backends.base import StreamHead, StreamQuery
 from ledger.errors import ConcurrencyError, NotFoundError, UnreadableRecordError
 from ledger.events import normalize_ts, parse_event
 from ledger.memory import MemoryState, apply_record, scope_hash
-from ledger.records import decode, decode_stored, record_problem
+from ledger.records import LINK_KIND, decode, decode_stored, record_problem
 from ledger.store import Store
 
-LINK_KIND = "replay_link"
 _ATTEMPTS = 20
 
 
@@ -119,9 +118,9 @@ def read_replay(store: Store, tenant: str, name: str) -> StoredReplay:
     rows = store.backend.read_stream(sid)
     if not rows:
         raise NotFoundError(f"no replay {name!r} in tenant {tenant!r}")
+    link = _link(rows[0].state, tenant, name)
     events = [decode_stored(r.state, tenant=tenant, name=name, seq=r.originator_version,
                             topic=chain.REPLAY_TOPIC) for r in rows[1:]]
-    link = _link(rows[0].state, tenant, name)
     return StoredReplay(name, link, [chain.wire_part(r) for r in events])
 
 
