@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-from ledger.errors import UnreadableRecordError, ValidationError
+from ledger.errors import ValidationError
 
 RECORD_VERSION: Final = 1
 GENESIS_HASH: Final = "sha256:" + "0" * 64
@@ -175,15 +175,6 @@ def decode(state: bytes | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError("stored state is not a JSON object")
     return value
-
-
-def decode_stored(state: bytes | None, *, tenant: str, name: str, seq: int) -> dict[str, Any]:
-    """:func:`decode` for a reader that shows a stream: an unreadable record is an
-    :class:`~ledger.errors.UnreadableRecordError` naming tenant, stream name and seq."""
-    try:
-        return decode(state)
-    except ValueError as exc:
-        raise UnreadableRecordError(tenant, name, seq, str(exc)) from None
 
 
 def event_record(

@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from ledger import chain, errors
+from ledger import errors, records
 from ledger.workers import share, spawn_pool
 
 EXAMPLES: dict[type[errors.LedgerError], errors.LedgerError] = {
@@ -42,7 +42,7 @@ def test_an_error_raised_in_a_worker_reaches_the_parent_as_itself() -> None:
     # Before: UnreadableRecordError(tenant, name, seq, reason) failed to unpickle in
     # the parent, which then saw only a broken pool ("ended abruptly").
     with spawn_pool(1) as pool:
-        future = pool.submit(partial(chain.decode_stored, b"not json", tenant="acme",
+        future = pool.submit(partial(records.decode_stored, b"not json", tenant="acme",
                                      name="t-1", seq=3))
         with pytest.raises(errors.UnreadableRecordError) as caught:
             future.result(timeout=60)

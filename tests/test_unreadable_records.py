@@ -16,7 +16,7 @@ import pytest
 import rawdb
 from clirun import run, run_json
 
-from ledger import chain
+from ledger import chain, records
 from ledger.errors import UnreadableRecordError
 from ledger.ingest import ingest
 from ledger.store import Store
@@ -148,7 +148,7 @@ def test_backend_reads_give_bytes_for_an_unreadable_record(store: Store, ledger:
     [row] = [e for e in store.backend.read_stream(SID) if e.originator_version == SEQ]
     assert isinstance(state, bytes) and state == row.state
     with pytest.raises(UnreadableRecordError, match=f"trace {TRACE!r} seq {SEQ}"):
-        chain.decode_stored(state, tenant=TENANT, name=TRACE, seq=SEQ)
+        records.decode_stored(state, tenant=TENANT, name=TRACE, seq=SEQ)
 
 
 @HOW
