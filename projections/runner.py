@@ -38,6 +38,7 @@ from projections.findings import FindingsProjection
 from projections.in_place import views_in_place
 from projections.indexes import build_query_indexes
 from projections.memory import MemoryProjection
+from projections.row_types import RowTypes
 from projections.scratch import part_ddl, part_insert
 from projections.sql import Cursor, ViewDB, check_readable, view_db
 
@@ -45,6 +46,7 @@ PROJECTIONS: tuple[type[Projection], ...] = (MemoryProjection, FailureProjection
                                               AttributionProjection, AnalyticsProjection,
                                               FindingsProjection)
 NAMES = tuple(p.name for p in PROJECTIONS)
+_ROW_TYPES = RowTypes(statement for p in PROJECTIONS for statement in p.ddl)
 Progress = Callable[[int, int], None]  # (entries read so far, entries to read)
 
 _DDL = (
@@ -76,10 +78,9 @@ REBUILD_BATCH = 50_000
 ENTRY_BYTES = 640  # a batch also ends once its states hold this much a entry on average
 DECODE_CHUNK = 100  # log entries decoded and folded at a time (see Projector._fold)
 CONTEXT_CACHE = 20_000
-"""Per-trace contexts a projection keeps in memory (others are read back when needed).
-50,000 held 73k contexts at 1M events; the CLI's ingest of them peaked at 249-251 MB
-over its processes, 232 MB with 20,000 and 224-226 MB with 10,000, at 30.4-31.4k,
-29.8-30.1k and 29.4-29.9k events/s (2026-12-05)."""
+"""Per-trace contexts a projection keeps in memory (others are read back when needed). At
+1M events, 50,000 held 73k contexts; ingest peaked at 249-251 MB over its processes, 232 MB
+with 20,000 and 224-226 MB with 10,000, at 30.4-31.4k, 29.8-30.1k, 29.4-29.9k events/s."""
 STATISTICS_AFTER = 10_000  # entries applied before the views' statistics are first taken
 _STALE_RETRIES = 20
 
@@ -427,6 +428,7 @@ class Projector:
             raise StaleError(f"projection {name!r} moved past {expected} elsewhere")
 
     def _write(self, cur: Cursor, p: Projection, batch: Batch) -> None:
+        _ROW_TYPES.check(batch)  # the same views on every backend (see row_types.py)
         for template, rows in batch.rows.items():
             if self.log_slice is not None:  # a part's scratch tables: see part_ddl
                 template = part_insert(template, tuple(p.sums))

@@ -52,14 +52,20 @@ ALTERATIONS = {
     "ts not a time": (6, _set("ts", "yesterday")),
     "memory key a list": (7, _set("payload.key", ["k"])),
     "memory value not I-JSON": (7, _set("payload.value", 2**60)),
-    "a NUL in the executor": (5, _set("executed_by", "a\u0000b")),
+    "a NUL in the executor": (6, _set("executed_by", "a\u0000b")),
+    "event true": (6, _set("event", True)),
+    "the ledger's memory hash a list": (7, _set("ledger_memory_hash", [])),
+    "attempt a string with a NUL": (6, _set("payload.attempt", "a\u0000b")),
 }
 ALTERED = pytest.mark.parametrize("how", list(ALTERATIONS))
-FOLD_BREAKING = pytest.mark.parametrize("how", ["event null", "payload a list",
-                                                "attempt beyond 64 bits", "ts not a time"])
-"""Alterations a projection cannot fold on either backend. The others (a number for a
-tool name, a memory key a list, a NUL) the views take as they are on one backend or
-both: checking every record first cost a third of a rebuild (see docs/VERIFY.md)."""
+SET_ASIDE = pytest.mark.parametrize("how", [h for h in ALTERATIONS
+                                            if h != "memory value not I-JSON"])
+"""Alterations the views set aside, alike on SQLite and PostgreSQL: those a projection
+cannot fold, and those whose rows would not fit their columns (a number for a tool
+name, a list for a memory key, a NUL), which each backend took differently before
+(``projections/row_types.py``). A memory value beyond I-JSON's range gives a row that
+fits, and is folded as it reads on both: checking every record first cost a third of
+a rebuild (see docs/VERIFY.md)."""
 
 
 @pytest.fixture
@@ -77,7 +83,7 @@ def alter(url: str, how: str) -> int:
     return seq
 
 
-@FOLD_BREAKING
+@SET_ASIDE
 def test_views_set_the_record_aside_on_rebuild_and_say_so(ledger: str, how: str) -> None:
     clean = run_json(ledger, "failures", "--tenant", OTHER)
     seq = alter(ledger, how)
