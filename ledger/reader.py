@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from ledger import chain, records
 from ledger.backends.base import StreamHead, StreamQuery
@@ -75,13 +76,30 @@ def trace_summary(store: Store, tenant: str, trace_id: str) -> TraceSummary:
     return TraceSummary.from_head(head)
 
 
-def iter_records(store: Store, tenant: str, trace_id: str) -> Iterator[dict[str, Any]]:
+def iter_records(store: Store, tenant: str, trace_id: str, *,
+                 seqs: tuple[int, int] | None = None) -> Iterator[dict[str, Any]]:
     """A trace's stored records in seq order, decoded one at a time as they are read
     (a trace of large events is never held whole); UnreadableRecordError names one
-    that is not a record."""
+    that is not a record. ``seqs`` (first, last; inclusive) keeps to those records,
+    read ``WINDOW_PAGE`` at a time: the others are neither read nor decoded."""
     sid = chain.trace_stream_id(tenant, trace_id)
-    for row in store.backend.iter_rows([sid]):
-        yield records.decode_stored(row.state, tenant=tenant, name=trace_id, seq=row.version)
+    if seqs is None:
+        rows: Iterable[tuple[int, bytes]] = (
+            (row.version, row.state) for row in store.backend.iter_rows([sid]))
+    else:
+        rows = _window(store, sid, *seqs)
+    for version, state in rows:
+        yield records.decode_stored(state, tenant=tenant, name=trace_id, seq=version)
+
+
+WINDOW_PAGE = 32  # records of a window read at a time (events may take up to 256 MiB)
+
+
+def _window(store: Store, sid: UUID, first: int, last: int) -> Iterator[tuple[int, bytes]]:
+    for after in range(first - 1, last, WINDOW_PAGE):
+        for stored in store.backend.read_stream(sid, gt=after,
+                                                lte=min(after + WINDOW_PAGE, last)):
+            yield stored.originator_version, stored.state
 
 
 def list_traces(

@@ -170,22 +170,33 @@ def trace() -> None:
 @trace.command("show")
 @click.argument("trace_id")
 @tenant_option(required=False)
+@click.option("--from", "first", type=click.IntRange(1, 2**63 - 1), metavar="SEQ",
+              help="Only the events from this seq on.")
+@click.option("--to", "last", type=click.IntRange(1, 2**63 - 1), metavar="SEQ",
+              help="Only the events up to this seq.")
 @json_option
 @click.pass_context
 @handle_errors
-def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, as_json: bool) -> None:
+def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, first: int | None,
+               last: int | None, as_json: bool) -> None:
     """Show one trace's events in order (tenant defaults to 'default')."""
     from ledger.cli.timeline import timeline_lines
+    from ledger.errors import UsageError
     from ledger.events import DEFAULT_TENANT
     from ledger.reader import event_json, iter_records, trace_summary
 
+    if first is not None and last is not None and first > last:
+        raise UsageError(f"--from {first} is after --to {last}")
     with open_store(ctx) as store:  # a record at a time, as read: a trace is never held
         summary = trace_summary(store, tenant or DEFAULT_TENANT, trace_id)
-        records = iter_records(store, summary.tenant, summary.trace_id)
+        seqs = None if first is None and last is None else (
+            first or 1, summary.events if last is None else min(last, summary.events))
+        records = iter_records(store, summary.tenant, summary.trace_id, seqs=seqs)
         if as_json:
             emit_json_list(summary.as_json(), "events", map(event_json, records))
         else:
-            lines = list(timeline_lines(summary, records, color=sys.stdout.isatty()))
+            lines = list(timeline_lines(summary, records, color=sys.stdout.isatty(),
+                                        seqs=seqs))
             click.echo("\n".join(lines))
 
 

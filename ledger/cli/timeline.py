@@ -54,13 +54,18 @@ def render_timeline(view: TraceView, *, color: bool) -> str:
 
 
 def timeline_lines(s: TraceSummary, records: Iterable[dict[str, Any]], *,
-                   color: bool) -> Iterator[str]:
-    """:func:`render_timeline`'s lines, a record at a time."""
+                   color: bool, seqs: tuple[int, int] | None = None) -> Iterator[str]:
+    """:func:`render_timeline`'s lines, a record at a time (``seqs``: the records are
+    those of that window, first and last seq, as the header says)."""
     status = s.status.upper()
     if color:
         status = click.style(status, fg="red" if s.status == "terminated" else "green")
     yield (printable(f"trace {s.trace_id}  tenant {s.tenant}  owner {s.agent_owner}  ")
            + f"{status}  {s.events} events  {s.first_ts or ''} .. {s.last_ts or ''}")
+    if seqs is not None:
+        first, last = seqs
+        yield (f"seq {first}..{last} of {s.events}" if first <= last
+               else f"no events from seq {first} on: the trace has {s.events}")
     yield ""
     for r in records:
         failed = is_failure_point(r["event"], r["payload"])
