@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -77,25 +77,30 @@ def trace_summary(store: Store, tenant: str, trace_id: str) -> TraceSummary:
 
 
 def iter_records(store: Store, tenant: str, trace_id: str, *,
-                 seqs: tuple[int, int] | None = None) -> Iterator[dict[str, Any]]:
+                 seqs: tuple[int, int] | None = None) -> Generator[dict[str, Any], None, None]:
     """A trace's stored records in seq order, decoded one at a time as they are read
     (a trace of large events is never held whole); UnreadableRecordError names one
     that is not a record. ``seqs`` (first, last; inclusive) keeps to those records,
-    read ``WINDOW_PAGE`` at a time: the others are neither read nor decoded."""
+    read ``WINDOW_PAGE`` at a time: the others are neither read nor decoded.
+
+    Close it (``contextlib.closing``) before the store if it may be left part-way: the
+    scan it reads holds a transaction of the store's."""
     sid = chain.trace_stream_id(tenant, trace_id)
-    if seqs is None:
-        rows: Iterable[tuple[int, bytes]] = (
-            (row.version, row.state) for row in store.backend.iter_rows([sid]))
-    else:
-        rows = _window(store, sid, *seqs)
-    for version, state in rows:
-        yield records.decode_stored(state, tenant=tenant, name=trace_id, seq=version)
+    rows: Generator[tuple[int, bytes], None, None] = (
+        ((row.version, row.state) for row in store.backend.iter_rows([sid])) if seqs is None
+        else _window(store, sid, *seqs))
+    try:
+        for version, state in rows:
+            yield records.decode_stored(state, tenant=tenant, name=trace_id, seq=version)
+    finally:  # now, not once an error's traceback lets go of it, the store maybe closed
+        rows.close()
 
 
 WINDOW_PAGE = 32  # records of a window read at a time (events may take up to 256 MiB)
 
 
-def _window(store: Store, sid: UUID, first: int, last: int) -> Iterator[tuple[int, bytes]]:
+def _window(store: Store, sid: UUID, first: int, last: int
+            ) -> Generator[tuple[int, bytes], None, None]:
     for after in range(first - 1, last, WINDOW_PAGE):
         for stored in store.backend.read_stream(sid, gt=after,
                                                 lte=min(after + WINDOW_PAGE, last)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import closing
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from ledger.cli.common import (
     LIMIT,
     emit_json,
     emit_json_list,
+    emit_lines,
     handle_errors,
     is_terminal,
     json_option,
@@ -191,13 +193,12 @@ def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, first: int
         summary = trace_summary(store, tenant or DEFAULT_TENANT, trace_id)
         seqs = None if first is None and last is None else (
             first or 1, summary.events if last is None else min(last, summary.events))
-        records = iter_records(store, summary.tenant, summary.trace_id, seqs=seqs)
-        if as_json:
-            emit_json_list(summary.as_json(), "events", map(event_json, records))
-        else:
-            lines = list(timeline_lines(summary, records, color=sys.stdout.isatty(),
-                                        seqs=seqs))
-            click.echo("\n".join(lines))
+        # closed here, while the store is open, should an unreadable record stop it
+        with closing(iter_records(store, summary.tenant, summary.trace_id, seqs=seqs)) as rows:
+            if as_json:
+                emit_json_list(summary.as_json(), "events", map(event_json, rows))
+            else:
+                emit_lines(timeline_lines(summary, rows, color=sys.stdout.isatty(), seqs=seqs))
 
 
 @trace.command("list")
