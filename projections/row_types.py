@@ -132,30 +132,23 @@ class RowTypes:
             if len(row) != len(kinds):
                 return f"a row of {table} has {len(row)} values for {len(kinds)} columns"
             for value, (kind, nullable) in zip(row, kinds, strict=True):
-                if not self._compile_one(kind, nullable)(value):
+                if not _fits(value, kind, nullable):
                     return (f"a row of {table} holds {value!r:.80} where its column takes "
                             f"{kind.strip('{}')}{'' if nullable else ' (not NULL)'}: "
                             f"{row!r:.200}")
         return f"a row of {table} does not fit its columns"
 
-    @staticmethod
-    def _compile_one(kind: str, nullable: bool) -> Callable[[Any], bool]:
-        bound = _BOUNDS[kind]
 
-        def fits(v: Any) -> bool:
-            if v is None:
-                return nullable
-            if bound is None:
-                return type(v) is str and "\x00" not in v
-            return type(v) is int and -bound <= v < bound
-        return fits
+def _fits(value: Any, kind: str, nullable: bool) -> bool:
+    """The rule the compiled checks apply, for one value (when describing a misfit)."""
+    if value is None:
+        return nullable
+    bound = _BOUNDS[kind]
+    if bound is None:
+        return type(value) is str and "\x00" not in value
+    return type(value) is int and -bound <= value < bound
 
 
 def _any_column(rows: Sequence[Sequence[Any]]) -> bool:
     """Whether every value is one that a TEXT or a BIGINT column could hold."""
-    for row in rows:
-        for v in row:
-            if not (v is None or (type(v) is str and "\x00" not in v)
-                    or (type(v) is int and -2**63 <= v < 2**63)):
-                return False
-    return True
+    return all(_fits(v, "TEXT", True) or _fits(v, "{bigint}", True) for row in rows for v in row)

@@ -209,7 +209,7 @@ def emit_lines(lines: Iterable[str]) -> None:
     """Print lines of text, taking them one at a time (see :func:`_all_or_nothing`)."""
     with _all_or_nothing() as out:
         for line in lines:
-            out.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            out.write(line.encode("utf-8", "replace") + b"\n")
 
 
 @contextmanager
