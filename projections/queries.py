@@ -8,6 +8,7 @@ docs/CLI.md. Time bounds are RFC 3339 or ``YYYY-MM-DD`` (``ledger.reader.parse_w
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from ledger.store import Store
 from projections.base import name_equals
 from projections.sql import view_db
 from projections.stats import failure_stats, fallback_stats, retry_stats, unknown_callback_stats
+from projections.streamed import stream_query
 
 __all__ = [
     "READS", "FailureRow", "FindingRow", "GrantRow", "MemoryDiff", "MemoryVersion", "MemoryView",
@@ -275,29 +277,64 @@ def failures(store: Store, tenant: str, *, tool: str | None = None, agent: str |
              event: str | None = None, trace_id: str | None = None, since: str | None = None,
              until: str | None = None, limit: int | None = None) -> list[FailureRow]:
     """Failure points of a tenant, oldest first, filtered."""
+    sql, params = _failures_sql(tenant, tool, agent, event, trace_id, since, until, limit)
+    return [_failure(r) for r in view_db(store.backend).query(sql, params)]
+
+
+def stream_failures(store: Store, tenant: str, **filters: Any
+                    ) -> Generator[FailureRow, None, None]:
+    """:func:`failures` (same filters) a row at a time, for output of any size
+    (:mod:`projections.streamed`: close it before the store)."""
+    keys = ("tool", "agent", "event", "trace_id", "since", "until", "limit")
+    sql, params = _failures_sql(tenant, *(filters.get(k) for k in keys))
+    return stream_query(view_db(store.backend), sql, params, _failure)
+
+
+def _failures_sql(tenant: str, tool: str | None, agent: str | None, event: str | None,
+                  trace_id: str | None, since: str | None, until: str | None,
+                  limit: int | None) -> tuple[str, tuple[Any, ...]]:
     where, params = _where(tenant, {"tool": tool, "executed_by": agent, "event": event,
                                     "trace_id": trace_id}, since, until)
     sql = ("SELECT tenant, trace_id, seq, ts, event, tool, executed_by, reason, error_class, "
            "error_code FROM {failures}" + where + " ORDER BY ts, trace_id, seq")
-    sql += _limit(limit, params)
-    return [FailureRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-                       None if r[9] is None else orjson.loads(r[9]))
-            for r in view_db(store.backend).query(sql, tuple(params))]
+    return sql + _limit(limit, params), tuple(params)
+
+
+def _failure(r: tuple[Any, ...]) -> FailureRow:
+    return FailureRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                      None if r[9] is None else orjson.loads(r[9]))
 
 
 def audit_writes(store: Store, tenant: str, *, scope: str | None = None, by: str | None = None,
                  key: str | None = None, trace_id: str | None = None, since: str | None = None,
                  until: str | None = None, limit: int | None = None) -> list[WriteRow]:
     """Who wrote what memory (with authorization), oldest first, filtered."""
+    sql, params = _writes_sql(tenant, scope, by, key, trace_id, since, until, limit)
+    return [_write(r) for r in view_db(store.backend).query(sql, params)]
+
+
+def stream_audit_writes(store: Store, tenant: str, **filters: Any
+                        ) -> Generator[WriteRow, None, None]:
+    """:func:`audit_writes` (same filters) a row at a time, as :func:`stream_failures`."""
+    keys = ("scope", "by", "key", "trace_id", "since", "until", "limit")
+    sql, params = _writes_sql(tenant, *(filters.get(k) for k in keys))
+    return stream_query(view_db(store.backend), sql, params, _write)
+
+
+def _writes_sql(tenant: str, scope: str | None, by: str | None, key: str | None,
+                trace_id: str | None, since: str | None, until: str | None,
+                limit: int | None) -> tuple[str, tuple[Any, ...]]:
     where, params = _where(tenant, {"scope": scope, "executed_by": by, "key": key,
                                     "trace_id": trace_id}, since, until)
     sql = ("SELECT tenant, trace_id, seq, ts, scope, key, op, executed_by, agent_owner, "
            "cross_agent, authorized, basis FROM {write_attribution}" + where
            + " ORDER BY ts, trace_id, seq")
-    sql += _limit(limit, params)
-    return [WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]),
-                     bool(r[10]), r[11])
-            for r in view_db(store.backend).query(sql, tuple(params))]
+    return sql + _limit(limit, params), tuple(params)
+
+
+def _write(r: tuple[Any, ...]) -> WriteRow:
+    return WriteRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], bool(r[9]),
+                    bool(r[10]), r[11])
 
 
 FINDING_KINDS = ("conflict", "memory_hash_mismatch", "unauthorized_write", "unreadable_record")

@@ -6,6 +6,8 @@ Library modules are imported inside the commands so ``agentledger --help`` stays
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
+from contextlib import closing
 from typing import Any
 
 import click
@@ -13,7 +15,9 @@ import click
 from ledger.cli.common import (
     EXIT_PROBLEMS,
     LIMIT,
+    all_or_nothing,
     emit_json,
+    emit_json_array,
     handle_errors,
     json_option,
     open_store,
@@ -50,17 +54,22 @@ def audit_writes(ctx: click.Context, tenant: str, scope: str | None, by: str | N
     """Every memory write of a tenant with who made it and with what right, oldest first."""
     from ledger.errors import UsageError
     from projections.queries import audit_writes as query
+    from projections.queries import stream_audit_writes
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
+    filters: dict[str, Any] = {"scope": scope, "by": by, "key": key, "trace_id": trace_id,
+                               "since": since, "until": until, "limit": limit}
     with open_views(ctx, "audit_writes") as store:
-        rows = query(store, tenant, scope=scope, by=by, key=key, trace_id=trace_id,
-                     since=since, until=until, limit=limit)
-    if as_json:
-        emit_json([r.as_json() for r in rows])
-    elif as_csv:
-        _print_csv([r.as_json() for r in rows], WRITE_COLUMNS)
-    elif not rows:
+        if as_json or as_csv:  # a row at a time: a tenant's whole history may be asked for
+            with closing(stream_audit_writes(store, tenant, **filters)) as streamed:
+                if as_json:
+                    emit_json_array(r.as_json() for r in streamed)
+                else:
+                    _print_csv((r.as_json() for r in streamed), WRITE_COLUMNS)
+            return
+        rows = query(store, tenant, **filters)
+    if not rows:
         click.echo("No memory writes.")
     else:
         click.echo(table([[r.ts[:23], r.trace_id, str(r.seq), r.scope, r.key, r.op,
@@ -75,15 +84,20 @@ WRITE_COLUMNS = ("tenant", "trace_id", "seq", "ts", "scope", "key", "op", "execu
 """``audit writes --csv`` columns (the ``--json`` fields, in this order)."""
 
 
-def _print_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+def _print_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """A header row, then the rows, taken one at a time (see ``all_or_nothing``)."""
     import csv
+    import io
 
     from projections.export import csv_cell
 
-    out = csv.writer(sys.stdout, lineterminator="\r\n")
-    out.writerow(columns)
-    out.writerows([csv_cell(row.get(c)) for c in columns] for row in rows)
-    sys.stdout.flush()
+    with all_or_nothing() as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        out = csv.writer(text, lineterminator="\r\n")
+        out.writerow(columns)
+        out.writerows([csv_cell(row.get(c)) for c in columns] for row in rows)
+        text.flush()
+        text.detach()  # the file stays open for all_or_nothing to print
 
 
 @audit_group.command("findings")

@@ -192,8 +192,8 @@ def emit_json(value: Any) -> None:
 
 def emit_json_list(head: dict[str, Any], key: str, items: Iterable[Any]) -> None:
     """Print ``{**head, key: [*items]}`` as :func:`emit_json` does, taking the items
-    one at a time (see :func:`_all_or_nothing`)."""
-    with _all_or_nothing() as out:
+    one at a time (see :func:`all_or_nothing`)."""
+    with all_or_nothing() as out:
         whole = _indented({**head, key: []})  # the list where the key stands in ``head``
         mark = b"\n  " + _indented(key) + b": []"  # strings hold no line break: a key
         at = whole.index(mark) + len(mark) - 1
@@ -205,15 +205,26 @@ def emit_json_list(head: dict[str, Any], key: str, items: Iterable[Any]) -> None
         out.write((b"\n  " if count else b"") + whole[at:] + b"\n")
 
 
+def emit_json_array(items: Iterable[Any]) -> None:
+    """Print ``[*items]`` as :func:`emit_json` does, taking the items one at a time
+    (see :func:`all_or_nothing`)."""
+    with all_or_nothing() as out:
+        count = 0
+        for count, item in enumerate(items, 1):
+            out.write((b"[\n  " if count == 1 else b",\n  ")
+                      + _indented(item).replace(b"\n", b"\n  "))
+        out.write(b"\n]\n" if count else b"[]\n")
+
+
 def emit_lines(lines: Iterable[str]) -> None:
-    """Print lines of text, taking them one at a time (see :func:`_all_or_nothing`)."""
-    with _all_or_nothing() as out:
+    """Print lines of text, taking them one at a time (see :func:`all_or_nothing`)."""
+    with all_or_nothing() as out:
         for line in lines:
             out.write(line.encode("utf-8", "replace") + b"\n")
 
 
 @contextmanager
-def _all_or_nothing() -> Iterator[Any]:
+def all_or_nothing() -> Iterator[Any]:
     """A file to write output into: put together in a temporary file (on disk past 8 MiB)
     and printed once complete, so an error part-way prints nothing and memory does not
     grow with the output."""

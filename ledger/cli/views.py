@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -18,6 +18,7 @@ from ledger.cli.common import (
     EXIT_PROBLEMS,
     LIMIT,
     emit_json,
+    emit_json_array,
     handle_errors,
     is_terminal,
     json_option,
@@ -384,13 +385,17 @@ def failures(ctx: click.Context, tenant: str, tool: str | None, agent: str | Non
              limit: int | None, as_json: bool) -> None:
     """The failure index: every failure point of a tenant, oldest first."""
     from projections.queries import failures as query
+    from projections.queries import stream_failures
 
+    filters: dict[str, Any] = {"tool": tool, "agent": agent, "event": event,
+                               "trace_id": trace_id, "since": since, "until": until,
+                               "limit": limit}
     with open_views(ctx, "failures") as store:
-        rows = query(store, tenant, tool=tool, agent=agent, event=event, trace_id=trace_id,
-                     since=since, until=until, limit=limit)
-    if as_json:
-        emit_json([r.as_json() for r in rows])
-        return
+        if as_json:  # a row at a time: a tenant's whole history may be asked for
+            with closing(stream_failures(store, tenant, **filters)) as streamed:
+                emit_json_array(r.as_json() for r in streamed)
+            return
+        rows = query(store, tenant, **filters)
     if not rows:
         click.echo("No failures.")
         return
