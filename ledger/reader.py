@@ -112,9 +112,23 @@ def list_traces(
     until: str | None = None, limit: int | None = None,
 ) -> list[TraceSummary]:
     """Traces of a tenant, oldest first; ``since``/``until`` bound their activity."""
+    return list(iter_traces(store, tenant, status=status, since=since, until=until,
+                            limit=limit))
+
+
+def iter_traces(
+    store: Store, tenant: str, *, status: str | None = None, since: str | None = None,
+    until: str | None = None, limit: int | None = None,
+) -> Generator[TraceSummary, None, None]:
+    """:func:`list_traces` a trace at a time, for output of any size (close it before
+    the store: see ``Backend.iter_streams``)."""
     query = StreamQuery(tenant=tenant, status=status, since=parse_bound(since, "since"),
                         until=parse_bound(until, "until"), limit=limit)
-    return [TraceSummary.from_head(h) for h in store.backend.list_streams(query)]
+    heads = store.backend.iter_streams(query)
+    try:
+        yield from map(TraceSummary.from_head, heads)
+    finally:
+        heads.close()
 
 
 def parse_window(since: str | None, until: str | None) -> tuple[str | None, str | None]:

@@ -68,3 +68,31 @@ def test_a_stream_left_part_way_gives_its_store_back(demo: str) -> None:
     code, _, err = run(demo, "grants", "add", "--tenant", "acme", "--agent", "writer",
                        "--scope", "memory/planner", "--by", "auditor")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("args", [[], ["--status", "terminated"], ["--limit", "2"]])
+def test_trace_list_json_prints_the_list_the_query_gives(demo: str, args: list[str]) -> None:
+    from ledger.reader import list_traces
+
+    code, out, err = run(demo, "trace", "list", "--tenant", "acme", *args, "--json")
+    status = "terminated" if "--status" in args else None
+    with Store.open(demo) as store:
+        rows = list_traces(store, "acme", status=status, limit=2 if "--limit" in args else None)
+    assert code == 0, err
+    assert out == _indented([r.as_json() for r in rows]) and rows
+
+
+def test_a_catalog_stream_left_part_way_gives_its_store_back(demo: str) -> None:
+    from ledger.backends.base import StreamQuery
+    from ledger.reader import iter_traces, list_traces
+
+    with Store.open(demo) as store:
+        whole = list_traces(store, "acme")
+        with closing(iter_traces(store, "acme")) as traces:
+            assert next(traces) == whole[0]
+        with closing(store.backend.iter_streams(StreamQuery(tenant="acme"))) as heads:
+            assert next(heads).name == whole[0].trace_id
+        assert list_traces(store, "acme") == whole
+    code, _, err = run(demo, "grants", "add", "--tenant", "acme", "--agent", "writer",
+                       "--scope", "memory/planner", "--by", "auditor")
+    assert code == 0, err

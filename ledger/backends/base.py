@@ -9,7 +9,7 @@ transaction. SQLite and PostgreSQL implement it; the conformance suite in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -158,9 +158,15 @@ class Backend(ABC):
             raise StoreError(f"{self.label}: {exc}") from exc
         return ids or []
 
-    @abstractmethod
     def list_streams(self, query: StreamQuery) -> list[StreamHead]:
         """Catalog rows matching the query, ordered by first_ts then name."""
+        return list(self.iter_streams(query))
+
+    @abstractmethod
+    def iter_streams(self, query: StreamQuery) -> Generator[StreamHead, None, None]:
+        """:meth:`list_streams` a row at a time, for output of any size: one read
+        transaction is held until the last row is taken, so close it before the store
+        (``contextlib.closing``) and call nothing else of the store meanwhile."""
 
     @abstractmethod
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,

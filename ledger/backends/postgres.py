@@ -8,7 +8,7 @@ as binary ``COPY ... TO STDOUT``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -171,11 +171,15 @@ class PostgresBackend(Backend):
     def label(self) -> str:
         return f"PostgreSQL store {redact_url(self.url)}"
 
-    def list_streams(self, query: StreamQuery) -> list[StreamHead]:
+    def iter_streams(self, query: StreamQuery) -> Generator[StreamHead, None, None]:
         template, params = catalog.list_streams_sql(query)
         with self._txn(commit=False) as c:
-            c.execute(self._sql(template), params)
-            return [catalog.head_from_row(r, r[0]) for r in c.fetchall()]
+            rows = c.stream(self._sql(template), params)  # the server sends rows as asked
+            try:
+                for r in rows:
+                    yield catalog.head_from_row(r, r[0])
+            finally:  # a stream left part-way is cancelled before the transaction ends
+                rows.close()  # type: ignore[attr-defined]
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
                      id_range: IdRange | None = None) -> StreamScan:

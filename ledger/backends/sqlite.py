@@ -10,7 +10,7 @@ It passes the library's own recorder test suites (``tests/test_library_suites.py
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -315,11 +315,12 @@ class SQLiteBackend(Backend):
     def label(self) -> str:
         return f"SQLite store {self.url}"
 
-    def list_streams(self, query: StreamQuery) -> list[StreamHead]:
+    def iter_streams(self, query: StreamQuery) -> Generator[StreamHead, None, None]:
         sql, params = catalog.list_streams_sql(query)
         with self._txn(commit=False) as c:
             c.execute(_sql(sql), params)
-            return [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
+            for r in c.sqlite_cursor:  # fetched in steps as iterated
+                yield catalog.head_from_row(r, UUID(r[0]))
 
     def scan_streams(self, stream_ids: Sequence[UUID] | None = None, *,
                      id_range: IdRange | None = None) -> StreamScan:

@@ -17,6 +17,7 @@ from ledger.cli.common import (
     EXIT_REJECTED,
     LIMIT,
     emit_json,
+    emit_json_array,
     emit_json_list,
     emit_lines,
     handle_errors,
@@ -214,14 +215,16 @@ def trace_list(ctx: click.Context, tenant: str | None, status: str | None, since
                until: str | None, limit: int | None, as_json: bool) -> None:
     """List a tenant's traces, oldest first (tenant defaults to 'default')."""
     from ledger.events import DEFAULT_TENANT
-    from ledger.reader import list_traces
+    from ledger.reader import iter_traces
 
     with open_store(ctx) as store:
-        rows = list_traces(store, tenant or DEFAULT_TENANT, status=status, since=since,
-                           until=until, limit=limit)
-    if as_json:
-        emit_json([r.as_json() for r in rows])
-        return
+        traces = iter_traces(store, tenant or DEFAULT_TENANT, status=status, since=since,
+                             until=until, limit=limit)
+        with closing(traces):
+            if as_json:  # a trace at a time: a tenant may hold millions
+                emit_json_array(r.as_json() for r in traces)
+                return
+            rows = list(traces)
     if not rows:
         click.echo("No traces.")
         return
