@@ -277,7 +277,8 @@ def failures(store: Store, tenant: str, *, tool: str | None = None, agent: str |
              event: str | None = None, trace_id: str | None = None, since: str | None = None,
              until: str | None = None, limit: int | None = None) -> list[FailureRow]:
     """Failure points of a tenant, oldest first, filtered."""
-    sql, params = _failures_sql(tenant, tool, agent, event, trace_id, since, until, limit)
+    sql, params = _failures_sql(tenant, tool=tool, agent=agent, event=event, trace_id=trace_id,
+                                since=since, until=until, limit=limit)
     return [_failure(r) for r in view_db(store.backend).query(sql, params)]
 
 
@@ -285,14 +286,14 @@ def stream_failures(store: Store, tenant: str, **filters: Any
                     ) -> Generator[FailureRow, None, None]:
     """:func:`failures` (same filters) a row at a time, for output of any size
     (:mod:`projections.streamed`: close it before the store)."""
-    keys = ("tool", "agent", "event", "trace_id", "since", "until", "limit")
-    sql, params = _failures_sql(tenant, *(filters.get(k) for k in keys))
+    sql, params = _failures_sql(tenant, **filters)
     return stream_query(view_db(store.backend), sql, params, _failure)
 
 
-def _failures_sql(tenant: str, tool: str | None, agent: str | None, event: str | None,
-                  trace_id: str | None, since: str | None, until: str | None,
-                  limit: int | None) -> tuple[str, tuple[Any, ...]]:
+def _failures_sql(tenant: str, *, tool: str | None = None, agent: str | None = None,
+                  event: str | None = None, trace_id: str | None = None,
+                  since: str | None = None, until: str | None = None,
+                  limit: int | None = None) -> tuple[str, tuple[Any, ...]]:
     where, params = _where(tenant, {"tool": tool, "executed_by": agent, "event": event,
                                     "trace_id": trace_id}, since, until)
     sql = ("SELECT tenant, trace_id, seq, ts, event, tool, executed_by, reason, error_class, "
@@ -309,21 +310,22 @@ def audit_writes(store: Store, tenant: str, *, scope: str | None = None, by: str
                  key: str | None = None, trace_id: str | None = None, since: str | None = None,
                  until: str | None = None, limit: int | None = None) -> list[WriteRow]:
     """Who wrote what memory (with authorization), oldest first, filtered."""
-    sql, params = _writes_sql(tenant, scope, by, key, trace_id, since, until, limit)
+    sql, params = _writes_sql(tenant, scope=scope, by=by, key=key, trace_id=trace_id,
+                              since=since, until=until, limit=limit)
     return [_write(r) for r in view_db(store.backend).query(sql, params)]
 
 
 def stream_audit_writes(store: Store, tenant: str, **filters: Any
                         ) -> Generator[WriteRow, None, None]:
     """:func:`audit_writes` (same filters) a row at a time, as :func:`stream_failures`."""
-    keys = ("scope", "by", "key", "trace_id", "since", "until", "limit")
-    sql, params = _writes_sql(tenant, *(filters.get(k) for k in keys))
+    sql, params = _writes_sql(tenant, **filters)
     return stream_query(view_db(store.backend), sql, params, _write)
 
 
-def _writes_sql(tenant: str, scope: str | None, by: str | None, key: str | None,
-                trace_id: str | None, since: str | None, until: str | None,
-                limit: int | None) -> tuple[str, tuple[Any, ...]]:
+def _writes_sql(tenant: str, *, scope: str | None = None, by: str | None = None,
+                key: str | None = None, trace_id: str | None = None, since: str | None = None,
+                until: str | None = None, limit: int | None = None
+                ) -> tuple[str, tuple[Any, ...]]:
     where, params = _where(tenant, {"scope": scope, "executed_by": by, "key": key,
                                     "trace_id": trace_id}, since, until)
     sql = ("SELECT tenant, trace_id, seq, ts, scope, key, op, executed_by, agent_owner, "
