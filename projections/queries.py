@@ -356,34 +356,72 @@ def unreadable_entries(store: Store, tenant: str,
 
 def audit_findings(store: Store, tenant: str, *, kind: str | None = None,
                    trace_id: str | None = None) -> list[FindingRow]:
-    """Integrity findings of a tenant: the ledger's, plus every unauthorized write."""
+    """Integrity findings of a tenant: the ledger's, every unauthorized write and every
+    record the views left out as unreadable; by trace, seq and kind."""
+    return list(stream_audit_findings(store, tenant, kind=kind, trace_id=trace_id))
+
+
+def stream_audit_findings(store: Store, tenant: str, *, kind: str | None = None,
+                          trace_id: str | None = None) -> Generator[FindingRow, None, None]:
+    """:func:`audit_findings` a row at a time, as :func:`stream_failures`: one read, so
+    the three kinds of source are one snapshot."""
     if kind is not None and kind not in FINDING_KINDS:
         raise UsageError(f"unknown finding kind {kind!r}: choose from {', '.join(FINDING_KINDS)}")
-    db = view_db(store.backend)
-    rows: list[FindingRow] = []
-    trace_filter, params = ("", [tenant]) if trace_id is None else (
-        " AND trace_id = ?", [tenant, trace_id])
-    if kind != "unauthorized_write":
-        found = db.query("SELECT trace_id, seq, kind, detail, recorded_at FROM {findings} "
-                         "WHERE tenant = ?" + trace_filter + " ORDER BY finding_seq",
-                         tuple(params))
-        rows += [FindingRow(tenant, *r) for r in found if kind is None or r[2] == kind]
-    if kind in (None, "unauthorized_write"):
-        writes = db.query(
-            "SELECT trace_id, seq, ts, scope, key, executed_by FROM {write_attribution} "
-            "WHERE tenant = ? AND authorized = 0" + trace_filter + " ORDER BY trace_id, seq",
-            tuple(params))
-        rows += [FindingRow(
-            tenant, trace, seq, "unauthorized_write",
-            f"{by} wrote {key!r} to {scope} with neither an earlier in-trace permission "
-            "nor a tenant grant covering it", ts) for trace, seq, ts, scope, key, by in writes]
-    if kind in (None, "unreadable_record"):
-        rows += [FindingRow(
-            tenant, trace, seq, "unreadable_record",
-            f"the stored record cannot be read ({reason}); the views leave it out: "
-            "run `agentledger verify`", None)
-            for trace, seq, reason in unreadable_entries(store, tenant, trace_id)]
-    return sorted(rows, key=lambda f: (f.trace_id or "", f.seq or 0, f.kind))
+    sql, params = _findings_sql(tenant, kind, trace_id)
+    return stream_query(view_db(store.backend), sql, params,
+                        lambda r: _finding(tenant, r))
+
+
+_FINDING_COLUMNS = ("trace_id, seq, {} AS kind, {} AS a, {} AS b, {} AS c, {} AS at, "
+                    "{} AS source, {} AS n")
+_FINDING_SOURCES = (  # (the kind it holds, or None: the ledger's own kinds; its select)
+    (None, "SELECT " + _FINDING_COLUMNS.format(
+        "kind", "detail", "NULL", "NULL", "recorded_at", "0", "finding_seq")
+     + " FROM {findings} WHERE tenant = ?"),
+    ("unauthorized_write", "SELECT " + _FINDING_COLUMNS.format(
+        "'unauthorized_write'", "scope", "key", "executed_by", "ts", "1", "0")
+     + " FROM {write_attribution} WHERE tenant = ? AND authorized = 0"),
+    ("unreadable_record", "SELECT " + _FINDING_COLUMNS.format(
+        "'unreadable_record'", "min(reason)", "NULL", "NULL", "NULL", "2", "0")
+     + " FROM {unreadable_entries} WHERE tenant = ?"),
+)
+
+
+def _findings_sql(tenant: str, kind: str | None,
+                  trace_id: str | None) -> tuple[str, tuple[Any, ...]]:
+    """One query over the sources of ``kind`` (all: None), ordered by trace, seq, kind,
+    source, then the ledger's findings as recorded and writes by scope and key."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for only, select in _FINDING_SOURCES:
+        if kind is not None and only is not None and only != kind:
+            continue
+        if only is None and kind == "unauthorized_write":
+            continue  # the ledger records conflicts and mismatches, never these
+        sql, params = select, [*params, tenant]
+        if trace_id is not None:
+            sql, params = sql + " AND trace_id = ?", [*params, trace_id]
+        if only is None and kind is not None:
+            sql, params = sql + " AND kind = ?", [*params, kind]
+        if only == "unreadable_record":
+            sql += " GROUP BY trace_id, seq"
+        parts.append(sql)
+    return ("SELECT trace_id, seq, kind, a, b, c, at, source FROM (" + " UNION ALL ".join(parts)
+            + ") AS found ORDER BY coalesce(trace_id, ''), coalesce(seq, 0), kind, source, n, "
+            "a, b"), tuple(params)
+
+
+def _finding(tenant: str, r: tuple[Any, ...]) -> FindingRow:
+    trace, seq, kind, a, b, c, at, source = r
+    if source == 1:
+        detail = (f"{c} wrote {b!r} to {a} with neither an earlier in-trace permission nor "
+                  "a tenant grant covering it")
+    elif source == 2:
+        detail = (f"the stored record cannot be read ({a}); the views leave it out: run "
+                  "`agentledger verify`")
+    else:
+        detail = a
+    return FindingRow(tenant, trace, seq, kind, detail, at)
 
 
 def grants(store: Store, tenant: str) -> list[GrantRow]:

@@ -58,13 +58,15 @@ def test_audit_writes_json_and_csv_print_the_list_the_query_gives(demo: str) -> 
     assert [(r[1], int(r[2])) for r in table[1:]] == [(r["trace_id"], r["seq"]) for r in rows]
 
 
-def test_a_stream_left_part_way_gives_its_store_back(demo: str) -> None:
+@pytest.mark.parametrize("query", ["failures", "audit_writes", "audit_findings"])
+def test_a_stream_left_part_way_gives_its_store_back(demo: str, query: str) -> None:
     """Closed after one row, the read ends; the store then answers and takes writes."""
+    whole_of, stream_of = getattr(queries, query), getattr(queries, "stream_" + query)
     with Store.open(demo) as store:
-        whole = queries.failures(store, "acme")
-        with closing(queries.stream_failures(store, "acme")) as rows:
+        whole = whole_of(store, "acme")
+        with closing(stream_of(store, "acme")) as rows:
             assert next(rows) == whole[0]
-        assert queries.failures(store, "acme") == whole
+        assert whole_of(store, "acme") == whole
     code, _, err = run(demo, "grants", "add", "--tenant", "acme", "--agent", "writer",
                        "--scope", "memory/planner", "--by", "auditor")
     assert code == 0, err

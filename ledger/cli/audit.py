@@ -18,11 +18,11 @@ from ledger.cli.common import (
     all_or_nothing,
     emit_json,
     emit_json_array,
+    emit_table,
     handle_errors,
     json_option,
     open_store,
     printable,
-    table,
     tenant_option,
 )
 from ledger.cli.views import catch_up, open_views, progress_bar, short
@@ -53,30 +53,26 @@ def audit_writes(ctx: click.Context, tenant: str, scope: str | None, by: str | N
                  limit: int | None, as_json: bool, as_csv: bool) -> None:
     """Every memory write of a tenant with who made it and with what right, oldest first."""
     from ledger.errors import UsageError
-    from projections.queries import audit_writes as query
     from projections.queries import stream_audit_writes
 
     if as_json and as_csv:
         raise UsageError("choose one of --json and --csv")
     filters: dict[str, Any] = {"scope": scope, "by": by, "key": key, "trace_id": trace_id,
                                "since": since, "until": until, "limit": limit}
-    with open_views(ctx, "audit_writes") as store:
-        if as_json or as_csv:  # a row at a time: a tenant's whole history may be asked for
-            with closing(stream_audit_writes(store, tenant, **filters)) as streamed:
-                if as_json:
-                    emit_json_array(r.as_json() for r in streamed)
-                else:
-                    _print_csv((r.as_json() for r in streamed), WRITE_COLUMNS)
-            return
-        rows = query(store, tenant, **filters)
-    if not rows:
-        click.echo("No memory writes.")
-    else:
-        click.echo(table([[r.ts[:23], r.trace_id, str(r.seq), r.scope, r.key, r.op,
-                           r.executed_by, "cross-agent" if r.cross_agent else "",
-                           r.basis or "UNAUTHORIZED"] for r in rows],
-                         ["ts", "trace_id", "seq", "scope", "key", "op", "executed_by",
-                          "cross", "authorized by"]))
+    # a row at a time, in any form: a tenant's whole history may be asked for
+    with open_views(ctx, "audit_writes") as store, closing(
+        stream_audit_writes(store, tenant, **filters)
+    ) as streamed:
+        if as_json:
+            emit_json_array(r.as_json() for r in streamed)
+        elif as_csv:
+            _print_csv((r.as_json() for r in streamed), WRITE_COLUMNS)
+        else:
+            emit_table(([r.ts[:23], r.trace_id, str(r.seq), r.scope, r.key, r.op,
+                         r.executed_by, "cross-agent" if r.cross_agent else "",
+                         r.basis or "UNAUTHORIZED"] for r in streamed),
+                       ["ts", "trace_id", "seq", "scope", "key", "op", "executed_by", "cross",
+                        "authorized by"], empty="No memory writes.")
 
 
 WRITE_COLUMNS = ("tenant", "trace_id", "seq", "ts", "scope", "key", "op", "executed_by",
@@ -110,18 +106,17 @@ def _print_csv(rows: Iterable[dict[str, Any]], columns: tuple[str, ...]) -> None
 def audit_findings(ctx: click.Context, tenant: str, kind: str | None, trace_id: str | None,
                    as_json: bool) -> None:
     """Integrity findings: conflicts, memory-hash mismatches and unauthorized writes."""
-    from projections.queries import audit_findings as query
+    from projections.queries import stream_audit_findings
 
-    with open_views(ctx, "audit_findings") as store:
-        rows = query(store, tenant, kind=kind, trace_id=trace_id)
-    if as_json:
-        emit_json([r.as_json() for r in rows])
-    elif not rows:
-        click.echo("No findings.")
-    else:
-        click.echo(table([[r.trace_id or "", "" if r.seq is None else str(r.seq), r.kind,
-                           (r.at or "")[:23], short(r.detail, 100)] for r in rows],
-                         ["trace_id", "seq", "kind", "at", "detail"]))
+    with open_views(ctx, "audit_findings") as store, closing(
+        stream_audit_findings(store, tenant, kind=kind, trace_id=trace_id)
+    ) as streamed:
+        if as_json:
+            emit_json_array(r.as_json() for r in streamed)
+        else:
+            emit_table(([r.trace_id or "", "" if r.seq is None else str(r.seq), r.kind,
+                         (r.at or "")[:23], short(r.detail, 100)] for r in streamed),
+                       ["trace_id", "seq", "kind", "at", "detail"], empty="No findings.")
 
 
 @audit_group.command("export")

@@ -20,6 +20,7 @@ from ledger.cli.common import (
     emit_json_array,
     emit_json_list,
     emit_lines,
+    emit_table,
     handle_errors,
     is_terminal,
     json_option,
@@ -220,14 +221,11 @@ def trace_list(ctx: click.Context, tenant: str | None, status: str | None, since
     with open_store(ctx) as store:
         traces = iter_traces(store, tenant or DEFAULT_TENANT, status=status, since=since,
                              until=until, limit=limit)
-        with closing(traces):
-            if as_json:  # a trace at a time: a tenant may hold millions
+        with closing(traces):  # a trace at a time, in either form: a tenant may hold millions
+            if as_json:
                 emit_json_array(r.as_json() for r in traces)
-                return
-            rows = list(traces)
-    if not rows:
-        click.echo("No traces.")
-        return
-    click.echo(table([[r.trace_id, r.status, str(r.events), r.agent_owner or "",
-                       (r.first_ts or "")[:19], (r.last_ts or "")[:19]] for r in rows],
-                     ["trace_id", "status", "events", "agent_owner", "first_ts", "last_ts"]))
+            else:
+                emit_table(([r.trace_id, r.status, str(r.events), r.agent_owner or "",
+                             (r.first_ts or "")[:19], (r.last_ts or "")[:19]] for r in traces),
+                           ["trace_id", "status", "events", "agent_owner", "first_ts",
+                            "last_ts"], empty="No traces.")

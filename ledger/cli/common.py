@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -300,6 +300,34 @@ def _escaped(match: re.Match[str]) -> str:
     char = match.group()
     return shown(char) if "\ud800" <= char <= "\udfff" else (
         char.encode("unicode_escape").decode("ascii"))
+
+
+def emit_table(rows: Iterable[Sequence[str]], headers: Sequence[str], *, empty: str) -> None:
+    """Print :func:`table` of ``rows`` (or the line ``empty`` if there is none), taking
+    the rows one at a time: their cells wait in a temporary file (on disk past 8 MiB)
+    until the columns' widths are known, so memory does not grow with the rows."""
+    import tempfile
+
+    widths = [len(h) for h in headers]
+    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as cells:
+        count = 0
+        for count, row in enumerate(rows, 1):  # noqa: B007
+            shown = [printable(c) for c in row]  # no control character: no \x1f, no \n
+            widths = [max(w, len(c)) for w, c in zip(widths, shown, strict=True)]
+            cells.write("\x1f".join(shown).encode() + b"\n")
+        if not count:
+            emit_lines([empty])
+            return
+        cells.seek(0)
+        with all_or_nothing() as out:
+            out.write(_table_line(headers, widths) + b"\n"
+                      + "  ".join("-" * w for w in widths).encode() + b"\n")
+            for line in cells:
+                out.write(_table_line(line[:-1].decode().split("\x1f"), widths) + b"\n")
+
+
+def _table_line(cells: Sequence[str], widths: Sequence[int]) -> bytes:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip().encode()
 
 
 def table(rows: list[list[str]], headers: list[str]) -> str:

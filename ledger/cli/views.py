@@ -19,6 +19,7 @@ from ledger.cli.common import (
     LIMIT,
     emit_json,
     emit_json_array,
+    emit_table,
     handle_errors,
     is_terminal,
     json_option,
@@ -384,21 +385,19 @@ def failures(ctx: click.Context, tenant: str, tool: str | None, agent: str | Non
              event: str | None, trace_id: str | None, since: str | None, until: str | None,
              limit: int | None, as_json: bool) -> None:
     """The failure index: every failure point of a tenant, oldest first."""
-    from projections.queries import failures as query
     from projections.queries import stream_failures
 
     filters: dict[str, Any] = {"tool": tool, "agent": agent, "event": event,
                                "trace_id": trace_id, "since": since, "until": until,
                                "limit": limit}
-    with open_views(ctx, "failures") as store:
-        if as_json:  # a row at a time: a tenant's whole history may be asked for
-            with closing(stream_failures(store, tenant, **filters)) as streamed:
-                emit_json_array(r.as_json() for r in streamed)
-            return
-        rows = query(store, tenant, **filters)
-    if not rows:
-        click.echo("No failures.")
-        return
-    click.echo(table([[r.ts[:23], r.trace_id, str(r.seq), r.event, r.tool or "",
-                       r.executed_by, short(r.reason or "", 70)] for r in rows],
-                     ["ts", "trace_id", "seq", "event", "tool", "executed_by", "reason"]))
+    # a row at a time, as JSON or as a table: a tenant's whole history may be asked for
+    with open_views(ctx, "failures") as store, closing(
+        stream_failures(store, tenant, **filters)
+    ) as streamed:
+        if as_json:
+            emit_json_array(r.as_json() for r in streamed)
+        else:
+            emit_table(([r.ts[:23], r.trace_id, str(r.seq), r.event, r.tool or "",
+                         r.executed_by, short(r.reason or "", 70)] for r in streamed),
+                       ["ts", "trace_id", "seq", "event", "tool", "executed_by", "reason"],
+                       empty="No failures.")
