@@ -12,7 +12,7 @@ the runtime's own claim was wrong. See ``docs/VERIFY.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -26,20 +26,10 @@ from ledger.errors import NotFoundError
 from ledger.events import DEFAULT_TENANT, stored_ts_utc
 from ledger.gcpause import paused_gc
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record
+from ledger.problem_log import Problem, ProblemLog
 from ledger.replays import ReplayCheck
 from ledger.store import Store
 from ledger.workers import share, shareable, spawn_pool
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with the stored record."""
-
-    tenant: str | None
-    trace_id: str | None
-    seq: int | None
-    kind: str
-    detail: str
 
 
 @dataclass
@@ -48,8 +38,10 @@ class VerifyReport:
 
     streams: int = 0
     events: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    findings: list[Problem] = field(default_factory=list)
+    problems: ProblemLog = field(default_factory=ProblemLog)
+    findings: ProblemLog = field(default_factory=ProblemLog)
+    """Both in the order found, by stream id; beyond a thousand, on disk (see
+    ``ledger.problem_log``): a ledger altered throughout is reported whole."""
 
     @property
     def ok(self) -> bool:
@@ -59,13 +51,18 @@ class VerifyReport:
         """Append the report of the next range of streams."""
         self.streams += other.streams
         self.events += other.events
-        self.problems += other.problems
-        self.findings += other.findings
+        self.problems.extend(other.problems)
+        self.findings.extend(other.findings)
 
     def as_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "streams": self.streams, "events": self.events,
-                "problems": [asdict(p) for p in self.problems],
-                "findings": [asdict(p) for p in self.findings]}
+        """The ``--json`` document, whole (the CLI prints it a problem at a time)."""
+        head, lists = self.json_parts()
+        return {**head, **{key: list(items) for key, items in lists.items()}}
+
+    def json_parts(self) -> tuple[dict[str, Any], dict[str, Iterator[dict[str, Any]]]]:
+        """:meth:`as_json`'s scalars, and its lists as iterators, in the document's order."""
+        return ({"ok": self.ok, "streams": self.streams, "events": self.events},
+                {"problems": map(asdict, self.problems), "findings": map(asdict, self.findings)})
 
 
 EVENTS_PER_WORKER = 50_000

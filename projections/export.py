@@ -20,7 +20,7 @@ import csv
 import gzip
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -33,10 +33,11 @@ from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
+from ledger.problem_log import Problem
 from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
-from ledger.verify import Problem, VerifyReport, verify_scanned
+from ledger.verify import VerifyReport, verify_scanned
 from projections.queries import FindingRow, audit_findings
 
 EXPORT_VERSION = 1
@@ -153,7 +154,7 @@ def _counter(progress: Callable[[int, int], None] | None,
     return step
 
 
-def _statuses(problems: list[Problem], tenant: str) -> dict[tuple[str, int], str]:
+def _statuses(problems: Iterable[Problem], tenant: str) -> dict[tuple[str, int], str]:
     """(trace_id, seq) -> "kind,kind" for every problem verify tied to one event."""
     kinds: dict[tuple[str, int], set[str]] = {}
     for p in problems:

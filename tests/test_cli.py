@@ -333,20 +333,23 @@ def test_no_command_prints_the_store_password(postgres_url: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("items", [[], [{"a": 1}], [{"a": [1, {"b": "x\ny"}]}, 2**100, "z"]])
-@pytest.mark.parametrize("at", ["first", "middle", "last"])
-def test_a_list_printed_an_item_at_a_time_is_the_document_printed_whole(
+@pytest.mark.parametrize("at", ["first", "middle", "last", "two", "two, the other way"])
+def test_lists_printed_an_item_at_a_time_are_the_document_printed_whole(
     items: list[Any], at: str, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
-    """emit_json_list gives the very bytes emit_json gives for the same document, the
+    """emit_json_lists gives the very bytes emit_json gives for the same document, each
     list wherever its key stands (a line break inside a string is escaped, and an
     integer beyond 64 bits written by the stdlib), with an empty list too."""
-    from ledger.cli.common import emit_json, emit_json_list
+    from ledger.cli.common import emit_json, emit_json_lists
 
     head = {"first": {"events": 0}, "middle": {"x": 1, "events": 0, "y": "s"},
-            "last": {"x": [1], "events": 0}}[at]
-    emit_json({**head, "events": items})
+            "last": {"x": [1], "events": 0}, "two": {"x": 1},
+            "two, the other way": {"more": 0, "x": 1, "events": 0}}[at]
+    lists = {"events": items, "more": [*items, {"k": "]"}]} if at.startswith("two") else {
+        "events": items}
+    emit_json({**head, **lists})
     whole = capsysbinary.readouterr().out
-    emit_json_list(head, "events", iter(items))
+    emit_json_lists(head, {k: iter(v) for k, v in lists.items()})
     assert capsysbinary.readouterr().out == whole
 
 

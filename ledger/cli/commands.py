@@ -18,7 +18,7 @@ from ledger.cli.common import (
     LIMIT,
     emit_json,
     emit_json_array,
-    emit_json_list,
+    emit_json_lists,
     emit_lines,
     emit_table,
     handle_errors,
@@ -26,7 +26,6 @@ from ledger.cli.common import (
     json_option,
     open_store,
     printable,
-    table,
     tenant_option,
     workers_option,
 )
@@ -138,8 +137,8 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers
                                     workers=workers)
         else:
             report = run_verify(store, tenant=tenant, trace_id=trace_id, workers=workers)
-    if as_json:
-        emit_json(report.as_json())
+    if as_json:  # a problem at a time: a ledger altered throughout has one per event
+        emit_json_lists(*report.json_parts())
     else:
         _print_verify(report, tenant)
     if not report.ok:
@@ -156,14 +155,14 @@ def _print_verify(report: Any, tenant: str | None) -> None:
     else:
         click.echo(click.style(f"ALTERED: {len(report.problems)} problem(s) in "
                                f"{report.streams:,} streams, {report.events:,} events", fg="red"))
-        rows = [[p.tenant or "", p.trace_id or "", "" if p.seq is None else str(p.seq), p.kind,
-                 p.detail] for p in report.problems]
-        click.echo(table(rows, ["tenant", "trace_id", "seq", "kind", "detail"]))
+        emit_table(([p.tenant or "", p.trace_id or "", "" if p.seq is None else str(p.seq),
+                     p.kind, p.detail] for p in report.problems),
+                   ["tenant", "trace_id", "seq", "kind", "detail"], empty="")
     if report.findings:
         click.echo(f"\n{len(report.findings)} finding(s): runtime-claimed memory hashes that "
                    "the logged writes do not explain (records intact):")
-        rows = [[p.tenant or "", p.trace_id or "", str(p.seq), p.detail] for p in report.findings]
-        click.echo(table(rows, ["tenant", "trace_id", "seq", "detail"]))
+        emit_table(([p.tenant or "", p.trace_id or "", str(p.seq), p.detail]
+                    for p in report.findings), ["tenant", "trace_id", "seq", "detail"], empty="")
 
 
 @click.group()
@@ -198,7 +197,7 @@ def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, first: int
         # closed here, while the store is open, should an unreadable record stop it
         with closing(iter_records(store, summary.tenant, summary.trace_id, seqs=seqs)) as rows:
             if as_json:
-                emit_json_list(summary.as_json(), "events", map(event_json, rows))
+                emit_json_lists(summary.as_json(), {"events": map(event_json, rows)})
             else:
                 emit_lines(timeline_lines(summary, rows, color=sys.stdout.isatty(), seqs=seqs))
 

@@ -11,7 +11,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -190,19 +190,26 @@ def emit_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def emit_json_list(head: dict[str, Any], key: str, items: Iterable[Any]) -> None:
-    """Print ``{**head, key: [*items]}`` as :func:`emit_json` does, taking the items
-    one at a time (see :func:`all_or_nothing`)."""
+def emit_json_lists(head: dict[str, Any], lists: Mapping[str, Iterable[Any]]) -> None:
+    """Print ``{**head, key: [*items], ...}`` for each key of ``lists`` (where ``head``
+    has it, else after) as :func:`emit_json` does, taking the items one at a time (see
+    :func:`all_or_nothing`)."""
+    document = {**head, **{key: [] for key in lists}}  # a key of ``head`` keeps its place
     with all_or_nothing() as out:
-        whole = _indented({**head, key: []})  # the list where the key stands in ``head``
-        mark = b"\n  " + _indented(key) + b": []"  # strings hold no line break: a key
-        at = whole.index(mark) + len(mark) - 1
-        out.write(whole[:at])
-        count = 0
-        for count, item in enumerate(items, 1):
-            out.write((b"\n" if count == 1 else b",\n") + b"    "
-                      + _indented(item).replace(b"\n", b"\n    "))
-        out.write((b"\n  " if count else b"") + whole[at:] + b"\n")
+        whole = _indented(document)
+        done = 0
+        for key in [k for k in document if k in lists]:  # no string holds a line break:
+            items = lists[key]  # these are the keys
+            mark = b"\n  " + _indented(key) + b": []"
+            at = whole.index(mark, done) + len(mark) - 1  # the list's "]"
+            out.write(whole[done:at])
+            count = 0
+            for count, item in enumerate(items, 1):
+                out.write((b"\n" if count == 1 else b",\n") + b"    "
+                          + _indented(item).replace(b"\n", b"\n    "))
+            out.write(b"\n  " if count else b"")
+            done = at
+        out.write(whole[done:] + b"\n")
 
 
 def emit_json_array(items: Iterable[Any]) -> None:
