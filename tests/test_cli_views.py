@@ -453,12 +453,13 @@ def test_audit_export_marks_a_tampered_row(loaded: str, tmp_path: Path) -> None:
     assert status[("budget-review", 15)] == "ledger_memory_hash_mismatch"
     assert status[("budget-review", 16)].split(",")[0] == "chain_broken"
     assert sum(v != "ok" for v in status.values()) == summary["events_not_ok"] == 2
-    code, _, _ = run(loaded, "audit", "export", str(tmp_path / "t.csv"), "--tenant", "acme")
+    code, out, _ = run(loaded, "audit", "export", str(tmp_path / "t.csv"), "--tenant", "acme")
     with (tmp_path / "t.csv").open(newline="") as fh:
         flagged = [(r["seq"], r["verification"]) for r in csv.DictReader(fh)
                    if r["type"] == "event" and r["verification"] != "ok"]
     assert code == 4 and flagged == [("15", status[("budget-review", 15)]),
                                      ("16", status[("budget-review", 16)])]
+    assert out.endswith(" (ALTERED: 3 problem(s), 2 exported event(s) affected).\n"), out
 
 
 def test_audit_export_says_so_when_an_edited_catalog_row_hides_a_trace(
