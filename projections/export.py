@@ -8,7 +8,8 @@ then ``{"type": "event", ...}`` and ``{"type": "finding", ...}`` lines) or CSV
 (:data:`CSV_COLUMNS`, nested values as JSON text), chosen by the file's extension, and
 gzip-compressed when that is followed by ``.gz``.
 
-The export streams (memory does not grow with the number of events), writes to a
+The export streams (memory grows neither with the number of events nor with the
+number of problems verify finds: see ``EventStatuses``), writes to a
 temporary file beside the target and renames it into place, so a crash never
 leaves a half-written file. Findings come from the projections: bring them up to
 date first (``Projector(store).catch_up()``). See docs/CLI.md (``audit export``).
@@ -18,26 +19,28 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 from uuid import UUID
 
-from ledger import chain
+from ledger import chain, problem_log
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
-from ledger.problem_log import Problem
+from ledger.problem_log import ProblemLog
 from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
-from ledger.verify import VerifyReport, verify_scanned
+from ledger.verify import verify_scanned
 from projections.queries import FindingRow, audit_findings
 
 EXPORT_VERSION = 1
@@ -99,7 +102,7 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         total = sum(h.last_seq for h in catalog_heads)  # the tenant's rows, verified first
         step = _counter(progress, total + sum(h.last_seq for h in heads))
         report = verify_scanned(store, catalog_heads, _noting_lengths(streams, checked), step)
-    statuses = _statuses(report.problems, tenant)
+    statuses = EventStatuses(report.problems, tenant)
     findings = audit_findings(store, tenant)
     writer = _JSONL if fmt == "jsonl" else _CSV
     included = {i for i, f in enumerate(findings) if _within(f.at, lo, hi)}
@@ -107,11 +110,11 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     for i, f in enumerate(findings):
         about.setdefault((f.trace_id, f.seq), []).append(i)
     traces = events = not_ok = 0
-    with _temporary(target) as (body, _):
+    with _temporary(target) as (body, _), closing(statuses):
         out = writer(body)
         for head in heads:
             before = events
-            for row in _event_rows(store, head, lo, hi, statuses,
+            for row in _event_rows(store, head, lo, hi, statuses.of(head.name),
                                    checked.get(head.stream_id, 0)):
                 out.event(row)
                 events += 1
@@ -131,9 +134,11 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
             "store": redact_url(store.url),
             "counts": {"traces": traces, "events": events, "findings": len(chosen),
                        "events_not_ok": not_ok},
-            "verification": _verification(report),
+            "verification": {"ok": report.ok, "streams": report.streams,
+                             "events": report.events, "problems": []},  # filled as written
         }
-        _publish(target, header, body, writer, force, packed=packed)
+        _publish(target, header, map(asdict, report.problems), body, writer, force,
+                 packed=packed)
     return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, len(chosen),
                          not_ok, report.ok, len(report.problems))
 
@@ -154,18 +159,41 @@ def _counter(progress: Callable[[int, int], None] | None,
     return step
 
 
-def _statuses(problems: Iterable[Problem], tenant: str) -> dict[tuple[str, int], str]:
-    """(trace_id, seq) -> "kind,kind" for every problem verify tied to one event."""
-    kinds: dict[tuple[str, int], set[str]] = {}
-    for p in problems:
-        if p.tenant == tenant and p.trace_id is not None and p.seq is not None:
-            kinds.setdefault((p.trace_id, p.seq), set()).add(p.kind)
-    return {k: ",".join(sorted(v)) for k, v in kinds.items()}
+class EventStatuses:
+    """Each event's verification status: "kind,kind" of the problems verify tied to it
+    (``OK`` for none), looked up a trace at a time. Held in a dict; past the problems a
+    report keeps in memory (a tenant altered throughout), in a temporary SQLite file."""
 
+    def __init__(self, problems: ProblemLog, tenant: str) -> None:
+        tied = ((p.trace_id, p.seq, p.kind) for p in problems
+                if p.tenant == tenant and isinstance(p.trace_id, str) and p.seq is not None)
+        self._db: sqlite3.Connection | None = None
+        self._kinds: dict[str, dict[int, set[str]]] = {}
+        if len(problems) <= problem_log.KEPT:
+            for trace, seq, kind in tied:
+                self._kinds.setdefault(trace, {}).setdefault(seq, set()).add(kind)
+            return
+        self._file = tempfile.NamedTemporaryFile(prefix="agentledger-statuses-")  # noqa: SIM115
+        self._db = sqlite3.connect(self._file.name)
+        self._db.execute("CREATE TABLE tied (trace TEXT, seq INTEGER, kind TEXT)")
+        self._db.executemany("INSERT INTO tied VALUES (?, ?, ?)", tied)
+        self._db.execute("CREATE INDEX by_trace ON tied (trace, seq, kind)")
 
-def _verification(report: VerifyReport) -> dict[str, Any]:
-    return {"ok": report.ok, "streams": report.streams, "events": report.events,
-            "problems": [asdict(p) for p in report.problems]}
+    def of(self, trace: str) -> dict[int, str]:
+        """seq -> status of the trace's events with a problem."""
+        if self._db is None:
+            kinds = self._kinds.get(trace, {})
+        else:
+            kinds = {}
+            for seq, kind in self._db.execute(
+                    "SELECT seq, kind FROM tied WHERE trace = ?", (trace,)):
+                kinds.setdefault(seq, set()).add(kind)
+        return {seq: ",".join(sorted(k)) for seq, k in kinds.items()}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._file.close()  # and removed
 
 
 def _within(ts: str | None, lo: str | None, hi: str | None) -> bool:
@@ -195,7 +223,7 @@ def _noting(sid: UUID, rows: Iterator[RowTuple], checked: dict[UUID, int]
 
 
 def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
-                statuses: dict[tuple[str, int], str], checked: int) -> Iterator[dict[str, Any]]:
+                statuses: dict[int, str], checked: int) -> Iterator[dict[str, Any]]:
     """The trace's stored events in the window, as export rows (one trace at a time), up
     to the last one verify checked: what writers appended since is left for the next."""
     for stored in store.backend.iter_rows([head.stream_id]):
@@ -210,7 +238,7 @@ def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
             continue  # an unreadable time is exported: verification says why
         yield {"type": "event", **{k: v for k, v in record.items() if k not in _RESERVED},
                "record_hash": None if stored.state is None else chain.record_hash(stored.state),
-               "verification": statuses.get((head.name, stored.version), OK)}
+               "verification": statuses.get(stored.version, OK)}
 
 
 # -- how it is written ----------------------------------------------------------------
@@ -219,8 +247,8 @@ class _JSONL:
     def __init__(self, fh: IO[bytes]) -> None:
         self.fh = fh
 
-    def header(self, header: dict[str, Any]) -> None:
-        self.fh.write(chain.encode(header) + b"\n")
+    def header(self, header: dict[str, Any], problems: Iterable[dict[str, Any]]) -> None:
+        _write_spliced(self.fh, chain.encode(header) + b"\n", problems, b'"')
 
     def event(self, row: dict[str, Any]) -> None:
         self.fh.write(chain.encode(row) + b"\n")
@@ -235,10 +263,13 @@ class _CSV(_JSONL):
         self.text = _TextSink(fh)
         self.csv = csv.writer(self.text, lineterminator="\r\n")
 
-    def header(self, header: dict[str, Any]) -> None:
+    def header(self, header: dict[str, Any], problems: Iterable[dict[str, Any]]) -> None:
         self.csv.writerow(CSV_COLUMNS)
-        self._row({"type": "header", "tenant": header["tenant"],
-                   "detail": chain.encode(header).decode()})
+        row = io.StringIO()  # the header in the detail cell: JSON, its quotes doubled
+        csv.writer(row, lineterminator="\r\n").writerow(
+            [csv_cell(v) for v in self._cells({"type": "header", "tenant": header["tenant"],
+                                                "detail": chain.encode(header).decode()})])
+        _write_spliced(self.fh, row.getvalue().encode(), problems, b'""')
 
     def event(self, row: dict[str, Any]) -> None:
         self._row(row)
@@ -247,7 +278,26 @@ class _CSV(_JSONL):
         self._row({"type": "finding", **finding.as_json()})
 
     def _row(self, row: dict[str, Any]) -> None:
-        self.csv.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
+        self.csv.writerow([csv_cell(v) for v in self._cells(row)])
+
+    @staticmethod
+    def _cells(row: dict[str, Any]) -> list[Any]:
+        return [row.get(c) for c in CSV_COLUMNS]
+
+
+def _write_spliced(fh: IO[bytes], text: bytes, problems: Iterable[dict[str, Any]],
+                   quote: bytes) -> None:
+    """Write ``text``, a header whose problems are ``[]`` (its double quotes written as
+    ``quote``), with ``problems`` written into that list one at a time. The list is the
+    header's last value; inside a JSON string a quote always follows a backslash, so
+    no string can hold the key's text."""
+    at = text.rindex(quote + b"problems" + quote + b":[]") + len(quote) * 2 + 10
+    fh.write(text[:at])
+    for n, problem in enumerate(problems):
+        encoded = chain.encode(problem)
+        fh.write((b"," if n else b"") + (encoded if quote == b'"' else
+                                          encoded.replace(b'"', quote)))
+    fh.write(text[at:])
 
 
 class _TextSink:
@@ -298,16 +348,18 @@ def _temporary(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
             path.unlink(missing_ok=True)
 
 
-def _publish(target: Path, header: dict[str, Any], body: IO[bytes],
-             writer: type[_JSONL], force: bool, *, packed: bool = False) -> None:
-    """Write header + body (``packed``: gzip-compressed, named inside as ``target``
-    without its ``.gz``) to a second temporary file and rename it onto ``target``."""
+def _publish(target: Path, header: dict[str, Any], problems: Iterable[dict[str, Any]],
+             body: IO[bytes], writer: type[_JSONL], force: bool, *,
+             packed: bool = False) -> None:
+    """Write header (``problems`` in its verification) + body (``packed``:
+    gzip-compressed, named inside as ``target`` without its ``.gz``) to a second
+    temporary file and rename it onto ``target``."""
     with _temporary(target) as (final, path):
         out: IO[bytes] = final
         if packed:
             out = cast(IO[bytes], gzip.GzipFile(filename=target.name[:-3], fileobj=final,
                                                 mode="wb"))
-        writer(out).header(header)
+        writer(out).header(header, problems)
         body.seek(0)
         while chunk := body.read(1 << 20):
             out.write(chunk)

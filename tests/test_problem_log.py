@@ -5,14 +5,17 @@ memory, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import csv
 import gc
 import glob
 import json
 import multiprocessing
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rawdb
@@ -116,3 +119,57 @@ def test_a_ledger_altered_throughout_is_reported_whole(
     lines = out.splitlines()
     assert code == 4 and lines[0].startswith(f"ALTERED: {len(report.problems)} problem(s)")
     assert len(lines) == 3 + len(report.problems)
+
+
+def _without_time(data: bytes) -> bytes:
+    return re.sub(rb'(""?)generated_at\1:\1[^"]*\1', b"", data)
+
+
+def _header(path: Path) -> dict[str, Any]:
+    if path.suffix == ".jsonl":
+        return dict(json.loads(path.read_bytes().splitlines()[0]))
+    with path.open(newline="") as fh:
+        return dict(json.loads(next(r for r in csv.DictReader(fh))["detail"]))
+
+
+def _statuses(path: Path) -> dict[tuple[str, int], str]:
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_bytes().splitlines()]
+    else:
+        with path.open(newline="") as fh:
+            rows = [{**r, "seq": int(r["seq"])} for r in csv.DictReader(fh)
+                    if r["type"] == "event"]
+    return {(r["trace_id"], r["seq"]): r["verification"] for r in rows if r["type"] == "event"}
+
+
+@pytest.mark.parametrize("form", ["jsonl", "csv"])
+def test_an_export_of_a_tenant_altered_throughout_is_the_same_past_the_kept_problems(
+        four_traces: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str) -> None:
+    """Past the problems kept in memory, the header's problems come from the file and
+    each event's status from a temporary database: the export is the same, and says
+    what verify says."""
+    for row in rawdb.rows(four_traces):  # the last three of each trace: the last event
+        if row.version >= 8:  # has two problems (a broken chain, and a head not its hash)
+            rawdb.set_state(four_traces, row.stream_id, row.version, row.state + b" ")
+    tenant = "tenant-001"
+    verified = json.loads(run(four_traces, "verify", "--tenant", tenant, "--json")[1])
+    expected: dict[tuple[str, int], set[str]] = {}
+    for p in verified["problems"]:
+        expected.setdefault((p["trace_id"], p["seq"]), set()).add(p["kind"])
+    assert len(verified["problems"]) > 4 and len(expected) > 3  # past the 4 kept below
+    assert any(len(kinds) > 1 for kinds in expected.values())
+    exports = []
+    for kept in (problem_log.KEPT, 4):
+        monkeypatch.setattr(problem_log, "KEPT", kept)
+        out = tmp_path / f"kept{kept}.{form}"
+        code, _, err = run(four_traces, "audit", "export", str(out), "--tenant", tenant)
+        assert code == 4, err
+        exports.append(out)
+        assert _header(out)["verification"] == {k: verified[k] for k in (
+            "ok", "streams", "events", "problems")}
+        statuses = _statuses(out)
+        assert {k: v for k, v in statuses.items() if v != "ok"} == {
+            k: ",".join(sorted(v)) for k, v in expected.items()}
+        assert len(statuses) == verified["events"]
+    assert _without_time(exports[0].read_bytes()) == _without_time(exports[1].read_bytes())
+    assert not glob.glob(os.path.join(tempfile.gettempdir(), "agentledger-statuses-*"))
