@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 from uuid import UUID
 
+import orjson
+
 from ledger import chain, problem_log
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
@@ -41,7 +43,7 @@ from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
 from ledger.verify import verify_scanned
-from projections.queries import FindingRow, audit_findings
+from projections.queries import FindingRow, stream_audit_findings
 
 EXPORT_VERSION = 1
 FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
@@ -103,14 +105,11 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         step = _counter(progress, total + sum(h.last_seq for h in heads))
         report = verify_scanned(store, catalog_heads, _noting_lengths(streams, checked), step)
     statuses = EventStatuses(report.problems, tenant)
-    findings = audit_findings(store, tenant)
     writer = _JSONL if fmt == "jsonl" else _CSV
-    included = {i for i, f in enumerate(findings) if _within(f.at, lo, hi)}
-    about: dict[tuple[str | None, int | None], list[int]] = {}
-    for i, f in enumerate(findings):
-        about.setdefault((f.trace_id, f.seq), []).append(i)
-    traces = events = not_ok = 0
-    with _temporary(target) as (body, _), closing(statuses):
+    traces = events = not_ok = chosen = 0
+    exported = _Exported()
+    with _temporary(target) as (body, _), closing(statuses), _spooled_findings(
+            store, tenant) as findings:  # read now: those of the verified state
         out = writer(body)
         for head in heads:
             before = events
@@ -119,27 +118,28 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
                 out.event(row)
                 events += 1
                 not_ok += row["verification"] != OK
-                included.update(about.get((head.name, row.get("seq")), ()))
+                exported.add(head.name, row.get("seq"))
             traces += events > before
             if step is not None:
                 step(head.last_seq)
-        chosen = [f for i, f in enumerate(findings) if i in included]
-        for finding in chosen:
-            out.finding(finding)
+        for finding in findings:  # in the window, or about an event exported
+            if _within(finding.at, lo, hi) or exported.holds(finding.trace_id, finding.seq):
+                out.finding(finding)
+                chosen += 1
         body.flush()
         header = {
             "type": "header", "export": "agentledger-audit", "version": EXPORT_VERSION,
             "tenant": tenant, "since": lo, "until": hi,
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "store": redact_url(store.url),
-            "counts": {"traces": traces, "events": events, "findings": len(chosen),
+            "counts": {"traces": traces, "events": events, "findings": chosen,
                        "events_not_ok": not_ok},
             "verification": {"ok": report.ok, "streams": report.streams,
                              "events": report.events, "problems": []},  # filled as written
         }
         _publish(target, header, map(asdict, report.problems), body, writer, force,
                  packed=packed)
-    return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, len(chosen),
+    return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, chosen,
                          not_ok, report.ok, len(report.problems))
 
 
@@ -194,6 +194,39 @@ class EventStatuses:
         if self._db is not None:
             self._db.close()
             self._file.close()  # and removed
+
+
+@contextmanager
+def _spooled_findings(store: Store, tenant: str) -> Iterator[Iterator[FindingRow]]:
+    """The tenant's findings as they are now, kept in a temporary file (on disk past
+    8 MiB) until read back: a tenant may have a finding per event."""
+    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
+        with closing(stream_audit_findings(store, tenant)) as found:
+            for finding in found:
+                spool.write(chain.encode(finding.as_json()) + b"\n")
+        spool.seek(0)
+        yield (FindingRow(**orjson.loads(line)) for line in spool)
+
+
+class _Exported:
+    """Which (trace, seq) an export wrote, as runs of seqs per trace: memory grows with
+    the traces, not their events (a trace's events in a window have consecutive seqs)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[list[int]]] = {}
+
+    def add(self, trace: str, seq: Any) -> None:
+        if not isinstance(seq, int):
+            return  # an altered record's: no finding names such a seq
+        runs = self._runs.setdefault(trace, [])
+        if runs and runs[-1][1] + 1 == seq:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+
+    def holds(self, trace: str | None, seq: int | None) -> bool:
+        return seq is not None and trace is not None and any(
+            lo <= seq <= hi for lo, hi in self._runs.get(trace, ()))
 
 
 def _within(ts: str | None, lo: str | None, hi: str | None) -> bool:

@@ -1,0 +1,53 @@
+"""``audit export`` takes the tenant's findings as they stood when it verified, kept in a
+temporary file, and writes those in its window or about an event it exported; which
+events it exported it keeps as runs of seqs per trace. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+from clirun import run, run_json
+
+from ledger.workload import synthetic_lines
+from projections.export import _Exported
+
+SINCE, UNTIL = "2026-11-17T09:00:01Z", "2026-11-17T09:00:07Z"
+
+
+def test_runs_of_seqs_hold_what_was_added_and_nothing_else() -> None:
+    exported = _Exported()
+    for seq in (1, 2, 3, 5, 7, 8, "x", None, True):
+        exported.add("a", seq)
+    exported.add("b", 4)
+    assert [s for s in range(10) if exported.holds("a", s)] == [1, 2, 3, 5, 7, 8]
+    assert [s for s in range(10) if exported.holds("b", s)] == [4]
+    assert not exported.holds("c", 1) and not exported.holds(None, 1)
+    assert not exported.holds("a", None)
+
+
+def test_findings_in_the_window_or_about_an_exported_event(
+        four_traces: str, tmp_path: Path) -> None:
+    again = [orjson.loads(line) for line in synthetic_lines(40, events_per_trace=10, tenants=2)]
+    conflicting = tmp_path / "again.jsonl"
+    conflicting.write_bytes(b"".join(
+        orjson.dumps({**e, "executed_by": "someone-else"}) + b"\n"
+        for e in again if e["tenant"] == "tenant-000"))
+    code, _, err = run(four_traces, "ingest", str(conflicting), "--reject-file",
+                       str(tmp_path / "r.jsonl"))
+    assert code == 3, err
+    findings = run_json(four_traces, "audit", "findings", "--tenant", "tenant-000")
+    assert len(findings) == 20 and {f["kind"] for f in findings} == {"conflict"}
+    out = tmp_path / "x.jsonl"
+    code, _, err = run(four_traces, "audit", "export", str(out), "--tenant", "tenant-000",
+                       "--since", SINCE, "--until", UNTIL)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.read_bytes().splitlines()]
+    events = {(e["trace_id"], e["seq"]) for e in lines if e["type"] == "event"}
+    assert 0 < len(events) < 20
+    written = [f for f in lines if f["type"] == "finding"]
+    expected = [{"type": "finding", **f} for f in findings  # recorded now: past the window
+                if (f["trace_id"], f["seq"]) in events]
+    assert written == expected and len(expected) == len(events)
+    assert lines[0]["counts"]["findings"] == len(expected)
