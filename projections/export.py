@@ -175,9 +175,11 @@ class EventStatuses:
             return
         self._file = tempfile.NamedTemporaryFile(prefix="agentledger-statuses-")  # noqa: SIM115
         self._db = sqlite3.connect(self._file.name)
-        self._db.execute("CREATE TABLE tied (trace TEXT, seq INTEGER, kind TEXT)")
-        self._db.executemany("INSERT INTO tied VALUES (?, ?, ?)", tied)
-        self._db.execute("CREATE INDEX by_trace ON tied (trace, seq, kind)")
+        self._db.execute("PRAGMA journal_mode = OFF")  # scratch: nothing to roll back to
+        with self._db:  # one transaction
+            self._db.execute("CREATE TABLE tied (trace TEXT, seq INTEGER, kind TEXT)")
+            self._db.executemany("INSERT INTO tied VALUES (?, ?, ?)", tied)
+            self._db.execute("CREATE INDEX by_trace ON tied (trace, seq, kind)")
 
     def of(self, trace: str) -> dict[int, str]:
         """seq -> status of the trace's events with a problem."""
