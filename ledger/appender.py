@@ -15,7 +15,7 @@ write lock too). Ingest and ``TraceWriter`` both use it, so the rules live in on
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -25,8 +25,15 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger import chain, records
+from ledger import chain, conflict_attempts, records
 from ledger.backends.base import LockedReads, StreamHead
+from ledger.conflict_attempts import (
+    Attempt,
+    AttemptSet,
+    RecordedConflicts,
+    attempt,
+    attempts_in,
+)
 from ledger.errors import UnreadableRecordError
 from ledger.events import TraceEvent
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record, apply_write
@@ -34,7 +41,6 @@ from ledger.store import Store
 
 Status = Literal["accepted", "duplicate", "rejected"]
 _Key = tuple[str, str]  # (tenant, trace_id): how the appender finds a trace's stream
-_Conflict = tuple[Any, Any, str]  # (trace_id, seq, digest of the attempted event)
 CACHE_SIZE = 4096  # streams whose heads and memory an appender keeps between batches
 
 
@@ -96,7 +102,7 @@ class Appender:
         self._dirty: dict[_Key, _Stream] = {}
         self._staged: list[StoredEvent] = []
         self._findings: list[dict[str, Any]] = []
-        self._conflicts: dict[str, _Conflicts] = {}  # per tenant: recorded or queued
+        self._conflicts: dict[str, RecordedConflicts] = {}  # per tenant: recorded or queued
         self.findings_written = 0  # by the last flush
 
     @property
@@ -317,22 +323,28 @@ class Appender:
         reason = (f"conflict: seq {event.seq} of trace {event.trace_id!r} (tenant "
                   f"{event.tenant!r}) is already stored with different content "
                   f"(fields differ: {', '.join(changed)})")
-        attempt = _conflict(event.trace_id, event.seq, submitted)
+        this = attempt(event.trace_id, event.seq, submitted)
         known = self._recorded_conflicts(event.tenant)
-        if attempt not in known:  # the same attempt again (a re-run of its file): once
-            known.add(attempt)
+        if this not in known:  # the same attempt again (a re-run of its file): once
+            known.add(this)
             self.record_finding(event.tenant, "conflict", trace_id=event.trace_id,
                                 seq=event.seq, detail=reason, evidence=submitted)
         return Outcome("rejected", reason, "conflict")
 
-    def _recorded_conflicts(self, tenant: str) -> set[_Conflict]:
-        """The tenant's conflict findings, recorded or queued, as attempts."""
+    def _recorded_conflicts(self, tenant: str) -> AttemptSet:
+        """The tenant's conflict findings, recorded or queued, as attempts (the stream
+        read a page at a time, up to the catalog's head)."""
         known = self._conflicts.get(tenant)
         if known is None:
-            stored = self.backend.read_stream(chain.findings_stream_id(tenant))
-            known = self._conflicts[tenant] = _Conflicts(
-                _conflicts_in((s.originator_version, s.state) for s in stored),
-                stored[-1].originator_version if stored else 0)
+            sid = chain.findings_stream_id(tenant)
+            head = self.backend.load_heads([sid]).get(sid)
+            attempts, upto = AttemptSet(), 0
+            while head is not None and upto < head.last_seq:
+                last = min(upto + conflict_attempts.PAGE, head.last_seq)
+                attempts.update(attempts_in(
+                    s.state for s in self.backend.read_stream(sid, gt=upto, lte=last)))
+                upto = last
+            known = self._conflicts[tenant] = RecordedConflicts(attempts, upto)
         return known.attempts
 
     def _chain_findings(
@@ -342,17 +354,17 @@ class Appender:
         less the conflicts another writer recorded since this one last read them."""
         ids = {t: chain.findings_stream_id(t) for t in dict.fromkeys(f["tenant"] for f in findings)}
         heads = reads.heads(list(ids.values()))
-        others: set[tuple[str, _Conflict]] = set()
+        others: set[tuple[str, Attempt]] = set()
         for tenant, sid in ids.items():
             known, head = self._conflicts.get(tenant), heads.get(sid)
             if known is not None and head is not None and head.last_seq > known.upto:
-                new = _conflicts_in(reads.states(sid, known.upto))
-                known.attempts |= new
+                new = list(attempts_in(state for _, state in reads.states(sid, known.upto)))
+                known.attempts.update(new)
                 known.upto = head.last_seq
-                others.update((tenant, attempt) for attempt in new)
+                others.update((tenant, a) for a in new)
         if others:
             findings = [f for f in findings if f["finding"] != "conflict" or (
-                f["tenant"], _conflict(f["trace_id"], f["seq"], f["evidence"])) not in others]
+                f["tenant"], attempt(f["trace_id"], f["seq"], f["evidence"])) not in others]
         events, left = _finding_events(findings, ids, heads)
         for head in left:  # what this writer appends, it knows
             if (known := self._conflicts.get(head.tenant)) is not None:
@@ -375,32 +387,6 @@ class Appender:
                 state = stored.get(events[i].seq)
                 found[i] = chain.decode(state) if state is not None else {}
         return found
-
-
-@dataclass(slots=True)
-class _Conflicts:
-    """A tenant's conflict findings as attempts, and the findings stream's version read up to."""
-
-    attempts: set[_Conflict]
-    upto: int
-
-
-def _conflict(trace_id: Any, seq: Any, attempted: Any) -> _Conflict:
-    return trace_id, seq, sha256(chain.encode(attempted, sort_keys=True)).hexdigest()
-
-
-def _conflicts_in(stored: Iterable[tuple[int, bytes]]) -> set[_Conflict]:
-    """The attempts of the conflict findings among stored findings ``(version, state)``."""
-    attempts: set[_Conflict] = set()
-    for _, state in stored:
-        try:
-            record = chain.decode(state)
-        except ValueError:  # altered behind the ledger's back: verify names it
-            continue
-        if record.get("finding") == "conflict":
-            attempts.add(_conflict(record.get("trace_id"), record.get("seq"),
-                                   record.get("evidence")))
-    return attempts
 
 
 def _finding_events(
