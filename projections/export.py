@@ -46,6 +46,10 @@ from ledger.verify import verify_scanned
 from projections.queries import FindingRow, stream_audit_findings
 
 EXPORT_VERSION = 1
+TRACES_AT_ONCE = 200
+"""Traces whose rows one scan reads: one query for them all, not one a trace (on
+PostgreSQL each cost about 1.7 ms, most of an export of short traces). They arrive by
+stream id and are written in the catalog's order from a temporary file."""
 FORMATS = {".jsonl": "jsonl", ".csv": "csv"}
 OK = "ok"
 CSV_COLUMNS = (
@@ -111,17 +115,26 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     with _temporary(target) as (body, _), closing(statuses), _spooled_findings(
             store, tenant) as findings:  # read now: those of the verified state
         out = writer(body)
-        for head in heads:
-            before = events
-            for row in _event_rows(store, head, lo, hi, statuses.of(head.name),
-                                   checked.get(head.stream_id, 0)):
-                out.event(row)
-                events += 1
-                not_ok += row["verification"] != OK
-                exported.add(head.name, row.get("seq"))
-            traces += events > before
-            if step is not None:
-                step(head.last_seq)
+        for at in range(0, len(heads), TRACES_AT_ONCE):
+            chunk = heads[at:at + TRACES_AT_ONCE]
+            by_id = {h.stream_id: h for h in chunk}
+            with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
+                part, regions = writer(spool), {}
+                for sid, rows in store.backend.scan_streams(list(by_id)):
+                    head, begin, count = by_id[sid], spool.tell(), 0
+                    for row in _event_rows(head, rows, lo, hi, statuses.of(head.name),
+                                           checked.get(sid, 0)):
+                        part.event(row)
+                        count += 1
+                        not_ok += row["verification"] != OK
+                        exported.add(head.name, row.get("seq"))
+                    regions[sid] = (begin, spool.tell() - begin, count)
+                for head in chunk:  # in the catalog's order, oldest trace first
+                    begin, size, count = regions.get(head.stream_id, (0, 0, 0))
+                    _copy(spool, begin, size, body)
+                    events, traces = events + count, traces + (count > 0)
+                    if step is not None:
+                        step(head.last_seq)
         for finding in findings:  # in the window, or about an event exported
             if _within(finding.at, lo, hi) or exported.holds(finding.trace_id, finding.seq):
                 out.finding(finding)
@@ -257,23 +270,34 @@ def _noting(sid: UUID, rows: Iterator[RowTuple], checked: dict[UUID, int]
         yield row
 
 
-def _event_rows(store: Store, head: StreamHead, lo: str | None, hi: str | None,
+def _event_rows(head: StreamHead, rows: Iterable[RowTuple], lo: str | None, hi: str | None,
                 statuses: dict[int, str], checked: int) -> Iterator[dict[str, Any]]:
-    """The trace's stored events in the window, as export rows (one trace at a time), up
+    """The trace's stored events (``rows``, as read) in the window, as export rows, up
     to the last one verify checked: what writers appended since is left for the next."""
-    for stored in store.backend.iter_rows([head.stream_id]):
-        if stored.version > checked:
-            break
+    for _, version, _, _, state in rows:
+        if version > checked:
+            continue
         try:
-            record = chain.decode(stored.state)
+            record = chain.decode(state)
         except ValueError:
-            record = {"tenant": head.tenant, "trace_id": head.name, "seq": stored.version}
+            record = {"tenant": head.tenant, "trace_id": head.name, "seq": version}
         ts = _utc(record.get("ts"))
         if ts is not None and not _within(ts, lo, hi):
             continue  # an unreadable time is exported: verification says why
         yield {"type": "event", **{k: v for k, v in record.items() if k not in _RESERVED},
-               "record_hash": None if stored.state is None else chain.record_hash(stored.state),
-               "verification": statuses.get(stored.version, OK)}
+               "record_hash": None if state is None else chain.record_hash(state),
+               "verification": statuses.get(version, OK)}
+
+
+def _copy(source: IO[bytes], begin: int, size: int, target: IO[bytes]) -> None:
+    """``size`` bytes of ``source`` from ``begin`` to ``target``, a MiB at a time."""
+    source.seek(begin)
+    while size > 0:
+        piece = source.read(min(size, 1 << 20))
+        if not piece:
+            raise OSError(f"temporary file ended {size} bytes early")  # not expected
+        target.write(piece)
+        size -= len(piece)
 
 
 # -- how it is written ----------------------------------------------------------------

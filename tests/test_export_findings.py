@@ -4,13 +4,16 @@ events it exported it keeps as runs of seqs per trace. On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import orjson
-from clirun import run, run_json
+import pytest
+from clirun import run, run_json, write_demo
 
 from ledger.workload import synthetic_lines
+from projections import export
 from projections.export import _Exported
 
 SINCE, UNTIL = "2026-11-17T09:00:01Z", "2026-11-17T09:00:07Z"
@@ -51,3 +54,27 @@ def test_findings_in_the_window_or_about_an_exported_event(
                 if (f["trace_id"], f["seq"]) in events]
     assert written == expected and len(expected) == len(events)
     assert lines[0]["counts"]["findings"] == len(expected)
+
+
+def test_traces_read_a_few_at_a_time_are_written_oldest_first(
+        store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Traces are read TRACES_AT_ONCE to a scan (by stream id) and written in the
+    catalog's order, each whole, as `trace list` gives them: the same file as with
+    one scan for them all."""
+    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
+                       "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0, err
+    files = []
+    for at_once in (10_000, 3):
+        monkeypatch.setattr(export, "TRACES_AT_ONCE", at_once)
+        out = tmp_path / f"{at_once}.jsonl"
+        code, _, err = run(store_url, "audit", "export", str(out), "--tenant", "acme")
+        assert code == 0, err
+        files.append([json.loads(line) for line in out.read_bytes().splitlines()])
+    first, second = ([{**lines[0], "generated_at": None}, *lines[1:]] for lines in files)
+    assert first == second and len(first) > 500
+    events = [(e["trace_id"], e["seq"]) for e in second if e["type"] == "event"]
+    listed = [t["trace_id"] for t in run_json(store_url, "trace", "list", "--tenant", "acme")]
+    assert [t for t, _ in events] == [t for t in listed for _ in range(
+        sum(1 for trace, _ in events if trace == t))]
+    assert all(b[1] == a[1] + 1 for a, b in itertools.pairwise(events) if a[0] == b[0])
