@@ -8,6 +8,7 @@ PostgreSQL figures, raw baselines included, all use one throwaway cluster
     python scripts/bench.py --events 1000000 --backend both --json bench.json
     python scripts/bench.py --only rss --rss-gb 2
     python scripts/bench.py --only large --backend both
+    python scripts/bench.py --only tampered --backend both
     python scripts/bench.py --events 1000000 --backend both \
         --only rebuild,queries,ingest_projections --json bench-proj.json
 """
@@ -51,6 +52,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed o
 import bench_large  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_replay  # noqa: E402
+import bench_tampered  # noqa: E402
 import rawdb  # noqa: E402
 from pgcluster import PgCluster  # noqa: E402
 
@@ -71,9 +73,10 @@ INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one 
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
 SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
-            "replay", "backtest", "memory", "large")
+            "replay", "backtest", "memory", "large", "tampered")
 MEMORY_WRITES = 20_000  # the memory section's writes to one scope
 LARGE_EVENTS = 500  # the large section's events of 1 MiB, in one trace
+TAMPERED_EVENTS = 200_000  # the tampered section's events, in 4 tenants
 LIBRARY_DIRS = ("ledger", "projections", "replay")
 NOTES: dict[str, str] = {}  # observations of the run, written to the JSON's meta
 STORE_SECTIONS = {"ingest", "verify", "rebuild", "queries", "ingest_projections",
@@ -856,6 +859,26 @@ def bench_large_events(backends: list[str], work: Path, cluster: PgCluster | Non
     return out
 
 
+def bench_tampered_ledger(backends: list[str], work: Path, cluster: PgCluster | None
+                          ) -> list[Figure]:
+    """Peak RSS of the CLI's commands on a ledger with a finding for each event, then a
+    problem for each event (``scripts/bench_tampered.py``), on each backend."""
+    out = []
+    per_tenant = TAMPERED_EVENTS // bench_tampered.TENANTS
+    for backend in backends:
+        say(f"{backend}: {TAMPERED_EVENTS:,} events resubmitted changed, then altered ...")
+        url = (f"sqlite:///{work}/tampered.db" if backend == "sqlite" or cluster is None
+               else cluster.create_database("bench_tampered"))
+        found = bench_tampered.run_commands(url, work, TAMPERED_EVENTS,
+                                            partial(_measure, work=work))
+        for name, (secs, total_mb) in found.items():
+            scope = f"{per_tenant:,} of them" if "audit" in name else f"{TAMPERED_EVENTS:,}"
+            out.append(Figure(f"{backend}: peak RSS of {name}, {scope} ({secs:.1f} s), "
+                              "all its processes", total_mb, "MB", target="< 300 MB",
+                              passed=total_mb < 300))
+    return out
+
+
 def _measure(args: list[str], work: Path) -> tuple[float, float, float, int]:
     """Run ``agentledger ARGS`` under the RSS probe: (seconds, peak RSS of its largest
     process in MB, peak RSS of all its processes in MB, exit code)."""
@@ -1035,6 +1058,11 @@ def main(argv: list[str] | None = None) -> None:
                 cluster = PgCluster().start()
             (base / "large").mkdir()
             figures += bench_large_events(backends, base / "large", cluster)
+        if "tampered" in args.only:
+            if "postgres" in backends and cluster is None:
+                cluster = PgCluster().start()
+            (base / "tampered").mkdir()
+            figures += bench_tampered_ledger(backends, base / "tampered", cluster)
         if "rss" in args.only:
             (base / "rss").mkdir()
             figures += bench_rss(args.rss_gb, base / "rss")
