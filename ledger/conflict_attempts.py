@@ -14,14 +14,13 @@ stream is read ``PAGE`` findings at a time.
 from __future__ import annotations
 
 import sqlite3
-import tempfile
-import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import IO, Any
+from typing import Any
 
 from ledger import chain
+from ledger.scratch_db import ScratchDB
 
 KEPT = 10_000  # attempts held in memory, per tenant; past that, on disk
 PAGE = 1_000  # findings read at a time
@@ -52,6 +51,7 @@ class AttemptSet:
 
     def __init__(self) -> None:
         self._held: set[Attempt] = set()
+        self._scratch: ScratchDB | None = None  # removed with this set
         self._db: sqlite3.Connection | None = None
 
     def __contains__(self, item: Attempt) -> bool:
@@ -73,20 +73,13 @@ class AttemptSet:
             self.add(item)
 
     def _spill(self) -> None:
-        file: IO[bytes] = tempfile.NamedTemporaryFile(prefix="agentledger-attempts-")  # noqa: SIM115
-        db = sqlite3.connect(file.name, isolation_level=None)
-        db.execute("PRAGMA journal_mode = OFF")  # scratch, not evidence: nothing to roll
+        scratch = ScratchDB("agentledger-attempts-")
+        db = scratch.connection
         db.execute("CREATE TABLE attempts (attempt BLOB PRIMARY KEY) WITHOUT ROWID")
-        db.execute("BEGIN")  # back to, and one transaction, never committed: its pages
+        db.execute("BEGIN")  # one transaction, never committed: its pages go to the file
         db.executemany("INSERT INTO attempts VALUES (?)", ((a,) for a in self._held))
-        # go to the file past SQLite's small page cache, and each insert is a lookup
-        self._db, self._held = db, set()
-        weakref.finalize(self, _close, db, file)
-
-
-def _close(db: sqlite3.Connection, file: IO[bytes]) -> None:
-    db.close()
-    file.close()  # and removed
+        # past SQLite's small page cache, and each insert after is a lookup, not a commit
+        self._scratch, self._db, self._held = scratch, db, set()
 
 
 @dataclass(slots=True)

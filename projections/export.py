@@ -21,7 +21,6 @@ import csv
 import gzip
 import io
 import os
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -31,19 +30,17 @@ from pathlib import Path
 from typing import IO, Any, cast
 from uuid import UUID
 
-import orjson
-
-from ledger import chain, problem_log
+from ledger import chain
 from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
-from ledger.problem_log import ProblemLog
 from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
 from ledger.verify import verify_scanned
-from projections.queries import FindingRow, stream_audit_findings
+from projections.export_state import EventStatuses, ExportedEvents, spooled_findings
+from projections.queries import FindingRow
 
 EXPORT_VERSION = 1
 TRACES_AT_ONCE = 200
@@ -111,30 +108,26 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     statuses = EventStatuses(report.problems, tenant)
     writer = _JSONL if fmt == "jsonl" else _CSV
     traces = events = not_ok = chosen = 0
-    exported = _Exported()
-    with _temporary(target) as (body, _), closing(statuses), _spooled_findings(
+    exported = ExportedEvents()
+    with _temporary(target) as (body, _), closing(statuses), spooled_findings(
             store, tenant) as findings:  # read now: those of the verified state
         out = writer(body)
-        for at in range(0, len(heads), TRACES_AT_ONCE):
-            chunk = heads[at:at + TRACES_AT_ONCE]
-            by_id = {h.stream_id: h for h in chunk}
-            with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
-                part, regions = writer(spool), {}
-                for sid, rows in store.backend.scan_streams(list(by_id)):
-                    head, begin, count = by_id[sid], spool.tell(), 0
-                    for row in _event_rows(head, rows, lo, hi, statuses.of(head.name),
-                                           checked.get(sid, 0)):
-                        part.event(row)
-                        count += 1
-                        not_ok += row["verification"] != OK
-                        exported.add(head.name, row.get("seq"))
-                    regions[sid] = (begin, spool.tell() - begin, count)
-                for head in chunk:  # in the catalog's order, oldest trace first
-                    begin, size, count = regions.get(head.stream_id, (0, 0, 0))
-                    _copy(spool, begin, size, body)
-                    events, traces = events + count, traces + (count > 0)
-                    if step is not None:
-                        step(head.last_seq)
+
+        def write_trace(head: StreamHead, rows: Iterator[RowTuple], part: _JSONL) -> int:
+            nonlocal not_ok
+            count = 0
+            for row in _event_rows(head, rows, lo, hi, statuses.of(head.name),
+                                   checked.get(head.stream_id, 0)):
+                part.event(row)
+                count += 1
+                not_ok += row["verification"] != OK
+                exported.add(head.name, row.get("seq"))
+            return count
+
+        for head, count in _in_catalog_order(store, heads, writer, body, write_trace):
+            events, traces = events + count, traces + (count > 0)
+            if step is not None:
+                step(head.last_seq)
         for finding in findings:  # in the window, or about an event exported
             if _within(finding.at, lo, hi) or exported.holds(finding.trace_id, finding.seq):
                 out.finding(finding)
@@ -170,78 +163,6 @@ def _counter(progress: Callable[[int, int], None] | None,
         done += n
         progress(done, max(done, total))
     return step
-
-
-class EventStatuses:
-    """Each event's verification status: "kind,kind" of the problems verify tied to it
-    (``OK`` for none), looked up a trace at a time. Held in a dict; past the problems a
-    report keeps in memory (a tenant altered throughout), in a temporary SQLite file."""
-
-    def __init__(self, problems: ProblemLog, tenant: str) -> None:
-        tied = ((p.trace_id, p.seq, p.kind) for p in problems
-                if p.tenant == tenant and isinstance(p.trace_id, str) and p.seq is not None)
-        self._db: sqlite3.Connection | None = None
-        self._kinds: dict[str, dict[int, set[str]]] = {}
-        if len(problems) <= problem_log.KEPT:
-            for trace, seq, kind in tied:
-                self._kinds.setdefault(trace, {}).setdefault(seq, set()).add(kind)
-            return
-        self._file = tempfile.NamedTemporaryFile(prefix="agentledger-statuses-")  # noqa: SIM115
-        self._db = sqlite3.connect(self._file.name)
-        self._db.execute("PRAGMA journal_mode = OFF")  # scratch: nothing to roll back to
-        with self._db:  # one transaction
-            self._db.execute("CREATE TABLE tied (trace TEXT, seq INTEGER, kind TEXT)")
-            self._db.executemany("INSERT INTO tied VALUES (?, ?, ?)", tied)
-            self._db.execute("CREATE INDEX by_trace ON tied (trace, seq, kind)")
-
-    def of(self, trace: str) -> dict[int, str]:
-        """seq -> status of the trace's events with a problem."""
-        if self._db is None:
-            kinds = self._kinds.get(trace, {})
-        else:
-            kinds = {}
-            for seq, kind in self._db.execute(
-                    "SELECT seq, kind FROM tied WHERE trace = ?", (trace,)):
-                kinds.setdefault(seq, set()).add(kind)
-        return {seq: ",".join(sorted(k)) for seq, k in kinds.items()}
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._file.close()  # and removed
-
-
-@contextmanager
-def _spooled_findings(store: Store, tenant: str) -> Iterator[Iterator[FindingRow]]:
-    """The tenant's findings as they are now, kept in a temporary file (on disk past
-    8 MiB) until read back: a tenant may have a finding per event."""
-    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
-        with closing(stream_audit_findings(store, tenant)) as found:
-            for finding in found:
-                spool.write(chain.encode(finding.as_json()) + b"\n")
-        spool.seek(0)
-        yield (FindingRow(**orjson.loads(line)) for line in spool)
-
-
-class _Exported:
-    """Which (trace, seq) an export wrote, as runs of seqs per trace: memory grows with
-    the traces, not their events (a trace's events in a window have consecutive seqs)."""
-
-    def __init__(self) -> None:
-        self._runs: dict[str, list[list[int]]] = {}
-
-    def add(self, trace: str, seq: Any) -> None:
-        if not isinstance(seq, int):
-            return  # an altered record's: no finding names such a seq
-        runs = self._runs.setdefault(trace, [])
-        if runs and runs[-1][1] + 1 == seq:
-            runs[-1][1] = seq
-        else:
-            runs.append([seq, seq])
-
-    def holds(self, trace: str | None, seq: int | None) -> bool:
-        return seq is not None and trace is not None and any(
-            lo <= seq <= hi for lo, hi in self._runs.get(trace, ()))
 
 
 def _within(ts: str | None, lo: str | None, hi: str | None) -> bool:
@@ -287,6 +208,29 @@ def _event_rows(head: StreamHead, rows: Iterable[RowTuple], lo: str | None, hi: 
         yield {"type": "event", **{k: v for k, v in record.items() if k not in _RESERVED},
                "record_hash": None if state is None else chain.record_hash(state),
                "verification": statuses.get(version, OK)}
+
+
+def _in_catalog_order(
+    store: Store, heads: list[StreamHead], writer: type[_JSONL], body: IO[bytes],
+    write_trace: Callable[[StreamHead, Iterator[RowTuple], _JSONL], int],
+) -> Iterator[tuple[StreamHead, int]]:
+    """Each of ``heads``, in their order, once ``write_trace(head, rows, out)`` has
+    written its trace (and counted its events) to ``body``. The rows of TRACES_AT_ONCE
+    traces are read in one scan, which gives them by stream id, so each trace is first
+    written to a spooled file, then copied."""
+    for at in range(0, len(heads), TRACES_AT_ONCE):
+        chunk = heads[at:at + TRACES_AT_ONCE]
+        by_id = {h.stream_id: h for h in chunk}
+        with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
+            part, regions = writer(spool), {}
+            for sid, rows in store.backend.scan_streams(list(by_id)):
+                begin = spool.tell()
+                count = write_trace(by_id[sid], rows, part)
+                regions[sid] = (begin, spool.tell() - begin, count)
+            for head in chunk:
+                begin, size, count = regions.get(head.stream_id, (0, 0, 0))
+                _copy(spool, begin, size, body)
+                yield head, count
 
 
 def _copy(source: IO[bytes], begin: int, size: int, target: IO[bytes]) -> None:

@@ -14,13 +14,13 @@ from clirun import run, run_json, write_demo
 
 from ledger.workload import synthetic_lines
 from projections import export
-from projections.export import _Exported
+from projections.export_state import ExportedEvents
 
 SINCE, UNTIL = "2026-11-17T09:00:01Z", "2026-11-17T09:00:07Z"
 
 
 def test_runs_of_seqs_hold_what_was_added_and_nothing_else() -> None:
-    exported = _Exported()
+    exported = ExportedEvents()
     for seq in (1, 2, 3, 5, 7, 8, "x", None, True):
         exported.add("a", seq)
     exported.add("b", 4)

@@ -1,0 +1,94 @@
+"""What an audit export keeps while it writes, in memory that does not grow with the
+tenant's events, problems or findings.
+
+- ``EventStatuses``: each event's verification status, looked up a trace at a time.
+- ``spooled_findings``: the tenant's findings as they stood when it was verified.
+- ``ExportedEvents``: which events the export wrote, as runs of seqs per trace.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from typing import Any
+
+import orjson
+
+from ledger import chain, problem_log
+from ledger.problem_log import ProblemLog
+from ledger.scratch_db import ScratchDB
+from ledger.store import Store
+from projections.queries import FindingRow, stream_audit_findings
+
+
+class EventStatuses:
+    """Each event's verification status: "kind,kind" of the problems verify tied to it
+    (``OK`` for none), looked up a trace at a time. Held in a dict; past the problems a
+    report keeps in memory (a tenant altered throughout), in a temporary SQLite file."""
+
+    def __init__(self, problems: ProblemLog, tenant: str) -> None:
+        tied = ((p.trace_id, p.seq, p.kind) for p in problems
+                if p.tenant == tenant and isinstance(p.trace_id, str) and p.seq is not None)
+        self._db: sqlite3.Connection | None = None
+        self._kinds: dict[str, dict[int, set[str]]] = {}
+        if len(problems) <= problem_log.KEPT:
+            for trace, seq, kind in tied:
+                self._kinds.setdefault(trace, {}).setdefault(seq, set()).add(kind)
+            return
+        self._scratch = ScratchDB("agentledger-statuses-")
+        self._db = db = self._scratch.connection
+        db.execute("BEGIN")  # one transaction
+        db.execute("CREATE TABLE tied (trace TEXT, seq INTEGER, kind TEXT)")
+        db.executemany("INSERT INTO tied VALUES (?, ?, ?)", tied)
+        db.execute("CREATE INDEX by_trace ON tied (trace, seq, kind)")
+        db.execute("COMMIT")
+
+    def of(self, trace: str) -> dict[int, str]:
+        """seq -> status of the trace's events with a problem."""
+        if self._db is None:
+            kinds = self._kinds.get(trace, {})
+        else:
+            kinds = {}
+            for seq, kind in self._db.execute(
+                    "SELECT seq, kind FROM tied WHERE trace = ?", (trace,)):
+                kinds.setdefault(seq, set()).add(kind)
+        return {seq: ",".join(sorted(k)) for seq, k in kinds.items()}
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._scratch.close()
+
+
+@contextmanager
+def spooled_findings(store: Store, tenant: str) -> Iterator[Iterator[FindingRow]]:
+    """The tenant's findings as they are now, kept in a temporary file (on disk past
+    8 MiB) until read back: a tenant may have a finding per event."""
+    with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
+        with closing(stream_audit_findings(store, tenant)) as found:
+            for finding in found:
+                spool.write(chain.encode(finding.as_json()) + b"\n")
+        spool.seek(0)
+        yield (FindingRow(**orjson.loads(line)) for line in spool)
+
+
+class ExportedEvents:
+    """Which (trace, seq) an export wrote, as runs of seqs per trace: memory grows with
+    the traces, not their events (a trace's events in a window have consecutive seqs)."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[list[int]]] = {}
+
+    def add(self, trace: str, seq: Any) -> None:
+        if not isinstance(seq, int):
+            return  # an altered record's: no finding names such a seq
+        runs = self._runs.setdefault(trace, [])
+        if runs and runs[-1][1] + 1 == seq:
+            runs[-1][1] = seq
+        else:
+            runs.append([seq, seq])
+
+    def holds(self, trace: str | None, seq: int | None) -> bool:
+        return seq is not None and trace is not None and any(
+            lo <= seq <= hi for lo, hi in self._runs.get(trace, ()))
