@@ -265,9 +265,9 @@ class Appender:
         """The stream's memory from its stored records (UnreadableRecordError names
         one altered so that it cannot be read)."""
         memory: dict[str, MemoryState] = {}
-        for stored in self.backend.read_stream(sid):
+        for version, state in self.backend.read_stream(sid):
             apply_record(memory, records.decode_stored(
-                stored.state, tenant=key[0], name=key[1], seq=stored.originator_version))
+                state, tenant=key[0], name=key[1], seq=version))
         return memory
 
     def _accept(self, stream: _Stream, event: TraceEvent, fill_memory_hash: bool) -> Outcome:
@@ -342,7 +342,7 @@ class Appender:
             while head is not None and upto < head.last_seq:
                 last = min(upto + conflict_attempts.PAGE, head.last_seq)
                 attempts.update(attempts_in(
-                    s.state for s in self.backend.read_stream(sid, gt=upto, lte=last)))
+                    state for _, state in self.backend.read_stream(sid, gt=upto, lte=last)))
                 upto = last
             known = self._conflicts[tenant] = RecordedConflicts(attempts, upto)
         return known.attempts
@@ -381,8 +381,7 @@ class Appender:
         found: dict[int, dict[str, Any]] = {}
         for sid, indexes in by_stream.items():
             seqs = [events[i].seq for i in indexes]
-            stored = {s.originator_version: s.state
-                      for s in self.backend.read_stream(sid, gt=min(seqs) - 1, lte=max(seqs))}
+            stored = dict(self.backend.read_stream(sid, gt=min(seqs) - 1, lte=max(seqs)))
             for i in indexes:
                 state = stored.get(events[i].seq)
                 found[i] = chain.decode(state) if state is not None else {}

@@ -119,12 +119,12 @@ def list_grants(store: Store, tenant: str) -> list[Grant]:
 # -- internals -------------------------------------------------------------------
 
 
-def _decoded(tenant: str, stored: Iterable[StoredEvent]) -> Iterator[dict[str, Any]]:
+def _decoded(tenant: str, stored: Iterable[tuple[int, bytes]]) -> Iterator[dict[str, Any]]:
     """The grants stream's records; UnreadableRecordError for one altered so that it
     cannot be read (the grants are not known without it)."""
-    for e in stored:
-        yield records.decode_stored(e.state, tenant=tenant, name=chain.GRANTS_STREAM_NAME,
-                                    seq=e.originator_version, topic=chain.GRANT_TOPIC)
+    for version, state in stored:
+        yield records.decode_stored(state, tenant=tenant, name=chain.GRANTS_STREAM_NAME,
+                                    seq=version, topic=chain.GRANT_TOPIC)
 
 
 def _fold(decoded: Iterable[dict[str, Any]]) -> dict[str, Grant]:

@@ -102,9 +102,7 @@ WINDOW_PAGE = 32  # records of a window read at a time (events may take up to 25
 def _window(store: Store, sid: UUID, first: int, last: int
             ) -> Generator[tuple[int, bytes], None, None]:
     for after in range(first - 1, last, WINDOW_PAGE):
-        for stored in store.backend.read_stream(sid, gt=after,
-                                                lte=min(after + WINDOW_PAGE, last)):
-            yield stored.originator_version, stored.state
+        yield from store.backend.read_stream(sid, gt=after, lte=min(after + WINDOW_PAGE, last))
 
 
 def list_traces(
@@ -161,7 +159,7 @@ def list_findings(store: Store, tenant: str) -> list[dict[str, Any]]:
     """The integrity findings the ledger recorded for a tenant, oldest first."""
     stored = store.backend.read_stream(chain.findings_stream_id(tenant))
     keys = ("tenant", "trace_id", "seq", "finding", "detail", "recorded_at")
-    found = (records.decode_stored(e.state, tenant=tenant, name=chain.FINDINGS_STREAM_NAME,
-                                   seq=e.originator_version, topic=chain.FINDING_TOPIC)
-             for e in stored)
+    found = (records.decode_stored(state, tenant=tenant, name=chain.FINDINGS_STREAM_NAME,
+                                   seq=version, topic=chain.FINDING_TOPIC)
+             for version, state in stored)
     return [{k: r.get(k) for k in keys} for r in found]

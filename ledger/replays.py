@@ -45,7 +45,7 @@ def source_hash_before(store: Store, tenant: str, trace_id: str, fork_seq: int) 
     rows = store.backend.read_stream(sid, gt=fork_seq - 2, lte=fork_seq - 1)
     if not rows:
         raise NotFoundError(f"trace {trace_id!r} of tenant {tenant!r} has no seq {fork_seq - 1}")
-    return chain.record_hash(rows[0].state)
+    return chain.record_hash(rows[0][1])
 
 
 def write_replay(store: Store, link: dict[str, Any], events: list[dict[str, Any]]) -> str:
@@ -106,7 +106,7 @@ def list_replays(store: Store, tenant: str, *, source: str | None = None) -> lis
     for head in heads:
         rows = store.backend.read_stream(head.stream_id, lte=1)
         if rows:
-            link = _link(rows[0].state, tenant, head.name)
+            link = _link(rows[0][1], tenant, head.name)
             if source is None or link.get("source_trace_id") == source:
                 links.append(link)
     return links
@@ -118,9 +118,9 @@ def read_replay(store: Store, tenant: str, name: str) -> StoredReplay:
     rows = store.backend.read_stream(sid)
     if not rows:
         raise NotFoundError(f"no replay {name!r} in tenant {tenant!r}")
-    link = _link(rows[0].state, tenant, name)
-    events = [decode_stored(r.state, tenant=tenant, name=name, seq=r.originator_version,
-                            topic=chain.REPLAY_TOPIC) for r in rows[1:]]
+    link = _link(rows[0][1], tenant, name)
+    events = [decode_stored(state, tenant=tenant, name=name, seq=version,
+                            topic=chain.REPLAY_TOPIC) for version, state in rows[1:]]
     return StoredReplay(name, link, [chain.wire_part(r) for r in events])
 
 
@@ -172,16 +172,16 @@ class ReplayCheck:
         tenant, source, fork = link["tenant"], link["source_trace_id"], link["fork_seq"]
         sid = chain.trace_stream_id(tenant, source)
         rows = self.store.backend.read_stream(sid, lte=fork - 1) if fork > 1 else []
-        actual = chain.record_hash(rows[-1].state) if rows else chain.GENESIS_HASH
+        actual = chain.record_hash(rows[-1][1]) if rows else chain.GENESIS_HASH
         if len(rows) != max(fork - 1, 0) or actual != link.get("source_prev_hash"):
             self.problem(1, "replay_source_mismatch",
                          f"the replay forked from {source!r} after seq {fork - 1} with record "
                          f"hash {link.get('source_prev_hash')}; the source now gives {actual}")
-        for row in rows:
+        for version, state in rows:
             try:
-                apply_record(self.memory, decode(row.state))
+                apply_record(self.memory, decode(state))
             except ValueError as exc:  # its own stream's check names it too
                 self.problem(1, "replay_source_mismatch", f"the source's record at seq "
-                             f"{row.originator_version} cannot be read ({exc})")
+                             f"{version} cannot be read ({exc})")
                 self.link = None  # the memory the replay forked from is not known
                 return

@@ -218,8 +218,8 @@ class Replayer:
         rows = self.store.backend.read_stream(sid)
         if not rows:
             raise NotFoundError(f"no trace {trace_id!r} in tenant {tenant!r}")
-        return [decode_stored(r.state, tenant=tenant, name=trace_id,
-                                      seq=r.originator_version) for r in rows]
+        return [decode_stored(state, tenant=tenant, name=trace_id, seq=version)
+                for version, state in rows]
 
     def _chain(self, tenant: str, trace_id: str, plan: Plan, scripted: ScriptedOutcomes | None,
                live: LiveTools | None) -> OutcomeChain:

@@ -69,7 +69,7 @@ def replay(url: str, files: dict[str, str], *extra: str, outcomes: bool = True) 
 def source_rows(url: str, tenant: str, trace_id: str) -> list[tuple[int, bytes]]:
     with Store.open(url) as store:
         rows = store.backend.read_stream(chain.trace_stream_id(tenant, trace_id))
-    return [(r.originator_version, bytes(r.state)) for r in rows]
+    return list(rows)
 
 
 # -- replay -----------------------------------------------------------------------------

@@ -72,4 +72,4 @@ def test_a_tenant_full_of_conflicts_records_each_attempt_once(
     assert counts == [(20, 0, 0), (0, 20, 20), (0, 20, 0), (0, 20, 20), (0, 20, 0),
                       (0, 20, 0)]
     recorded = store.backend.read_stream(chain.findings_stream_id("tenant-000"))
-    assert len(recorded) == 40 and len(set(attempts_in(r.state for r in recorded))) == 40
+    assert len(recorded) == 40 and len(set(attempts_in(state for _, state in recorded))) == 40

@@ -61,12 +61,12 @@ def rejects(path: Path) -> list[dict[str, Any]]:
 def stored(store: Store, tenant: str, trace_id: str) -> list[dict[str, Any]]:
     """The decoded records of one trace stream, in seq order."""
     sid = chain.trace_stream_id(tenant, trace_id)
-    return [chain.decode(s.state) for s in store.backend.read_stream(sid)]
+    return [chain.decode(state) for _, state in store.backend.read_stream(sid)]
 
 
 def findings(store: Store, tenant: str) -> list[dict[str, Any]]:
     sid = chain.findings_stream_id(tenant)
-    return [chain.decode(s.state) for s in store.backend.read_stream(sid)]
+    return [chain.decode(state) for _, state in store.backend.read_stream(sid)]
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_shared_events_are_chained_on_heads_read_in_the_append(
         ids = store.backend.append(_events("t", "a", range(1, 3)), [_head("t", "a", 2)],
                                    shared=one_more)
     assert seen == [0, 1]
-    assert [s.originator_version for s in store.backend.read_stream(shared_id)] == [1, 2]
+    assert [v for v, _ in store.backend.read_stream(shared_id)] == [1, 2]
     listed = store.backend.recorder.select_notifications(start=None, limit=100)
     assert [(n.originator_id, n.originator_version) for n in listed] == [
         (shared_id, 1), (chain.trace_stream_id("t", "a"), 1),
@@ -113,7 +113,25 @@ def test_read_state_returns_one_events_stored_bytes(store: Store) -> None:
     assert store.backend.read_state(sid, 4) is None
     assert store.backend.read_state(chain.trace_stream_id("t", "b"), 1) is None
     assert [store.backend.read_state(sid, v) for v in (1, 2, 3)] == [
-        e.state for e in store.backend.read_stream(sid)]
+        state for _, state in store.backend.read_stream(sid)]
+
+
+def test_read_stream_gives_the_versions_between_its_bounds(store: Store) -> None:
+    """read_stream() is one stream's (version, state) pairs with gt < version <= lte, in
+    version order, as plain tuples; another stream's rows never come with them."""
+    store.backend.append(_events("t", "a", range(1, 6)), [_head("t", "a", 5)])
+    store.backend.append(_events("t", "b", range(1, 3)), [_head("t", "b", 2)])
+    sid = chain.trace_stream_id("t", "a")
+    every = [(v, b'{"seq":%d}' % v) for v in range(1, 6)]
+    rows = store.backend.read_stream(sid)
+    assert rows == every
+    assert all(type(v) is int and type(s) is bytes for v, s in rows)
+    for gt in (None, 0, 1, 4, 5):
+        for lte in (None, 0, 1, 3, 5, 9):
+            wanted = [r for r in every if (gt is None or r[0] > gt)
+                      and (lte is None or r[0] <= lte)]
+            assert store.backend.read_stream(sid, gt=gt, lte=lte) == wanted, (gt, lte)
+    assert store.backend.read_stream(chain.trace_stream_id("t", "c")) == []
 
 
 def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
@@ -136,7 +154,7 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
     assert sids == sorted(sids) and len(sids) == 13
     for sid, rows in scanned:
         assert [r[1] for r in rows] == list(range(1, len(rows) + 1))
-        assert [r[4] for r in rows] == [e.state for e in store.backend.read_stream(sid)]
+        assert [r[4] for r in rows] == [state for _, state in store.backend.read_stream(sid)]
         assert [r[3] for r in rows] == [chain.EVENT_TOPIC] * len(rows)
         nids = [r[2] for r in rows]
         assert nids == sorted(nids)
@@ -165,7 +183,7 @@ def test_scan_streams_reads_a_long_stream_whole_and_in_version_order(store: Stor
         store.backend.append(_events("t", f"short-{first}", range(1, 2)),
                              [_head("t", f"short-{first}", 1)])
     sid = chain.trace_stream_id("t", "long")
-    stored = [e.state for e in store.backend.read_stream(sid)]
+    stored = [state for _, state in store.backend.read_stream(sid)]
     for rows in ({s: list(rows) for s, rows in store.backend.scan_streams()}[sid],
                  {s: list(rows) for s, rows in store.backend.scan_streams([sid])}[sid]):
         assert [r[1] for r in rows] == list(range(1, 201))

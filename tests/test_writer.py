@@ -24,7 +24,7 @@ TOOL_OK = {"tool": "search", "args": {"q": "x"}, "success": True}
 def stored(store: Store, trace_id: str, tenant: str = "default") -> list[dict[str, Any]]:
     """The decoded records of one trace stream, in seq order."""
     sid = chain.trace_stream_id(tenant, trace_id)
-    return [chain.decode(s.state) for s in store.backend.read_stream(sid)]
+    return [chain.decode(state) for _, state in store.backend.read_stream(sid)]
 
 
 def test_record_assigns_seq_one_to_n(store: Store) -> None:
@@ -77,8 +77,8 @@ def test_memory_delete_changes_hash_back(store: Store) -> None:
 def test_record_hash_is_hash_of_stored_bytes(store: Store) -> None:
     """Recorded.record_hash is the chain hash of the bytes actually stored."""
     recorded = TraceWriter(store).record("t1", "EXEC_START", {}, **AGENTS)
-    [row] = store.backend.read_stream(chain.trace_stream_id("default", "t1"))
-    assert recorded.record_hash == chain.record_hash(row.state)
+    [(_, state)] = store.backend.read_stream(chain.trace_stream_id("default", "t1"))
+    assert recorded.record_hash == chain.record_hash(state)
 
 
 def test_batched_events_are_not_visible_before_flush(store: Store) -> None:

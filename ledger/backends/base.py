@@ -248,8 +248,20 @@ class Backend(ABC):
         until the last connection to the file closes. PostgreSQL recycles its own."""
         return True
 
-    def read_stream(
-        self, stream_id: UUID, *, gt: int | None = None, lte: int | None = None
-    ) -> Sequence[StoredEvent]:
-        """A stream's stored events in version order (the library's ``select_events``)."""
-        return self.recorder.select_events(stream_id, gt=gt, lte=lte)
+    @abstractmethod
+    def read_stream(self, stream_id: UUID, *, gt: int | None = None,
+                    lte: int | None = None) -> list[tuple[int, bytes]]:
+        """A stream's ``(version, state)`` rows in version order, those with ``gt <
+        version <= lte``: one statement, its rows the driver's own tuples
+        (``catalog.READ_STREAM``).
+
+        Not the library's ``select_events``, which builds a ``StoredEvent`` and a
+        ``UUID`` a row: for the ~1,000 rows of a long trace that took 2.9 ms of a
+        replay's ~25 on SQLite and 6.3 ms on PostgreSQL, against 1.0 and 1.4 ms.
+        """
+
+
+def version_bounds(gt: int | None, lte: int | None) -> tuple[int, int]:
+    """``read_stream``'s ``gt`` and ``lte`` as the integers its statement binds (none
+    given: bounds no stored version lies beyond)."""
+    return -(2**63) if gt is None else gt, 2**63 - 1 if lte is None else lte

@@ -1,10 +1,10 @@
 """SQL shared by both backends for the stream catalog and schema migrations.
 
 Statements are templates: ``?`` placeholders, and ``{streams}`` / ``{schema_table}``
-/ ``{uuid}`` / ``{bigint}`` / ``{by_code_point}`` slots. SQLite fills the slots with the
-plain names (``render_sqlite``); PostgreSQL fills them with schema-qualified
-``psycopg.sql.Identifier``s and turns ``?`` into ``%s`` (``postgres.py``). No user
-input ever reaches a template.
+/ ``{events}`` / ``{uuid}`` / ``{bigint}`` / ``{by_code_point}`` / ``{state}`` slots.
+SQLite fills the slots with the plain names (``render_sqlite``); PostgreSQL fills them
+with schema-qualified ``psycopg.sql.Identifier``s and turns ``?`` into ``%s``
+(``postgres.py``). No user input ever reaches a template.
 
 ``{by_code_point}`` follows a text expression that orders rows: SQLite compares text
 byte by byte (so by code point) already; PostgreSQL would use the database's collation,
@@ -60,10 +60,22 @@ UPSERT_STREAM = (
 
 SELECT_STREAMS = "SELECT " + ", ".join(STREAM_COLUMNS) + " FROM {streams}"
 
+READ_STREAM = (
+    "SELECT originator_version, {state} FROM {events} WHERE originator_id = ? "
+    "AND originator_version > ? AND originator_version <= ? ORDER BY originator_version"
+)
+"""A stream's ``(version, state)`` rows, as the driver builds them (``Backend.read_stream``).
+
+``{state}`` is the stored state as bytes whatever was done to it behind the ledger's
+back: on SQLite a state edited into TEXT comes as its UTF-8 bytes, and on either
+backend a NULL comes as empty bytes; the readers then name the record as unreadable.
+"""
+
 
 SQLITE_SLOTS = {
     "streams": STREAMS_TABLE, "schema_table": SCHEMA_TABLE, "events": EVENTS_TABLE,
     "uuid": "TEXT", "bigint": "INTEGER", "by_code_point": "",
+    "state": "COALESCE(CAST(state AS BLOB), X'')",
 }
 
 

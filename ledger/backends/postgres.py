@@ -30,6 +30,7 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
     StreamScan,
+    version_bounds,
 )
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder, pg_sql
 from ledger.errors import SchemaVersionError, StoreError, UsageError
@@ -100,6 +101,7 @@ class PostgresBackend(Backend):
         except PersistenceError as exc:
             raise StoreError(f"cannot open PostgreSQL store {redact_url(url)}: {exc}") from exc
         self.schema = self.datastore.schema
+        self._read_stream = self._sql(catalog.READ_STREAM)
 
     def _sql(self, template: str) -> sql.Composed:
         return pg_sql(template, self.schema)
@@ -278,6 +280,16 @@ class PostgresBackend(Backend):
                 if plan:
                     cur.execute(plan)
                 cur.execute(query, params)
+                return cur.fetchall()
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
+
+    def read_stream(self, stream_id: UUID, *, gt: int | None = None,
+                    lte: int | None = None) -> list[tuple[int, bytes]]:
+        try:  # one statement on an autocommit connection: one round trip
+            with self.datastore.get_connection() as conn, conn.cursor(
+                    row_factory=tuple_row, binary=True) as cur:
+                cur.execute(self._read_stream, (stream_id, *version_bounds(gt, lte)))
                 return cur.fetchall()
         except (PersistenceError, psycopg.Error) as exc:
             raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc

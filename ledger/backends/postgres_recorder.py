@@ -113,4 +113,5 @@ def pg_sql(template: str, schema: str) -> sql.Composed:
         uuid=sql.SQL("uuid"),
         bigint=sql.SQL("bigint"),
         by_code_point=sql.SQL(' COLLATE "C"'),
+        state=sql.SQL("COALESCE(state, ''::bytea)"),
     )

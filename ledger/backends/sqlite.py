@@ -41,6 +41,7 @@ from ledger.backends.base import (
     StreamHead,
     StreamQuery,
     StreamScan,
+    version_bounds,
 )
 from ledger.backends.sqlite_file import ConnectionPool, read_only_name, use_wal
 from ledger.errors import SchemaVersionError, StoreError
@@ -396,6 +397,14 @@ class SQLiteBackend(Backend):
             c.execute(_SELECT_LOG + " WHERE " + " AND ".join(where)
                       + " ORDER BY notification_id LIMIT ?", (*params, limit))
             return _within(c, max_bytes)
+
+    def read_stream(self, stream_id: UUID, *, gt: int | None = None,
+                    lte: int | None = None) -> list[tuple[int, bytes]]:
+        with self._txn(commit=False) as c:
+            cursor = c.sqlite_cursor  # this transaction's own: plain tuples, not Rows
+            cursor.row_factory = None
+            cursor.execute(_sql(catalog.READ_STREAM), (stream_id.hex, *version_bounds(gt, lte)))
+            return cursor.fetchall()
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
         with self._txn(commit=False) as c:
