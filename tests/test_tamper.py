@@ -248,16 +248,10 @@ def test_tampering_does_not_implicate_other_tenants(ledger: Store, store_url: st
     assert verify(ledger, tenant=OTHER_TENANT).ok
 
 
-def test_verify_in_worker_processes_gives_the_same_report(
-    ledger: Store, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Streams shared out by id ranges to spawned workers give exactly the report of one
-    process: same problems, in the same order, tampering spread over several streams."""
-    import time
-
-    import ledger.verify as verify_module
-
-    more = tmp_path / "more.jsonl"  # 40 more traces: every range of ids holds some
+def spread_tampering(ledger: Store, store_url: str, tmp_path: Path) -> None:
+    """40 more traces (every range of ids holds some), four of them tampered with: an
+    event deleted, a byte changed, the catalog row deleted, every event deleted."""
+    more = tmp_path / "more.jsonl"
     more.write_bytes(b"".join(synthetic_lines(400, seed=2, tenants=2)))
     assert ingest(ledger, [str(more)], reject_file=str(tmp_path / "rejected.jsonl")).accepted
     heads = [h for h in ledger.backend.iter_catalog() if h.kind == chain.TRACE_KIND]
@@ -270,6 +264,66 @@ def test_verify_in_worker_processes_gives_the_same_report(
                   (rawdb.key(store_url, orphan),))
     for seq in range(1, PER_TRACE + 1):
         rawdb.delete_event(store_url, emptied, seq)
+
+
+@pytest.mark.parametrize("one_tenant", [False, True])
+def test_one_process_verifies_a_range_at_a_time_with_the_same_report(
+    ledger: Store, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    one_tenant: bool,
+) -> None:
+    """One process reads a range of stream ids at a time (so that it never holds every
+    catalog row at once) and reports exactly what one snapshot of them all gives."""
+    import ledger.verify as verify_module
+
+    spread_tampering(ledger, store_url, tmp_path)
+    whole = verify(ledger, workers=1)
+    tenant = whole.problems[0].tenant if one_tenant else None  # a tampered tenant
+    whole = verify(ledger, tenant=tenant, workers=1)
+    assert whole.problems and len(verify_module.sequential_ranges(
+        ledger.backend.last_notification_id())) == 1
+    ranges = []
+    in_process = verify_module.verify_range
+
+    def noted(store: Store, tenant: str | None, id_range: object, *args: object) -> object:
+        ranges.append(id_range)
+        return in_process(store, tenant, id_range, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify_module, "EVENTS_PER_PART", 20)
+    monkeypatch.setattr(verify_module, "verify_range", noted)
+    assert verify(ledger, tenant=tenant, workers=1).as_json() == whole.as_json()
+    assert ranges == verify_module.id_ranges(ledger.backend.last_notification_id() // 20)
+    assert len(ranges) > 20
+
+
+def test_a_progress_bar_is_as_long_as_what_verify_reads(
+        ledger: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """rows_to_check (the length of verify's progress bar, read from the catalog a
+    range at a time) is what verify then reads and reports, for the store, a tenant and
+    a trace, however many ranges."""
+    import ledger.verify as verify_module
+
+    more = tmp_path / "more.jsonl"
+    more.write_bytes(b"".join(synthetic_lines(400, seed=2, tenants=2)))
+    assert ingest(ledger, [str(more)], reject_file=str(tmp_path / "rejected.jsonl")).accepted
+    for per_part in (10**9, 20):
+        monkeypatch.setattr(verify_module, "EVENTS_PER_PART", per_part)
+        for where in ({}, {"tenant": TENANT}, {"tenant": TENANT, "trace_id": TRACE}):
+            steps: list[int] = []
+            report = verify(ledger, progress=steps.append, workers=1, **where)
+            assert verify_module.rows_to_check(ledger, **where) == sum(steps) == report.events
+    assert verify_module.rows_to_check(ledger, tenant=TENANT, trace_id="none-such") == 0
+
+
+def test_verify_in_worker_processes_gives_the_same_report(
+    ledger: Store, store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams shared out by id ranges to spawned workers give exactly the report of one
+    process: same problems, in the same order, tampering spread over several streams."""
+    import time
+
+    import ledger.verify as verify_module
+
+    spread_tampering(ledger, store_url, tmp_path)
     alone = verify(ledger, workers=1).as_json()
     assert {p["kind"] for p in alone["problems"]} >= {
         "missing_event", "chain_broken", "orphan_stream", "missing_stream"}

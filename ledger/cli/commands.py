@@ -124,13 +124,13 @@ def verify(ctx: click.Context, tenant: str | None, trace_id: str | None, workers
 
     Exit 0 when every record is intact, 4 when any problem is found.
     """
+    from ledger.verify import rows_to_check
     from ledger.verify import verify as run_verify
 
     with open_store(ctx) as store:
         if is_terminal() and not as_json:
             bar: Any
-            total = sum(h.last_seq for h in store.backend.iter_catalog(tenant)
-                        if trace_id is None or h.name == trace_id)
+            total = rows_to_check(store, tenant=tenant, trace_id=trace_id)
             with click.progressbar(length=max(total, 1), label="Verifying",
                                    file=sys.stderr) as bar:
                 report = run_verify(store, tenant=tenant, trace_id=trace_id, progress=bar.update,
