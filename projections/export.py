@@ -27,18 +27,18 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 from uuid import UUID
 
 from ledger import chain
-from ledger.backends.base import RowTuple, StreamHead, StreamQuery, StreamScan
+from ledger.backends.base import RowTuple, StreamQuery, StreamScan
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
 from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
-from ledger.verify import verify_scanned
+from ledger.verify import VerifyReport, rows_to_check, sequential_ranges, verify_scanned
 from projections.export_state import EventStatuses, ExportedEvents, spooled_findings
 from projections.queries import FindingRow
 
@@ -58,6 +58,15 @@ CSV_COLUMNS = (
 as JSON text in ``detail``; event rows fill the record columns, finding rows
 ``tenant``, ``trace_id``, ``seq``, ``kind``, ``detail`` and ``at``."""
 _RESERVED = frozenset({"type", "record_hash", "verification"})
+
+
+class _Trace(NamedTuple):
+    """What the export keeps of each trace it writes, listed before it verifies: a
+    tenant may have millions (a StreamHead takes about 800 bytes, this a quarter)."""
+
+    stream_id: UUID
+    name: str
+    last_seq: int
 
 
 @dataclass(frozen=True)
@@ -99,12 +108,19 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     if (problem := file_problem(str(target), "replace")) is not None:
         raise UsageError(f"export file {target}: {problem}")
     lo, hi = parse_window(since, until)
-    heads = store.backend.list_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
+    with closing(store.backend.iter_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
+                 ) as listed:
+        heads = [_Trace(h.stream_id, h.name, h.last_seq) for h in listed]
     checked: dict[UUID, int] = {}  # stream -> the last version verify saw
-    with store.backend.snapshot_scan(tenant) as (catalog_heads, streams):
-        total = sum(h.last_seq for h in catalog_heads)  # the tenant's rows, verified first
-        step = _counter(progress, total + sum(h.last_seq for h in heads))
-        report = verify_scanned(store, catalog_heads, _noting_lengths(streams, checked), step)
+    step = None
+    if progress is not None:  # the tenant's rows, verified first, then the exported ones
+        step = _counter(progress, rows_to_check(store, tenant=tenant)
+                        + sum(h.last_seq for h in heads))
+    report = VerifyReport()
+    for id_range in sequential_ranges(store.backend.last_notification_id()):
+        with store.backend.snapshot_scan(tenant, id_range=id_range) as (catalog_heads, streams):
+            report.add(verify_scanned(store, catalog_heads, _noting_lengths(streams, checked),
+                                      step))
     statuses = EventStatuses(report.problems, tenant)
     writer = _JSONL if fmt == "jsonl" else _CSV
     traces = events = not_ok = chosen = 0
@@ -113,10 +129,10 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
             store, tenant) as findings:  # read now: those of the verified state
         out = writer(body)
 
-        def write_trace(head: StreamHead, rows: Iterator[RowTuple], part: _JSONL) -> int:
+        def write_trace(head: _Trace, rows: Iterator[RowTuple], part: _JSONL) -> int:
             nonlocal not_ok
             count = 0
-            for row in _event_rows(head, rows, lo, hi, statuses.of(head.name),
+            for row in _event_rows(tenant, head.name, rows, lo, hi, statuses.of(head.name),
                                    checked.get(head.stream_id, 0)):
                 part.event(row)
                 count += 1
@@ -191,8 +207,9 @@ def _noting(sid: UUID, rows: Iterator[RowTuple], checked: dict[UUID, int]
         yield row
 
 
-def _event_rows(head: StreamHead, rows: Iterable[RowTuple], lo: str | None, hi: str | None,
-                statuses: dict[int, str], checked: int) -> Iterator[dict[str, Any]]:
+def _event_rows(tenant: str, name: str, rows: Iterable[RowTuple], lo: str | None,
+                hi: str | None, statuses: dict[int, str],
+                checked: int) -> Iterator[dict[str, Any]]:
     """The trace's stored events (``rows``, as read) in the window, as export rows, up
     to the last one verify checked: what writers appended since is left for the next."""
     for _, version, _, _, state in rows:
@@ -201,7 +218,7 @@ def _event_rows(head: StreamHead, rows: Iterable[RowTuple], lo: str | None, hi: 
         try:
             record = chain.decode(state)
         except ValueError:
-            record = {"tenant": head.tenant, "trace_id": head.name, "seq": version}
+            record = {"tenant": tenant, "trace_id": name, "seq": version}
         ts = _utc(record.get("ts"))
         if ts is not None and not _within(ts, lo, hi):
             continue  # an unreadable time is exported: verification says why
@@ -211,9 +228,9 @@ def _event_rows(head: StreamHead, rows: Iterable[RowTuple], lo: str | None, hi: 
 
 
 def _in_catalog_order(
-    store: Store, heads: list[StreamHead], writer: type[_JSONL], body: IO[bytes],
-    write_trace: Callable[[StreamHead, Iterator[RowTuple], _JSONL], int],
-) -> Iterator[tuple[StreamHead, int]]:
+    store: Store, heads: list[_Trace], writer: type[_JSONL], body: IO[bytes],
+    write_trace: Callable[[_Trace, Iterator[RowTuple], _JSONL], int],
+) -> Iterator[tuple[_Trace, int]]:
     """Each of ``heads``, in their order, once ``write_trace(head, rows, out)`` has
     written its trace (and counted its events) to ``body``. The rows of TRACES_AT_ONCE
     traces are read in one scan, which gives them by stream id, so each trace is first

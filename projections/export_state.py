@@ -78,17 +78,19 @@ class ExportedEvents:
     the traces, not their events (a trace's events in a window have consecutive seqs)."""
 
     def __init__(self) -> None:
-        self._runs: dict[str, list[list[int]]] = {}
+        self._runs: dict[str, list[int]] = {}  # trace -> [first, last, first, last, ...]
 
     def add(self, trace: str, seq: Any) -> None:
         if not isinstance(seq, int):
             return  # an altered record's: no finding names such a seq
         runs = self._runs.setdefault(trace, [])
-        if runs and runs[-1][1] + 1 == seq:
-            runs[-1][1] = seq
+        if runs and runs[-1] + 1 == seq:
+            runs[-1] = seq
         else:
-            runs.append([seq, seq])
+            runs += (seq, seq)
 
     def holds(self, trace: str | None, seq: int | None) -> bool:
-        return seq is not None and trace is not None and any(
-            lo <= seq <= hi for lo, hi in self._runs.get(trace, ()))
+        if seq is None or trace is None:
+            return False
+        runs = self._runs.get(trace, ())
+        return any(runs[i] <= seq <= runs[i + 1] for i in range(0, len(runs), 2))
