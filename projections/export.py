@@ -8,8 +8,8 @@ then ``{"type": "event", ...}`` and ``{"type": "finding", ...}`` lines) or CSV
 (:data:`CSV_COLUMNS`, nested values as JSON text), chosen by the file's extension, and
 gzip-compressed when that is followed by ``.gz``.
 
-The export streams (memory grows neither with the number of events nor with the
-number of problems verify finds: see ``EventStatuses``), writes to a
+The export streams (its memory grows with neither the tenant's events, traces and
+findings nor the problems verify finds: see ``projections/export_state.py``), writes to a
 temporary file beside the target and renames it into place, so a crash never
 leaves a half-written file. Findings come from the projections: bring them up to
 date first (``Projector(store).catch_up()``). See docs/CLI.md (``audit export``).
@@ -23,15 +23,15 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
-from typing import IO, Any, NamedTuple, cast
-from uuid import UUID
+from typing import IO, Any, cast
 
 from ledger import chain
-from ledger.backends.base import RowTuple, StreamQuery, StreamScan
+from ledger.backends.base import RowTuple, StreamQuery
 from ledger.errors import OutputError, UsageError
 from ledger.events import normalize_ts
 from ledger.paths import file_problem
@@ -39,7 +39,13 @@ from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
 from ledger.verify import VerifyReport, rows_to_check, sequential_ranges, verify_scanned
-from projections.export_state import EventStatuses, ExportedEvents, spooled_findings
+from projections.export_state import (
+    EventStatuses,
+    ExportedEvents,
+    ListedTraces,
+    Trace,
+    spooled_findings,
+)
 from projections.queries import FindingRow
 
 EXPORT_VERSION = 1
@@ -58,15 +64,6 @@ CSV_COLUMNS = (
 as JSON text in ``detail``; event rows fill the record columns, finding rows
 ``tenant``, ``trace_id``, ``seq``, ``kind``, ``detail`` and ``at``."""
 _RESERVED = frozenset({"type", "record_hash", "verification"})
-
-
-class _Trace(NamedTuple):
-    """What the export keeps of each trace it writes, listed before it verifies: a
-    tenant may have millions (a StreamHead takes about 800 bytes, this a quarter)."""
-
-    stream_id: UUID
-    name: str
-    last_seq: int
 
 
 @dataclass(frozen=True)
@@ -108,32 +105,30 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
     if (problem := file_problem(str(target), "replace")) is not None:
         raise UsageError(f"export file {target}: {problem}")
     lo, hi = parse_window(since, until)
-    with closing(store.backend.iter_streams(StreamQuery(tenant=tenant, since=lo, until=hi))
-                 ) as listed:
-        heads = [_Trace(h.stream_id, h.name, h.last_seq) for h in listed]
-    checked: dict[UUID, int] = {}  # stream -> the last version verify saw
-    step = None
-    if progress is not None:  # the tenant's rows, verified first, then the exported ones
-        step = _counter(progress, rows_to_check(store, tenant=tenant)
-                        + sum(h.last_seq for h in heads))
-    report = VerifyReport()
-    for id_range in sequential_ranges(store.backend.last_notification_id()):
-        with store.backend.snapshot_scan(tenant, id_range=id_range) as (catalog_heads, streams):
-            report.add(verify_scanned(store, catalog_heads, _noting_lengths(streams, checked),
-                                      step))
-    statuses = EventStatuses(report.problems, tenant)
-    writer = _JSONL if fmt == "jsonl" else _CSV
-    traces = events = not_ok = chosen = 0
-    exported = ExportedEvents()
-    with _temporary(target) as (body, _), closing(statuses), spooled_findings(
-            store, tenant) as findings:  # read now: those of the verified state
+    with ExitStack() as held:  # temporary files, each removed when the export ends
+        heads = held.enter_context(closing(ListedTraces(store, StreamQuery(
+            tenant=tenant, since=lo, until=hi))))
+        step = None
+        if progress is not None:  # the tenant's rows, verified first, then the exported ones
+            step = _counter(progress, rows_to_check(store, tenant=tenant) + heads.rows)
+        report = VerifyReport()
+        for id_range in sequential_ranges(store.backend.last_notification_id()):
+            with store.backend.snapshot_scan(tenant, id_range=id_range) as (catalog, streams):
+                report.add(verify_scanned(store, catalog, streams, step))
+        statuses = held.enter_context(closing(EventStatuses(report.problems, tenant)))
+        exported = held.enter_context(closing(ExportedEvents()))
+        body, _ = held.enter_context(_temporary(target))
+        findings = held.enter_context(spooled_findings(store, tenant))  # as verified
+        writer = _JSONL if fmt == "jsonl" else _CSV
+        traces = events = not_ok = chosen = 0
         out = writer(body)
 
-        def write_trace(head: _Trace, rows: Iterator[RowTuple], part: _JSONL) -> int:
+        def write_trace(head: Trace, rows: Iterator[RowTuple], part: _JSONL) -> int:
             nonlocal not_ok
             count = 0
-            for row in _event_rows(tenant, head.name, rows, lo, hi, statuses.of(head.name),
-                                   checked.get(head.stream_id, 0)):
+            found = statuses.of(head.name)
+            for row in _event_rows(tenant, head.name, rows, lo, hi, found,
+                                   max(head.last_seq, *found, 0)):
                 part.event(row)
                 count += 1
                 not_ok += row["verification"] != OK
@@ -194,26 +189,19 @@ def _utc(ts: Any) -> str | None:
         return None
 
 
-def _noting_lengths(streams: StreamScan, checked: dict[UUID, int]) -> StreamScan:
-    """The scan, noting in ``checked`` the last version read of each stream."""
-    for sid, rows in streams:
-        yield sid, _noting(sid, rows, checked)
-
-
-def _noting(sid: UUID, rows: Iterator[RowTuple], checked: dict[UUID, int]
-            ) -> Iterator[RowTuple]:
-    for row in rows:
-        checked[sid] = row[1]
-        yield row
-
-
 def _event_rows(tenant: str, name: str, rows: Iterable[RowTuple], lo: str | None,
                 hi: str | None, statuses: dict[int, str],
-                checked: int) -> Iterator[dict[str, Any]]:
-    """The trace's stored events (``rows``, as read) in the window, as export rows, up
-    to the last one verify checked: what writers appended since is left for the next."""
+                upto: int) -> Iterator[dict[str, Any]]:
+    """The trace's stored events (``rows``, as read) in the window and up to seq
+    ``upto``, as export rows.
+
+    ``upto`` is the trace's length as the catalog listed it before verification began
+    (each of those events was there to be verified), or the last seq verification
+    found a problem at if that is further (rows stored beyond what the catalog says are
+    evidence): what writers append meanwhile is left for the next export.
+    """
     for _, version, _, _, state in rows:
-        if version > checked:
+        if version > upto:
             continue
         try:
             record = chain.decode(state)
@@ -228,15 +216,15 @@ def _event_rows(tenant: str, name: str, rows: Iterable[RowTuple], lo: str | None
 
 
 def _in_catalog_order(
-    store: Store, heads: list[_Trace], writer: type[_JSONL], body: IO[bytes],
-    write_trace: Callable[[_Trace, Iterator[RowTuple], _JSONL], int],
-) -> Iterator[tuple[_Trace, int]]:
+    store: Store, heads: Iterable[Trace], writer: type[_JSONL], body: IO[bytes],
+    write_trace: Callable[[Trace, Iterator[RowTuple], _JSONL], int],
+) -> Iterator[tuple[Trace, int]]:
     """Each of ``heads``, in their order, once ``write_trace(head, rows, out)`` has
     written its trace (and counted its events) to ``body``. The rows of TRACES_AT_ONCE
     traces are read in one scan, which gives them by stream id, so each trace is first
     written to a spooled file, then copied."""
-    for at in range(0, len(heads), TRACES_AT_ONCE):
-        chunk = heads[at:at + TRACES_AT_ONCE]
+    listed = iter(heads)
+    while chunk := list(islice(listed, TRACES_AT_ONCE)):
         by_id = {h.stream_id: h for h in chunk}
         with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as spool:
             part, regions = writer(spool), {}

@@ -485,7 +485,7 @@ def test_audit_export_says_so_when_an_edited_catalog_row_hides_a_trace(
 def test_audit_export_holds_only_what_verify_checked(loaded: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An event another writer appends once verify has begun is not exported as if checked:
-    the export stops, for each trace, at the last row verify saw."""
+    the export stops, for each trace, at its length as listed before verification."""
     import projections.export
     from ledger.store import Store
     from ledger.writer import TraceWriter

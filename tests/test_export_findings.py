@@ -14,21 +14,30 @@ import rawdb
 from clirun import run, run_json, write_demo
 
 from ledger.workload import synthetic_lines
-from projections import export
+from projections import export, export_state
 from projections.export_state import ExportedEvents
 
 SINCE, UNTIL = "2026-11-17T09:00:01Z", "2026-11-17T09:00:07Z"
 
 
-def test_runs_of_seqs_hold_what_was_added_and_nothing_else() -> None:
+@pytest.mark.parametrize("kept", [10_000, 1])
+def test_runs_of_seqs_hold_what_was_added_and_nothing_else(
+        kept: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In memory, or (past KEPT traces) in a temporary file."""
+    monkeypatch.setattr(export_state, "KEPT", kept)
     exported = ExportedEvents()
     for seq in (1, 2, 3, 5, 7, 8, "x", None, True):
         exported.add("a", seq)
     exported.add("b", 4)
-    assert [s for s in range(10) if exported.holds("a", s)] == [1, 2, 3, 5, 7, 8]
-    assert [s for s in range(10) if exported.holds("b", s)] == [4]
-    assert not exported.holds("c", 1) and not exported.holds(None, 1)
+    exported.add("c", 9)
+    exported.add("c", 10)
+    assert [s for s in range(12) if exported.holds("a", s)] == [1, 2, 3, 5, 7, 8]
+    assert [s for s in range(12) if exported.holds("b", s)] == [4]
+    assert [s for s in range(12) if exported.holds("c", s)] == [9, 10]
+    assert not exported.holds("d", 1) and not exported.holds(None, 1)
     assert not exported.holds("a", None)
+    assert (exported._scratch is not None) == (kept == 1)
+    exported.close()
 
 
 def test_findings_in_the_window_or_about_an_exported_event(
@@ -116,3 +125,25 @@ def test_a_tampered_tenant_verified_a_range_at_a_time_gives_the_same_file(
     kinds = {(p["trace_id"], p["kind"]) for p in first[0]["verification"]["problems"]}
     assert {(listed[2], "chain_broken"), (listed[3], "missing_event")} <= kinds
     assert {e["verification"] for e in first if e["type"] == "event"} > {"ok"}
+
+
+def test_rows_stored_beyond_what_the_catalog_lists_are_exported_as_evidence(
+        store_url: str, tmp_path: Path) -> None:
+    """A trace is exported up to its listed length, and past it up to the last seq
+    verification found a problem at: rows beyond what the catalog says are evidence."""
+    from ledger import chain
+
+    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
+                       "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0, err
+    trace = run_json(store_url, "trace", "list", "--tenant", "acme")[0]
+    n = trace["events"]
+    rawdb.set_catalog(store_url, chain.trace_stream_id("acme", trace["trace_id"]),
+                      "last_seq", n - 2)
+    out = tmp_path / "x.jsonl"
+    code, _, err = run(store_url, "audit", "export", str(out), "--tenant", "acme")
+    assert code == 4, err
+    lines = [json.loads(line) for line in out.read_bytes().splitlines()]
+    mine = [e for e in lines if e["type"] == "event" and e["trace_id"] == trace["trace_id"]]
+    assert [e["seq"] for e in mine] == list(range(1, n + 1))
+    assert "length_mismatch" in mine[-1]["verification"]
