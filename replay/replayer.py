@@ -10,6 +10,7 @@ replay stream unless ``dry_run``.
 from __future__ import annotations
 
 import os
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +26,7 @@ from ledger.errors import (
 from ledger.gcpause import paused_gc
 from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
-from ledger.reader import list_traces
+from ledger.reader import iter_traces
 from ledger.records import decode_stored
 from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
 from ledger.store import Store
@@ -146,8 +147,9 @@ class Replayer:
         """
         _check_storable(reason=reason, by=by)
         self._catch_up()
-        traces = [t.trace_id for t in list_traces(self.store, tenant, status="terminated",
-                                                  since=since, until=until)]
+        with closing(iter_traces(self.store, tenant, status="terminated", since=since,
+                                 until=until)) as listed:  # ids only: a tenant may have millions
+            traces = [t.trace_id for t in listed]
         job = BacktestJob(tenant, policy, script_source(outcomes), tools, tool, agent, save,
                           reason, by)
         return run_backtest(self, job, traces, workers=workers, progress=progress)
