@@ -9,6 +9,7 @@ PostgreSQL figures, raw baselines included, all use one throwaway cluster
     python scripts/bench.py --only rss --rss-gb 2
     python scripts/bench.py --only large --backend both
     python scripts/bench.py --only tampered --backend both
+    python scripts/bench.py --only many --backend both
     python scripts/bench.py --events 1000000 --backend both \
         --only rebuild,queries,ingest_projections --json bench-proj.json
 """
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this tree's code, installed or not
 
 import bench_large  # noqa: E402
+import bench_many  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_replay  # noqa: E402
 import bench_tampered  # noqa: E402
@@ -73,7 +75,7 @@ INGEST_WORKERS = (1, 2)  # ingest in one process, and shared with a spawned one 
 SAVE_AGGREGATES = 100  # aggregates per Application.save (10 events each: ~1000 events)
 EVENTS_TABLE = "agentledger_events"
 SECTIONS = ("ingest", "verify", "help", "rss", "rebuild", "queries", "ingest_projections",
-            "replay", "backtest", "memory", "large", "tampered")
+            "replay", "backtest", "memory", "large", "tampered", "many")
 MEMORY_WRITES = 20_000  # the memory section's writes to one scope
 LARGE_EVENTS = 500  # the large section's events of 1 MiB, in one trace
 TAMPERED_EVENTS = 200_000  # the tampered section's events, in 4 tenants
@@ -879,6 +881,23 @@ def bench_tampered_ledger(backends: list[str], work: Path, cluster: PgCluster | 
     return out
 
 
+def bench_many_traces(backends: list[str], work: Path, cluster: PgCluster | None
+                      ) -> list[Figure]:
+    """Peak RSS of the commands that read every trace of a tenant of many short traces
+    (``scripts/bench_many.py``), on each backend."""
+    out = []
+    for backend in backends:
+        say(f"{backend}: a tenant of {bench_many.TRACES:,} traces of two events ...")
+        url = (f"sqlite:///{work}/many.db" if backend == "sqlite" or cluster is None
+               else cluster.create_database("bench_many"))
+        found = bench_many.run_commands(url, work, partial(_measure, work=work))
+        for name, (secs, total_mb) in found.items():
+            out.append(Figure(f"{backend}: peak RSS of {name}, {bench_many.TRACES:,} traces "
+                              f"({secs:.1f} s), all its processes", total_mb, "MB",
+                              target="< 300 MB", passed=total_mb < 300))
+    return out
+
+
 def _measure(args: list[str], work: Path) -> tuple[float, float, float, int]:
     """Run ``agentledger ARGS`` under the RSS probe: (seconds, peak RSS of its largest
     process in MB, peak RSS of all its processes in MB, exit code)."""
@@ -1063,6 +1082,11 @@ def main(argv: list[str] | None = None) -> None:
                 cluster = PgCluster().start()
             (base / "tampered").mkdir()
             figures += bench_tampered_ledger(backends, base / "tampered", cluster)
+        if "many" in args.only:
+            if "postgres" in backends and cluster is None:
+                cluster = PgCluster().start()
+            (base / "many").mkdir()
+            figures += bench_many_traces(backends, base / "many", cluster)
         if "rss" in args.only:
             (base / "rss").mkdir()
             figures += bench_rss(args.rss_gb, base / "rss")
