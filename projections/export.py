@@ -81,6 +81,7 @@ class ExportSummary:
     events_not_ok: int
     verified_ok: bool
     problems: int
+    verified_streams: int
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,7 +158,7 @@ def export_audit(store: Store, tenant: str, out_path: str | os.PathLike[str], *,
         _publish(target, header, map(asdict, report.problems), body, writer, force,
                  packed=packed)
     return ExportSummary(str(target), fmt, tenant, lo, hi, traces, events, chosen,
-                         not_ok, report.ok, len(report.problems))
+                         not_ok, report.ok, len(report.problems), report.streams)
 
 
 # -- what goes in ---------------------------------------------------------------------

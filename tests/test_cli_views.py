@@ -520,6 +520,24 @@ def test_audit_export_refuses_to_overwrite_without_force(loaded: str, tmp_path: 
     assert code == 0 and stdout.startswith("Wrote ") and _jsonl(out)[0]["type"] == "header"
 
 
+def test_audit_export_of_a_tenant_with_no_streams_does_not_read_as_verified(
+        loaded: str, tmp_path: Path) -> None:
+    """A mistyped tenant gives an empty file, and says that nothing was verified rather
+    than that every record verifies; --json counts the streams verified."""
+    code, stdout, _ = run(loaded, "audit", "export", str(tmp_path / "a.jsonl"),
+                          "--tenant", "acmee")
+    assert code == 0 and "nothing to verify: tenant 'acmee' has no streams" in stdout
+    assert "every record verifies" not in stdout
+    code, summary = _export(loaded, tmp_path / "b.jsonl", "--tenant", "acmee")
+    assert (code, summary["verified_streams"], summary["events"]) == (0, 0, 0)
+    code, summary = _export(loaded, tmp_path / "c.jsonl", "--tenant", "acme",
+                            "--since", "2030-01-01")  # streams, none in the window
+    assert (code, summary["events"]) == (0, 0) and summary["verified_streams"] > 0
+    code, stdout, _ = run(loaded, "audit", "export", str(tmp_path / "d.jsonl"),
+                          "--tenant", "acme", "--since", "2030-01-01")
+    assert code == 0 and "every record verifies" in stdout
+
+
 def test_audit_export_the_disk_refuses_names_the_file_and_changes_nothing(
     loaded: str, tmp_path: Path
 ) -> None:

@@ -147,6 +147,8 @@ def audit_export(ctx: click.Context, out: str, tenant: str, since: str | None,
         state = "every record verifies" if summary.verified_ok else click.style(
             f"ALTERED: {summary.problems} problem(s), {summary.events_not_ok} exported "
             "event(s) affected", fg="red")
+        if summary.verified_streams == 0:  # a mistyped tenant must not read as a clean bill
+            state = printable(f"nothing to verify: tenant {tenant!r} has no streams")
         click.echo(printable(f"Wrote {summary.events:,} events of {summary.traces:,} traces "
                              f"and {summary.findings:,} findings of tenant {tenant!r} to "
                              f"{summary.path} (") + state + ").")  # its colour is ours
