@@ -206,7 +206,7 @@ def test_the_cli_runs_from_a_thread_other_than_the_main_one(tmp_path: Path) -> N
         run(f"sqlite:///{tmp_path}/t.db", "trace", "list", "--tenant", "acme", "--json")))
     thread.start()
     thread.join(timeout=60)
-    assert outcome == [(0, "[]\n", "")]
+    assert outcome == [(0, "[]\n", "warning: tenant 'acme' has no traces in this store\n")]
 
 
 def test_bad_store_url_exits_2(tmp_path: Path) -> None:

@@ -538,6 +538,20 @@ def test_audit_export_of_a_tenant_with_no_streams_does_not_read_as_verified(
     assert code == 0 and "every record verifies" in stdout
 
 
+@pytest.mark.parametrize("command", [["failures", "--since", "2030-01-01"],
+                                     ["audit", "findings", "--trace", "none-such"],
+                                     ["stats", "fallbacks", "--since", "2030-01-01"],
+                                     ["trace", "list", "--since", "2030-01-01"]])
+def test_an_empty_answer_for_a_tenant_with_no_traces_says_so_on_stderr(
+        loaded: str, command: list[str]) -> None:
+    """A mistyped tenant's empty answer comes with a warning (in both forms); a known
+    tenant's empty answer comes with none."""
+    for form in ([], ["--json"]):
+        code, out, err = run(loaded, *command, "--tenant", "acmee", *form)
+        assert (code, err) == (0, "warning: tenant 'acmee' has no traces in this store\n")
+        assert (code, out, "") == run(loaded, *command, "--tenant", "acme", *form)
+
+
 def test_audit_export_the_disk_refuses_names_the_file_and_changes_nothing(
     loaded: str, tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from ledger.cli.common import (
     open_store,
     printable,
     tenant_option,
+    warn_unknown_tenant,
     workers_option,
 )
 
@@ -218,6 +219,7 @@ def trace_list(ctx: click.Context, tenant: str | None, status: str | None, since
     from ledger.reader import iter_traces
 
     with open_store(ctx) as store:
+        warn_unknown_tenant(store, tenant or DEFAULT_TENANT)
         traces = iter_traces(store, tenant or DEFAULT_TENANT, status=status, since=since,
                              until=until, limit=limit)
         with closing(traces):  # a trace at a time, in either form: a tenant may hold millions

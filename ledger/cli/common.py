@@ -184,6 +184,19 @@ def open_store(ctx: click.Context, *, writes: str | None = None) -> Iterator[Sto
         store.close()
 
 
+def warn_unknown_tenant(store: Store, tenant: str) -> None:
+    """A stderr warning when ``tenant`` has no trace in the store: a mistyped tenant's
+    empty answer ("No findings.", ``[]``) must not read as a clean one."""
+    from contextlib import closing
+
+    from ledger.backends.base import StreamQuery
+
+    with closing(store.backend.iter_streams(StreamQuery(tenant=tenant, limit=1))) as found:
+        if next(found, None) is not None:
+            return
+    click.echo(printable(f"warning: tenant {tenant!r} has no traces in this store"), err=True)
+
+
 def emit_json(value: Any) -> None:
     """Print a JSON document (UTF-8, indented) to stdout."""
     sys.stdout.buffer.write(_indented(value) + b"\n")

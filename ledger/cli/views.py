@@ -27,6 +27,7 @@ from ledger.cli.common import (
     printable,
     table,
     tenant_option,
+    warn_unknown_tenant,
     workers_option,
 )
 
@@ -112,6 +113,7 @@ def open_views(ctx: click.Context, query: str) -> Iterator[Store]:
         tenant = ctx.params.get("tenant")
         if isinstance(tenant, str):
             warn_unreadable(unreadable_entries(store, tenant))
+            warn_unknown_tenant(store, tenant)
         yield store
 
 
