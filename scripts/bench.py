@@ -1065,28 +1065,16 @@ def main(argv: list[str] | None = None) -> None:
                 pg = cluster if backend == "postgres" else None
                 figures += bench_backend(backend, args, work, jsonl, pg)
                 shutil.rmtree(work, ignore_errors=True)
-        if "memory" in args.only:
-            if "postgres" in backends and cluster is None:
-                cluster = PgCluster().start()
-            (base / "memory").mkdir()
-            figures += bench_memory_states(backends, base / "memory", cluster)
         if "help" in args.only:
             figures += bench_help()
-        if "large" in args.only:
-            if "postgres" in backends and cluster is None:
-                cluster = PgCluster().start()
-            (base / "large").mkdir()
-            figures += bench_large_events(backends, base / "large", cluster)
-        if "tampered" in args.only:
-            if "postgres" in backends and cluster is None:
-                cluster = PgCluster().start()
-            (base / "tampered").mkdir()
-            figures += bench_tampered_ledger(backends, base / "tampered", cluster)
-        if "many" in args.only:
-            if "postgres" in backends and cluster is None:
-                cluster = PgCluster().start()
-            (base / "many").mkdir()
-            figures += bench_many_traces(backends, base / "many", cluster)
+        own_stores = {"memory": bench_memory_states, "large": bench_large_events,
+                      "tampered": bench_tampered_ledger, "many": bench_many_traces}
+        for section, bench_section in own_stores.items():  # each makes its own stores
+            if section in args.only:
+                if "postgres" in backends and cluster is None:
+                    cluster = PgCluster().start()
+                (base / section).mkdir()
+                figures += bench_section(backends, base / section, cluster)
         if "rss" in args.only:
             (base / "rss").mkdir()
             figures += bench_rss(args.rss_gb, base / "rss")

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_tampered import run_each
+
 from ledger.workload import synthetic_lines
 
 TRACES = 200_000
@@ -37,16 +39,8 @@ def run_commands(store_url: str, work: Path,
     source = work / "many.jsonl"
     with source.open("wb") as fh:
         fh.writelines(synthetic_lines(2 * TRACES, events_per_trace=2, tenants=1))
-    found = {}
     try:
-        for name, (args, code) in COMMANDS.items():
-            argv = ["--store", store_url, *(a.format(input=source, work=work) for a in args)]
-            secs, _, total_mb, returncode = measure(argv)
-            if returncode != code:
-                raise SystemExit(f"many: agentledger {' '.join(argv)} exited {returncode}, "
-                                 f"not {code}")
-            found[name] = (secs, total_mb)
+        return run_each(COMMANDS, store_url, {"input": source, "work": work}, measure)
     finally:
         for path in (source, work / "m-export.jsonl", work / "m-rejects.jsonl"):
             path.unlink(missing_ok=True)
-    return found

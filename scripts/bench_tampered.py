@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
@@ -70,21 +71,29 @@ def run_commands(store_url: str, work: Path, events: int,
     --store URL args`` and gives (seconds, largest process's MB, all processes' MB,
     exit code)."""
     first, changed = write_files(work, events)
-    found = {}
     try:
-        for commands in (BEFORE, AFTER):
-            if commands is AFTER:
-                alter_every_record(store_url)
-            for name, (args, code) in commands.items():
-                argv = ["--store", store_url, *(a.format(input=first, changed=changed, work=work)
-                                                for a in args)]
-                secs, _, total_mb, returncode = measure(argv)
-                if returncode != code:
-                    raise SystemExit(f"tampered: agentledger {' '.join(argv)} exited "
-                                     f"{returncode}, not {code}")
-                found[name] = (secs, total_mb)
+        values = {"input": first, "changed": changed, "work": work}
+        found = run_each(BEFORE, store_url, values, measure)
+        alter_every_record(store_url)
+        return {**found, **run_each(AFTER, store_url, values, measure)}
     finally:
         for path in (first, changed, work / "t-export.jsonl", work / "t-rejects.jsonl",
                      work / "t-rejects2.jsonl"):
             path.unlink(missing_ok=True)
+
+
+def run_each(commands: dict[str, tuple[list[str], int]], store_url: str,
+             values: dict[str, Any],
+             measure: Callable[[list[str]], tuple[float, float, float, int]]
+             ) -> dict[str, tuple[float, float]]:
+    """Each of ``commands`` (name: arguments with ``{...}`` filled from ``values``, and
+    the exit code it must give) on ``store_url``: (seconds, peak RSS of all its
+    processes in MB). A command that exits otherwise stops the benchmark."""
+    found = {}
+    for name, (args, code) in commands.items():
+        argv = ["--store", store_url, *(a.format(**values) for a in args)]
+        secs, _, total_mb, returncode = measure(argv)
+        if returncode != code:
+            raise SystemExit(f"agentledger {' '.join(argv)} exited {returncode}, not {code}")
+        found[name] = (secs, total_mb)
     return found
