@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -18,6 +19,21 @@ from projections import export, export_state
 from projections.export_state import ExportedEvents
 
 SINCE, UNTIL = "2026-11-17T09:00:01Z", "2026-11-17T09:00:07Z"
+
+
+def ingest_demo(store_url: str, tmp_path: Path) -> None:
+    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
+                       "--reject-file", str(tmp_path / "r.jsonl"))
+    assert code == 0, err
+
+
+def exported(store_url: str, out: Path, exit_code: int) -> list[dict[str, Any]]:
+    """Tenant acme's export to ``out`` (which must exit ``exit_code``), its lines
+    decoded, the header's ``generated_at`` blanked."""
+    code, _, err = run(store_url, "audit", "export", str(out), "--tenant", "acme")
+    assert code == exit_code, err
+    lines = [json.loads(line) for line in out.read_bytes().splitlines()]
+    return [{**lines[0], "generated_at": None}, *lines[1:]]
 
 
 @pytest.mark.parametrize("kept", [10_000, 1])
@@ -71,17 +87,13 @@ def test_traces_read_a_few_at_a_time_are_written_oldest_first(
     """Traces are read TRACES_AT_ONCE to a scan (by stream id) and written in the
     catalog's order, each whole, as `trace list` gives them: the same file as with
     one scan for them all."""
-    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
-                       "--reject-file", str(tmp_path / "r.jsonl"))
-    assert code == 0, err
+    ingest_demo(store_url, tmp_path)
     files = []
     for at_once in (10_000, 3):
         monkeypatch.setattr(export, "TRACES_AT_ONCE", at_once)
         out = tmp_path / f"{at_once}.jsonl"
-        code, _, err = run(store_url, "audit", "export", str(out), "--tenant", "acme")
-        assert code == 0, err
-        files.append([json.loads(line) for line in out.read_bytes().splitlines()])
-    first, second = ([{**lines[0], "generated_at": None}, *lines[1:]] for lines in files)
+        files.append(exported(store_url, out, 0))
+    first, second = files
     assert first == second and len(first) > 500
     events = [(e["trace_id"], e["seq"]) for e in second if e["type"] == "event"]
     listed = [t["trace_id"] for t in run_json(store_url, "trace", "list", "--tenant", "acme")]
@@ -99,9 +111,7 @@ def test_a_tampered_tenant_verified_a_range_at_a_time_gives_the_same_file(
     from ledger import chain
     from ledger.backends.base import IdRange
 
-    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
-                       "--reject-file", str(tmp_path / "r.jsonl"))
-    assert code == 0, err
+    ingest_demo(store_url, tmp_path)
     listed = [t["trace_id"] for t in run_json(store_url, "trace", "list", "--tenant", "acme")]
     altered, cut = (chain.trace_stream_id("acme", t) for t in listed[2:4])
     rawdb.set_state(store_url, altered, 2, rawdb.get_state(store_url, altered, 2) + b" ")
@@ -117,10 +127,8 @@ def test_a_tampered_tenant_verified_a_range_at_a_time_gives_the_same_file(
     for per_part in (10**9, 20):
         monkeypatch.setattr(verify_module, "EVENTS_PER_PART", per_part)
         out = tmp_path / f"{per_part}.jsonl"
-        code, _, err = run(store_url, "audit", "export", str(out), "--tenant", "acme")
-        assert code == 4, err
-        files.append([json.loads(line) for line in out.read_bytes().splitlines()])
-    first, second = ([{**lines[0], "generated_at": None}, *lines[1:]] for lines in files)
+        files.append(exported(store_url, out, 4))
+    first, second = files
     assert first == second and counts[0] == 1 and counts[1] > 50
     kinds = {(p["trace_id"], p["kind"]) for p in first[0]["verification"]["problems"]}
     assert {(listed[2], "chain_broken"), (listed[3], "missing_event")} <= kinds
@@ -133,9 +141,7 @@ def test_rows_stored_beyond_what_the_catalog_lists_are_exported_as_evidence(
     verification found a problem at: rows beyond what the catalog says are evidence."""
     from ledger import chain
 
-    code, _, err = run(store_url, "ingest", str(write_demo(tmp_path / "demo.jsonl")),
-                       "--reject-file", str(tmp_path / "r.jsonl"))
-    assert code == 0, err
+    ingest_demo(store_url, tmp_path)
     trace = run_json(store_url, "trace", "list", "--tenant", "acme")[0]
     n = trace["events"]
     rawdb.set_catalog(store_url, chain.trace_stream_id("acme", trace["trace_id"]),
