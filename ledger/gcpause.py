@@ -4,7 +4,7 @@ Decoded records, projection contexts and replayed events are JSON values and
 tuples: they hold no reference cycles, so reference counting frees them all.
 Their allocation rate still triggers the cycle collector, whose full collections
 walk every live object: over a third of a 1M-event projection rebuild, and the
-slow tail of a replay's latency (docs/BENCHMARKS.md).
+slow tail of a replay's latency (docs/BENCHMARKS-HISTORY.md).
 """
 
 from __future__ import annotations
