@@ -57,12 +57,7 @@ def write_replay(store: Store, link: dict[str, Any], events: list[dict[str, Any]
     tenant, source = link["tenant"], link["source_trace_id"]
     backend = store.backend
     for _ in range(_ATTEMPTS):
-        query = StreamQuery(tenant, kind=chain.REPLAY_KIND)
-        existing = {h.name for h in backend.list_streams(query)}
-        n = 1
-        while f"{source}~replay-{n}" in existing:
-            n += 1
-        name = f"{source}~replay-{n}"
+        name = _free_name(store, tenant, source)
         stored, head = _records(name, link, events)
         try:
             backend.append(stored, [head])
@@ -71,6 +66,27 @@ def write_replay(store: Store, link: dict[str, Any], events: list[dict[str, Any]
         store.committed()
         return name
     raise ConcurrencyError(f"could not find a free replay name for {source!r}")
+
+
+NAMES_AT_ONCE = 16
+
+
+def _free_name(store: Store, tenant: str, source: str) -> str:
+    """``<source>~replay-<n>`` for the first n no stream of the tenant has.
+
+    The names are looked up by their stream ids, ``NAMES_AT_ONCE`` at a time: listing
+    the tenant's replays to find it made each write cost ~9 µs per replay stored
+    (28 ms a replay at 3,000 on SQLite), a saved backtest the square of its traces.
+    """
+    first = 1
+    while True:
+        names = [f"{source}~replay-{n}" for n in range(first, first + NAMES_AT_ONCE)]
+        ids = [chain.replay_stream_id(tenant, name) for name in names]
+        stored = store.backend.load_heads(ids)
+        for name, sid in zip(names, ids, strict=True):
+            if sid not in stored:
+                return name
+        first += NAMES_AT_ONCE
 
 
 def _records(name: str, link: dict[str, Any],
@@ -100,7 +116,8 @@ def _records(name: str, link: dict[str, Any],
 
 
 def list_replays(store: Store, tenant: str, *, source: str | None = None) -> list[dict[str, Any]]:
-    """The link records of a tenant's replays (of one source trace), oldest first."""
+    """The link records of a tenant's replays (of one source trace), oldest first (by
+    the time each was recorded; the catalog orders them by their events' times)."""
     heads = store.backend.list_streams(StreamQuery(tenant, kind=chain.REPLAY_KIND))
     links = []
     for head in heads:
@@ -109,6 +126,7 @@ def list_replays(store: Store, tenant: str, *, source: str | None = None) -> lis
             link = _link(rows[0][1], tenant, head.name)
             if source is None or link.get("source_trace_id") == source:
                 links.append(link)
+    links.sort(key=lambda link: str(link.get("recorded_at", "")))
     return links
 
 
