@@ -22,6 +22,7 @@ import orjson
 from ledger.errors import ValidationError
 
 RECORD_VERSION: Final = 1
+DEFAULT_TENANT: Final = "default"  # an event that names no tenant belongs to this one
 GENESIS_HASH: Final = "sha256:" + "0" * 64
 EVENT_TOPIC: Final = "agentledger.trace_event.v1"
 FINDING_TOPIC: Final = "agentledger.finding.v1"

@@ -23,10 +23,10 @@ from eventsourcing.persistence import StoredEvent
 from ledger import chain, records
 from ledger.backends.base import StreamHead
 from ledger.errors import ConcurrencyError, NotFoundError, UsageError
-from ledger.events import normalize_ts
 from ledger.paths import is_utf8
 from ledger.store import Store
 from ledger.strict_json import NUL_REASON, SURROGATE_REASON
+from ledger.timestamps import normalize_ts
 
 _SCOPE = re.compile(r"memory/.+", re.S)
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

@@ -10,9 +10,9 @@ from uuid import UUID
 from ledger import chain, records
 from ledger.backends.base import StreamHead, StreamQuery
 from ledger.errors import NotFoundError, UsageError
-from ledger.events import normalize_ts
 from ledger.payloads import is_failure_point
 from ledger.store import Store
+from ledger.timestamps import normalize_ts
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,10 +29,11 @@ from ledger import chain
 from ledger.canonical import canonicalize
 from ledger.chain import MAX_NESTING, may_hold_big_int
 from ledger.errors import UnreadableRecordError, ValidationError
-from ledger.events import payload_check, stored_ts_utc, translated
+from ledger.events import payload_check, translated
 from ledger.payloads import MAX_INTEGER, payload_model
 from ledger.quick_check import quick_check
 from ledger.strict_json import non_json
+from ledger.timestamps import stored_ts_utc
 
 _STRICT = ConfigDict(strict=True, extra="forbid", frozen=True)
 Version = Literal[1]  # chain.RECORD_VERSION

@@ -20,10 +20,11 @@ from eventsourcing.persistence import StoredEvent
 from ledger import chain
 from ledger.backends.base import StreamHead, StreamQuery
 from ledger.errors import ConcurrencyError, NotFoundError, UnreadableRecordError
-from ledger.events import normalize_ts, parse_event
+from ledger.events import parse_event
 from ledger.memory import MemoryState, apply_record, scope_hash
 from ledger.records import LINK_KIND, decode, decode_stored, record_problem
 from ledger.store import Store
+from ledger.timestamps import normalize_ts
 
 _ATTEMPTS = 20
 

@@ -22,9 +22,9 @@ from typing import IO, Any, NamedTuple
 import orjson
 
 from ledger import chain, long_lines
-from ledger.chain import may_hold_big_int
+from ledger.chain import DEFAULT_TENANT, may_hold_big_int
 from ledger.errors import InputError, ValidationError
-from ledger.events import DEFAULT_TENANT, TraceEvent, too_large, validate_line
+from ledger.events import TraceEvent, too_large, validate_line
 from ledger.long_lines import UTF8_BOM, LongLine
 from ledger.paths import shown
 from ledger.strict_json import decode_json

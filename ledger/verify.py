@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -23,13 +23,15 @@ import orjson
 from ledger import chain
 from ledger.backends.base import IdRange, RowTuple, StreamHead, StreamScan
 from ledger.errors import NotFoundError
-from ledger.events import DEFAULT_TENANT, stored_ts_utc
 from ledger.gcpause import paused_gc
 from ledger.memory import EMPTY_MEMORY_HASH, MemoryState, apply_record
 from ledger.problem_log import Problem, ProblemLog
-from ledger.replays import ReplayCheck
 from ledger.store import Store
+from ledger.timestamps import stored_ts_utc
 from ledger.workers import share, shareable, spawn_pool
+
+if TYPE_CHECKING:
+    from ledger.replays import ReplayCheck
 
 
 @dataclass
@@ -90,11 +92,11 @@ def verify(
     """
     backend = store.backend
     if trace_id is not None:
-        sid = chain.trace_stream_id(tenant or DEFAULT_TENANT, trace_id)
+        sid = chain.trace_stream_id(tenant or chain.DEFAULT_TENANT, trace_id)
         with backend.snapshot_scan(stream_ids=[sid]) as (heads, streams):
             if not heads:
                 raise NotFoundError(
-                    f"no trace {trace_id!r} in tenant {tenant or DEFAULT_TENANT!r}")
+                    f"no trace {trace_id!r} in tenant {tenant or chain.DEFAULT_TENANT!r}")
             return _verify_streams(store, heads, streams, progress)
     logged = backend.last_notification_id()
     workers = min(workers, logged // EVENTS_PER_WORKER)
@@ -142,7 +144,7 @@ def rows_to_check(store: Store, *, tenant: str | None = None,
     """How many stored rows :func:`verify` with these arguments reads, as the catalog
     says (a progress bar's length), read a range at a time like verify itself."""
     if trace_id is not None:
-        sid = chain.trace_stream_id(tenant or DEFAULT_TENANT, trace_id)
+        sid = chain.trace_stream_id(tenant or chain.DEFAULT_TENANT, trace_id)
         head = store.backend.load_heads([sid]).get(sid)
         return head.last_seq if head is not None else 0
     ranges = sequential_ranges(store.backend.last_notification_id())
@@ -269,7 +271,9 @@ class _StreamCheck:
 
     @property
     def replay(self) -> ReplayCheck:
-        if self._replay is None:
+        if self._replay is None:  # imported here: it needs the models, as traces do not
+            from ledger.replays import ReplayCheck
+
             self._replay = ReplayCheck(self.store, self.problem)
         return self._replay
 

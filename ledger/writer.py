@@ -15,8 +15,9 @@ from types import TracebackType
 from typing import Any
 
 from ledger.appender import Appender
+from ledger.chain import DEFAULT_TENANT
 from ledger.errors import ConflictError, SequenceError
-from ledger.events import DEFAULT_TENANT, parse_event
+from ledger.events import parse_event
 from ledger.store import Store
 
 

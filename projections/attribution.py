@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ledger import chain
-from ledger.events import normalize_ts
+from ledger.timestamps import normalize_ts
 from projections.base import Batch, Entry, Projection, indexed, name_equals, utc_ts
 
 INSERT_WRITE = (

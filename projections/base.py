@@ -21,7 +21,7 @@ import orjson
 
 from ledger import chain, records
 from ledger.backends.base import Backend
-from ledger.events import normalize_ts
+from ledger.timestamps import normalize_ts
 
 
 class Entry(NamedTuple):

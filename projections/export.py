@@ -33,11 +33,11 @@ from typing import IO, Any, cast
 from ledger import chain
 from ledger.backends.base import RowTuple, StreamQuery
 from ledger.errors import OutputError, UsageError
-from ledger.events import normalize_ts
 from ledger.paths import file_problem
 from ledger.reader import parse_window
 from ledger.redact import redact_url
 from ledger.store import Store
+from ledger.timestamps import normalize_ts
 from ledger.verify import VerifyReport, rows_to_check, sequential_ranges, verify_scanned
 from projections.export_state import (
     EventStatuses,

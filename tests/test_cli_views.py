@@ -25,7 +25,7 @@ from clirun import run, run_json, run_process
 
 from ledger import chain
 from ledger.cli.main import main
-from ledger.events import normalize_ts
+from ledger.timestamps import normalize_ts
 from ledger.workload import demo_bad_lines, demo_events
 
 # Tenant "beta" holds the same traces as "acme" (same trace ids), with other names.

@@ -21,9 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.errors import ValidationError
-from ledger.events import TraceEvent, parse_event, parse_line, stored_ts_utc
+from ledger.events import TraceEvent, parse_event, parse_line
 from ledger.payloads import is_failure_point, is_unknown_callback
 from ledger.strict_json import _surely_unique_keys
+from ledger.timestamps import stored_ts_utc
 
 MISSING: Any = object()
 """Marks a field to delete (instead of set) in :func:`_envelope` and :func:`_at`."""

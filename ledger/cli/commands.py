@@ -184,9 +184,9 @@ def trace() -> None:
 def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, first: int | None,
                last: int | None, as_json: bool) -> None:
     """Show one trace's events in order (tenant defaults to 'default')."""
+    from ledger.chain import DEFAULT_TENANT
     from ledger.cli.timeline import timeline_lines
     from ledger.errors import UsageError
-    from ledger.events import DEFAULT_TENANT
     from ledger.reader import event_json, iter_records, trace_summary
 
     if first is not None and last is not None and first > last:
@@ -215,7 +215,7 @@ def trace_show(ctx: click.Context, trace_id: str, tenant: str | None, first: int
 def trace_list(ctx: click.Context, tenant: str | None, status: str | None, since: str | None,
                until: str | None, limit: int | None, as_json: bool) -> None:
     """List a tenant's traces, oldest first (tenant defaults to 'default')."""
-    from ledger.events import DEFAULT_TENANT
+    from ledger.chain import DEFAULT_TENANT
     from ledger.reader import iter_traces
 
     with open_store(ctx) as store:
