@@ -81,7 +81,6 @@ class TraceEvent(NamedTuple):
 WIRE_FIELDS = TraceEvent._fields[:10]  # the wire shape: the fields up to ``payload``, in order
 
 
-
 def parse_line(raw: bytes) -> TraceEvent:
     """Decode and validate one JSONL line (without its newline)."""
     return validate_line(raw, decode_json(raw))
