@@ -30,6 +30,24 @@ class WorkerError(LedgerError):
     exit_code = 1
 
 
+GUARD_HINT = "a script that asks for workers > 1 must start from `if __name__ == '__main__':`"
+
+
+def refuse_while_spawning(what: str) -> None:
+    """Raise WorkerError when this is a spawned process still importing the main module
+    of a script without the ``__main__`` guard, which is about to start the same job.
+
+    Python raises for such a process only when it spawns in turn; a job that first
+    waits for a lock the parent holds (a PostgreSQL rebuild's scratch lock) would wait
+    forever, and the parent with it.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise WorkerError(f"{what}: started in a spawned process as it imports the main "
+                          f"module; {GUARD_HINT}")
+
+
 def spawn_pool(size: int, initializer: Callable[..., object] | None = None,
                initargs: tuple[Any, ...] = ()) -> SpawnPool:
     """An executor of ``size`` spawned processes, each set up by ``initializer(*initargs)``;
@@ -172,7 +190,6 @@ def _finished(future: Future[Any], index: int, what: str) -> Iterator[tuple[int,
         result = future.result()
     except BrokenProcessPool as exc:
         raise WorkerError(
-            f"{what}: a worker process ended abruptly ({exc}); a script that asks for "
-            "workers > 1 must start from `if __name__ == '__main__':`") from None
+            f"{what}: a worker process ended abruptly ({exc}); {GUARD_HINT}") from None
     if not isinstance(result, _Passed):
         yield index, result, False

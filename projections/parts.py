@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ledger.backends.base import IdRange
 from ledger.store import Store
 from ledger.verify import id_ranges
-from ledger.workers import WorkerError, spawn_pool
+from ledger.workers import GUARD_HINT, WorkerError, refuse_while_spawning, spawn_pool
 from projections.base import Projection
 from projections.indexes import build_beside_others, relation_sizes, side_by_side
 from projections.scratch import MAX_SQLITE_PARTS, Scratch, can_share, scratch
@@ -69,6 +69,7 @@ def rebuild_in_parts(projector: Projector, chosen: Sequence[Projection], count: 
     """Rebuild ``chosen`` in ``count`` parts and merge them; return the entries read and
     whether the query indexes are built (on PostgreSQL, with ``query_indexes``, each
     projection's in its merge transaction, after its rows)."""
+    refuse_while_spawning("rebuild")  # before the scratch lock, which the parent holds
     store = projector.store
     head = store.backend.last_notification_id()
     if projector.upto is not None:  # a fold to a position (``projections check``)
@@ -156,9 +157,8 @@ def _run_parts(plans: list[PartPlan], head: int, progress: Progress | None) -> i
             from concurrent.futures.process import BrokenProcessPool
 
             if isinstance(exc, BrokenProcessPool):
-                raise WorkerError(
-                    f"rebuild: a worker process ended abruptly ({exc}); a script that asks "
-                    "for workers > 1 must start from `if __name__ == '__main__':`") from None
+                raise WorkerError(f"rebuild: a worker process ended abruptly ({exc}); "
+                                  f"{GUARD_HINT}") from None
             raise
         finally:
             _counts.pop("shared", None)

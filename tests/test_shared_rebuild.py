@@ -198,6 +198,37 @@ if __name__ == "__main__":
 """
 
 
+UNGUARDED = """
+import sys
+from ledger.store import Store
+from projections import Projector, parts
+
+parts.ENTRIES_PER_PART = 1
+with Store.open(sys.argv[1]) as store:
+    Projector(store).rebuild(workers=2)
+"""
+
+
+def test_a_script_without_the_main_guard_stops_naming_it(ledger: Store, tmp_path: Path) -> None:
+    """The spawned part runs the script again as it starts, and with it the rebuild:
+    that rebuild fails at once, so the script's fails naming the guard. (On PostgreSQL
+    it waited for the scratch lock the script's rebuild held: both waited for ever.)
+    The views are as they were and no scratch is left."""
+    store = ledger
+    Projector(store).catch_up()
+    before = snapshot(store)
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    done = subprocess.run([sys.executable, str(script), store.url], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert "rebuild: started in a spawned process as it imports the main module" in done.stderr
+    assert done.stderr.strip().endswith(
+        "a script that asks for workers > 1 must start from `if __name__ == '__main__':`")
+    assert snapshot(store) == before
+    assert scratch_left(store.url) == []
+
+
 def test_a_killed_shared_rebuild_leaves_the_views_as_they_were(
     ledger: Store, tmp_path: Path
 ) -> None:
