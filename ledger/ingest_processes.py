@@ -47,7 +47,7 @@ from ledger.errors import LedgerError, OutputError, StoreError
 from ledger.ingest import RERUN_HINT, IngestSummary, ingest_part
 from ledger.sources import STDIN, Cursor, Part, input_size
 from ledger.store import Store
-from ledger.workers import WorkerError, die_with_parent, shareable
+from ledger.workers import GUARD_HINT, WorkerError, die_with_parent, shareable
 
 BYTES_PER_PROCESS = 8_000_000  # ~25k events: a smaller share does not repay starting Python
 FOLLOW_INTERVAL = 1.0
@@ -264,8 +264,7 @@ class _Children:
             child.join()
             raise WorkerError(
                 f"ingest process {index} ended abruptly (exit code {child.exitcode}); what "
-                "it committed is kept: run the same ingest again to complete it (a script "
-                "that ingests with workers > 1 must start from `if __name__ == '__main__':`)"
+                f"it committed is kept: run the same ingest again to complete it ({GUARD_HINT})"
             ) from None
         if kind == "progress":
             self._moved(*value)
