@@ -143,10 +143,13 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
 
 def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: LiveTools | None,
               tick: Callable[[int], None] | None = None) -> BacktestReport:
-    """Backtest the traces of one chunk (read in one scan) into a report of its own."""
+    """Backtest the traces of one chunk (read in one scan) into a report of its own; with
+    ``job.save``, their replays are stored together at the end (one transaction)."""
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
+    to_save: list[tuple[dict[str, Any], ReplayResult]] = []  # stored in one transaction
     with paused_gc():
-        records_of, unreadable = replayer._records_of(job.tenant, chunk)
+        hashes: dict[str, dict[int, str]] | None = {} if job.save else None
+        records_of, unreadable = replayer._records_of(job.tenant, chunk, hashes)
         history = replayer._histories(job.tenant, chunk)
         for trace_id in chunk:
             if trace_id in unreadable:
@@ -154,14 +157,20 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
             else:
                 try:
                     done = replayer._backtest_trace(job, trace_id, records_of[trace_id],
-                                                    history.get(trace_id, []), live)
+                                                    history.get(trace_id, []), live,
+                                                    (hashes or {}).get(trace_id))
                 except (UnwritableReplayError, UnreadableRecordError) as exc:  # none stored
                     report.skip(exc)
                 else:
                     if done is not None:
-                        report.add(*done)
+                        in_play, result, source_calls, link = done
+                        report.add(in_play, result, source_calls)
+                        if link is not None:
+                            to_save.append((link, result))
             if tick is not None:
                 tick(1)
+        if to_save:
+            replayer._save(to_save)
     return report
 
 

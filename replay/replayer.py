@@ -28,7 +28,13 @@ from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
 from ledger.reader import iter_traces
 from ledger.records import decode_stored
-from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
+from ledger.replays import (
+    list_replays,
+    read_replay,
+    source_hash_before,
+    write_replay,
+    write_replays,
+)
 from ledger.store import Store
 from ledger.strict_json import non_json
 from projections import Projector, queries
@@ -69,6 +75,12 @@ class ReplayResult:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _named(result: ReplayResult, name: str) -> None:
+    """``result`` as stored under ``name``: its trace id, and its events'."""
+    result.replay_trace_id = name
+    result.events = [{**e, "trace_id": name} for e in result.events]
 
 
 class Replayer:
@@ -112,18 +124,29 @@ class Replayer:
     def _store(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
                result: ReplayResult, scripted: ScriptedOutcomes | None, live: LiveTools | None,
                reason: str | None, by: str | None) -> None:
-        link = {
-            "tenant": tenant, "source_trace_id": trace_id, "fork_seq": result.fork_seq,
-            "source_prev_hash": source_hash_before(self.store, tenant, trace_id,
-                                                   result.fork_seq),
+        link = self._link(tenant, trace_id, records, policy, result, scripted, live, reason, by)
+        _named(result, write_replay(self.store, link, result.events))
+
+    def _link(self, tenant: str, trace_id: str, records: list[dict[str, Any]], policy: Policy,
+              result: ReplayResult, scripted: ScriptedOutcomes | None, live: LiveTools | None,
+              reason: str | None, by: str | None,
+              record_hashes: dict[int, str] | None = None) -> dict[str, Any]:
+        """The link record of ``result``, a replay of ``trace_id``, as it is stored (the
+        source's record hash before the fork from ``record_hashes``, by seq, when it
+        holds it; else read from the store)."""
+        fork = result.fork_seq
+        before = (record_hashes or {}).get(fork - 1) if fork > 1 else chain.GENESIS_HASH
+        if before is None:
+            before = source_hash_before(self.store, tenant, trace_id, fork)
+        return {
+            "tenant": tenant, "source_trace_id": trace_id, "fork_seq": fork,
+            "source_prev_hash": before,
             "policy_digest": policy.digest(), "policy": policy.text,
             "outcome_sources": _source_names(scripted, live),
             "by": by or _default_by(), "reason": reason,
             "replay_status": result.replay_status, "original_status": result.original_status,
             "agent_owner": records[0]["agent_owner"],
         }
-        result.replay_trace_id = write_replay(self.store, link, result.events)
-        result.events = [{**e, "trace_id": result.replay_trace_id} for e in result.events]
 
     def backtest(self, tenant: str, policy: Policy, *, outcomes: Outcomes = None,
                  tools: str | None = None, since: str | None = None, until: str | None = None,
@@ -155,28 +178,41 @@ class Replayer:
         return run_backtest(self, job, traces, workers=workers, progress=progress)
 
     def _backtest_trace(self, job: BacktestJob, trace_id: str, records: list[dict[str, Any]],
-                        history: list[Any], live: LiveTools | None) -> tuple[
-                            str | None, ReplayResult, int] | None:
-        """One trace of a backtest: (tool in play, replay, source calls from the fork), or
-        None when the job's tool/agent filter leaves it out."""
+                        history: list[Any], live: LiveTools | None,
+                        record_hashes: dict[int, str] | None = None) -> tuple[
+                            str | None, ReplayResult, int, dict[str, Any] | None] | None:
+        """One trace of a backtest: (tool in play, replay, source calls from the fork, the
+        replay's link when the job saves it), or None when the job's tool/agent filter
+        leaves it out. ``record_hashes``: the hashes of its stored records, by seq."""
         wire = [chain.wire_part(r) for r in records]
         fork = default_fork(wire)
         in_play = _tool_in_play(wire, fork)
         if (job.tool is not None and in_play != job.tool) or (
                 job.agent is not None and wire[fork - 1]["executed_by"] != job.agent):
             return None
-        result = self._run(job.tenant, trace_id, records, job.policy, fork,
-                           _scripted(job.script), live, history, wire)
-        if job.save:
-            self._store(job.tenant, trace_id, records, job.policy, result,
-                        _scripted(job.script), live, job.reason, job.by)
-        return in_play, result, sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC")
+        scripted = _scripted(job.script)
+        result = self._run(job.tenant, trace_id, records, job.policy, fork, scripted, live,
+                           history, wire)
+        link = None
+        if job.save:  # stored with the rest of its chunk by ``backtest.run_chunk``
+            link = self._link(job.tenant, trace_id, records, job.policy, result, scripted,
+                              live, job.reason, job.by, record_hashes)
+        return (in_play, result, sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC"),
+                link)
+
+    def _save(self, replays: list[tuple[dict[str, Any], ReplayResult]]) -> None:
+        """Store replays (link and result each) in one transaction: a backtest's chunk."""
+        names = write_replays(self.store, [(link, result.events) for link, result in replays])
+        for (_, result), name in zip(replays, names, strict=True):
+            _named(result, name)
 
     def _records_of(
-        self, tenant: str, trace_ids: list[str]
+        self, tenant: str, trace_ids: list[str], hashes: dict[str, dict[int, str]] | None = None
     ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, UnreadableRecordError]]:
         """The records of many traces in one scan, and the first unreadable record of
-        each trace that has one (such a trace is left out of the records)."""
+        each trace that has one (such a trace is left out of the records). With
+        ``hashes``, each trace's record hashes by seq go there too (what a saved replay's
+        link names: one scan instead of a read for each replay)."""
         ids = {chain.trace_stream_id(tenant, t): t for t in trace_ids}
         out: dict[str, list[dict[str, Any]]] = {t: [] for t in trace_ids}
         unreadable: dict[str, UnreadableRecordError] = {}
@@ -187,6 +223,8 @@ class Replayer:
             try:
                 out[trace_id].append(decode_stored(row.state, tenant=tenant,
                                                            name=trace_id, seq=row.version))
+                if hashes is not None:
+                    hashes.setdefault(trace_id, {})[row.version] = chain.record_hash(row.state)
             except UnreadableRecordError as exc:
                 unreadable[trace_id] = exc
                 del out[trace_id]

@@ -43,6 +43,7 @@ from ledger.ingest import ingest
 from ledger.payloads import is_failure_point
 from ledger.reader import get_trace, list_findings
 from ledger.store import Store
+from ledger.verify import verify
 from ledger.writer import TraceWriter
 from projections import Projector
 from replay import Policy, Replayer
@@ -345,6 +346,39 @@ def terminated_fetch(store: Store, tenant: str) -> list[Event]:
         "reason": "fetch_doc: 503 unavailable"}
     write_trace(store, run.events, "writer")
     return run.events
+
+
+def test_a_saved_backtest_stores_each_chunk_of_replays_in_one_commit(
+        projected: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save writes a chunk's replays together (one commit, one catch-up of the
+    views), each named and linked as a replay stored alone is; verify passes."""
+    from replay import backtest
+
+    tenant = fresh_tenant()
+    traces = [f"run-{k}" for k in range(5)]
+    for trace_id in traces:
+        run = simulate({}, [Step("planner", "fetch_doc", {"url": "https://example.org/a"})],
+                       scripted({(1, "fetch_doc"): [FETCH_FAILED]}),
+                       carried=[Carried((1, "REASONER_ACTION", 1), "EXEC_START", {}, "planner")],
+                       tenant=tenant, trace_id=trace_id)
+        write_trace(projected, run.events, "writer")
+    monkeypatch.setattr(backtest, "CHUNK", 2)
+    commits: list[int] = []
+    projected.add_commit_listener(lambda: commits.append(1))
+    replayer = Replayer(projected)
+    report = replayer.backtest(tenant, Policy.from_obj(RECOVER), save=True,
+                               outcomes={"fetch_doc_mirror": MIRROR_DOC}, reason="chunks")
+    assert report.terminated_traces == report.recovered == 5
+    assert len(commits) == 3  # chunks of 2, 2 and 1 traces
+    links = replayer.replays(tenant)
+    assert sorted((link["source_trace_id"], link["replay_trace_id"]) for link in links) == [
+        (t, f"{t}~replay-1") for t in traces]
+    assert {link["reason"] for link in links} == {"chunks"}
+    for trace_id in traces:
+        replay = replayer.stored(tenant, f"{trace_id}~replay-1")
+        assert replay["source_trace_id"] == trace_id
+        assert {e["trace_id"] for e in replay["events"]} == {f"{trace_id}~replay-1"}
+    assert verify(projected, tenant=tenant).ok
 
 
 @pytest.mark.parametrize("texts", [{"reason": "why\ud800"}, {"by": "al\udcff"}])

@@ -2,7 +2,8 @@
 
 ``write_replay`` finds the first free n by looking up the names themselves, a few
 at a time (``ledger.replays.NAMES_AT_ONCE``), so writing a replay costs the same
-however many replays the tenant has. On both backends.
+however many replays the tenant has; ``write_replays`` stores several in one
+transaction (a saved backtest's chunk). On both backends.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 
 from ledger import chain
 from ledger import replays as replays_module
-from ledger.replays import list_replays, read_replay, write_replay
+from ledger.replays import list_replays, read_replay, write_replay, write_replays
 from ledger.store import Store
 
 START = {"seq": 1, "event": "EXEC_START", "ts": "2026-11-20T10:00:00Z", "agent_owner": "a",
@@ -52,25 +53,51 @@ def test_a_name_taken_between_the_lookup_and_the_append_is_not_overwritten(
 ) -> None:
     """Another writer stores run-1~replay-1 after this one found it free: the append
     fails on the stream's version, and the next free name is looked up again."""
-    real = replays_module._free_name
+    real = replays_module._free_names
     calls: list[str] = []
 
-    def raced(*args: Any) -> str:
-        name = real(*args)
+    def raced(*args: Any) -> list[str]:
+        names = real(*args)
         if not calls:
             replay_of_without_race(store)
-        calls.append(name)
-        return name
+        calls.extend(names)
+        return names
 
     def replay_of_without_race(s: Store) -> None:
-        monkeypatch.setattr(replays_module, "_free_name", real)
+        monkeypatch.setattr(replays_module, "_free_names", real)
         try:
             assert replay_of(s, "acme", "run-1") == "run-1~replay-1"
         finally:
-            monkeypatch.setattr(replays_module, "_free_name", raced)
+            monkeypatch.setattr(replays_module, "_free_names", raced)
 
-    monkeypatch.setattr(replays_module, "_free_name", raced)
+    monkeypatch.setattr(replays_module, "_free_names", raced)
     assert replay_of(store, "acme", "run-1") == "run-1~replay-2"
     assert calls == ["run-1~replay-1", "run-1~replay-2"]
     links = list_replays(store, "acme")
     assert [link["replay_trace_id"] for link in links] == ["run-1~replay-1", "run-1~replay-2"]
+
+
+def test_replays_written_together_take_the_names_one_at_a_time_would(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several replays in one transaction: each source's next free numbers, in order,
+    the same source twice included, whatever its earlier replays."""
+    monkeypatch.setattr(replays_module, "NAMES_AT_ONCE", 2)  # more than one lookup round
+    for _ in range(3):
+        replay_of(store, "acme", "run-1")
+    before = store.backend.last_notification_id()
+
+    def item(tenant: str, source: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        link = {"tenant": tenant, "source_trace_id": source, "fork_seq": 1, "agent_owner": "a"}
+        return link, [{**START, "tenant": tenant, "trace_id": source}]
+
+    names = write_replays(store, [item("acme", "run-1"), item("acme", "run-2"),
+                                  item("acme", "run-1"), item("globex", "run-1")])
+    assert names == ["run-1~replay-4", "run-2~replay-1", "run-1~replay-5", "run-1~replay-1"]
+    assert store.backend.last_notification_id() == before + 8  # a link and an event each
+    assert [r.link["tenant"] for r in (read_replay(store, "acme", "run-1~replay-5"),
+                                       read_replay(store, "globex", "run-1~replay-1"))] == [
+        "acme", "globex"]
+    assert [link["replay_trace_id"] for link in list_replays(store, "acme", source="run-1")] == [
+        f"run-1~replay-{n}" for n in range(1, 6)]
+    assert write_replays(store, []) == []
