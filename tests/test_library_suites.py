@@ -30,7 +30,7 @@ from psycopg import sql
 
 from ledger.backends import catalog
 from ledger.backends.postgres_recorder import LedgerPostgresRecorder
-from ledger.backends.sqlite import LedgerSQLiteRecorder
+from ledger.backends.sqlite_recorder import LedgerSQLiteRecorder
 
 _DATABASE = "agentledger_test"  # created by the session fixture ``pg_cluster``
 # One connection per thread the suites start (10 writers and 2 readers at most), so

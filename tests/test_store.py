@@ -141,7 +141,7 @@ def test_scan_streams_gives_each_stream_by_id_with_rows_in_version_order(
     import ledger.backends.postgres_scan
     import ledger.backends.sqlite
 
-    monkeypatch.setattr(ledger.backends.sqlite, "_CHUNK", 2)  # given ids: several queries
+    monkeypatch.setattr(ledger.backends.sqlite, "CHUNK", 2)  # given ids: several queries
     monkeypatch.setattr(ledger.backends.postgres_scan, "SCAN_IDS", 2)
     names = [f"trace-{i}" for i in range(12)]
     for name in names:  # interleaved appends: log order is not stream order
@@ -469,7 +469,7 @@ def test_snapshot_scan_does_not_see_what_writers_commit_meanwhile(
     import ledger.backends.postgres_scan
     import ledger.backends.sqlite
 
-    monkeypatch.setattr(ledger.backends.sqlite, "_CHUNK", 1)
+    monkeypatch.setattr(ledger.backends.sqlite, "CHUNK", 1)
     monkeypatch.setattr(ledger.backends.postgres_scan, "SCAN_IDS", 1)
     for name in ("a", "b"):
         store.backend.append(_events("t", name, range(1, 3)), [_head("t", name, 2)])

@@ -1,10 +1,8 @@
 """SQLite backend: the embedded default.
 
-``LedgerSQLiteRecorder`` is eventsourcing's ``SQLiteApplicationRecorder`` with a
-stricter table: the notification id is an explicit ``INTEGER PRIMARY KEY
-AUTOINCREMENT`` column instead of the implicit rowid, so positions are never
-reused after a delete and never renumbered by ``VACUUM`` (projections track them).
-It passes the library's own recorder test suites (``tests/test_library_suites.py``).
+Writes go through ``LedgerSQLiteRecorder`` (``ledger.backends.sqlite_recorder``), the
+library's recorder with a stricter table; reads use queries of their own, over a
+pool of connections (``ledger.backends.sqlite_file``).
 """
 
 from __future__ import annotations
@@ -13,171 +11,33 @@ import sqlite3
 from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import (
-    Notification,
-    PersistenceError,
-    StoredEvent,
-)
-from eventsourcing.sqlite import (
-    SQLiteApplicationRecorder,
-    SQLiteCursor,
-    SQLiteDatastore,
-    SQLiteTransaction,
-)
+from eventsourcing.persistence import PersistenceError
+from eventsourcing.sqlite import SQLiteCursor, SQLiteDatastore
 
 from ledger.backends import catalog
 from ledger.backends.base import (
     SCHEMA_VERSION,
     Backend,
     IdRange,
-    LockedReads,
-    SharedAppend,
     StreamHead,
     StreamQuery,
     StreamScan,
     version_bounds,
 )
 from ledger.backends.sqlite_file import ConnectionPool, read_only_name, use_wal
+from ledger.backends.sqlite_recorder import (
+    CHUNK,
+    LedgerSQLiteRecorder,
+    render_sql,
+    select_heads,
+    state_bytes,
+)
 from ledger.errors import SchemaVersionError, StoreError
-
-_CHUNK = 500
-
-
-class LedgerSQLiteRecorder(SQLiteApplicationRecorder):
-    """Application recorder with a stable notification id and catalog upserts."""
-
-    def __init__(
-        self, datastore: SQLiteDatastore, events_table_name: str = catalog.EVENTS_TABLE
-    ) -> None:
-        super().__init__(datastore, events_table_name)
-        table = self.events_table_name
-        self.insert_events_statement = (
-            "INSERT INTO " + table
-            + " (originator_id, originator_version, topic, state) VALUES (?,?,?,?)"
-        )
-        self.select_events_statement = (
-            "SELECT originator_id, originator_version, topic, state FROM " + table
-            + " WHERE originator_id=? "
-        )
-        self._select_notifications = (
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM "
-            + table
-        )
-
-    def construct_create_table_statements(self) -> list[str]:
-        return [
-            "CREATE TABLE IF NOT EXISTS " + self.events_table_name + " ("
-            "notification_id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "originator_id TEXT NOT NULL, originator_version INTEGER NOT NULL, "
-            "topic TEXT NOT NULL, state BLOB NOT NULL, "
-            "UNIQUE (originator_id, originator_version))"
-        ]
-
-    def insert_events(
-        self, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        """The library's insert in a transaction that holds the write lock from its start,
-        so that heads read in it (``shared``) are the newest."""
-        with self.datastore.get_connection(commit=True) as conn, \
-                _WriteTransaction(conn, commit=True) as curs, curs:
-            return self._insert_events(curs, stored_events, **kwargs)
-
-    def _insert_events(
-        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        heads: Sequence[StreamHead] = kwargs.get("heads", ())
-        shared: SharedAppend | None = kwargs.get("shared")
-        if shared is not None:
-            reads = LockedReads(partial(_heads, c), partial(self._states, c))
-            more, more_heads = shared(reads)
-            stored_events, heads = [*stored_events, *more], [*heads, *more_heads]
-        params = [
-            (_key(s.originator_id), s.originator_version, s.topic, s.state)
-            for s in stored_events
-        ]
-        c.executemany(self.insert_events_statement, params)
-        ids: list[int] = []
-        if params:  # read before the catalog upsert, which moves last_insert_rowid()
-            c.execute("SELECT last_insert_rowid()")
-            last = int(c.fetchone()[0])
-            ids = list(range(last - len(params) + 1, last + 1))
-        if heads:
-            rows = [catalog.head_params(h, h.stream_id.hex) for h in heads]
-            c.executemany(_sql(catalog.UPSERT_STREAM), rows)
-        return ids
-
-    def _states(self, c: SQLiteCursor, stream_id: UUID, after: int) -> list[tuple[int, bytes]]:
-        """A stream's ``(version, state)`` after ``after``, read with ``c``."""
-        c.execute(f"SELECT originator_version, state FROM {self.events_table_name} "
-                  "WHERE originator_id = ? AND originator_version > ? "
-                  "ORDER BY originator_version", (_key(stream_id), after))
-        return [(int(v), _as_bytes(state)) for v, state in c.fetchall()]
-
-    def select_notifications(
-        self,
-        start: int | None,
-        limit: int,
-        stop: int | None = None,
-        topics: Sequence[str] = (),
-        *,
-        inclusive_of_start: bool = True,
-    ) -> Sequence[Notification]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if start is not None:
-            clauses.append("notification_id >= ?" if inclusive_of_start else "notification_id > ?")
-            params.append(start)
-        if stop is not None:
-            clauses.append("notification_id <= ?")
-            params.append(stop)
-        if topics:
-            clauses.append("topic IN (" + ",".join("?" * len(topics)) + ")")
-            params.extend(topics)
-        sql = self._select_notifications
-        if clauses:
-            sql += " WHERE " + " AND ".join(clauses)
-        sql += " ORDER BY notification_id LIMIT ?"
-        params.append(limit)
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(sql, params)
-            return [
-                Notification(
-                    id=row[0],
-                    originator_id=self.convert_originator_id(row[1]),
-                    originator_version=row[2],
-                    topic=row[3],
-                    state=row[4],
-                )
-                for row in c.fetchall()
-            ]
-
-
-class _WriteTransaction(SQLiteTransaction):
-    """The library's transaction, begun with ``BEGIN IMMEDIATE`` (see :func:`immediate`)."""
-
-    def __enter__(self) -> SQLiteCursor:
-        cursor = self.connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
-        return cursor
-
-
-def _heads(c: SQLiteCursor, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
-    """Catalog rows of the given streams that exist, read with ``c``."""
-    heads: dict[UUID, StreamHead] = {}
-    for i in range(0, len(stream_ids), _CHUNK):
-        chunk = [s.hex for s in stream_ids[i : i + _CHUNK]]
-        c.execute(_sql(catalog.SELECT_STREAMS) + " WHERE stream_id IN ("
-                  + ",".join("?" * len(chunk)) + ")", chunk)
-        for row in c.fetchall():
-            sid = UUID(row[0])
-            heads[sid] = catalog.head_from_row(row, sid)
-    return heads
 
 
 def _within(c: SQLiteCursor, max_bytes: int | None) -> list[Any]:
@@ -194,31 +54,18 @@ def _within(c: SQLiteCursor, max_bytes: int | None) -> list[Any]:
     return rows
 
 
-def _as_bytes(value: Any) -> bytes:
-    """Stored state as bytes (a row edited by hand may have become TEXT)."""
-    return value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass")
-
-
 _SELECT_LOG = (  # CAST: a state edited by hand into TEXT still comes back as its bytes
     "SELECT notification_id, topic, originator_id, originator_version, CAST(state AS BLOB) "
     "FROM " + catalog.EVENTS_TABLE)
 
 
-def _sql(template: str) -> str:
-    return catalog.render_sqlite(template)
-
-
-def _key(originator_id: UUID | str) -> str:
-    return originator_id.hex if isinstance(originator_id, UUID) else originator_id
-
-
 def _id_chunks(stream_ids: Sequence[UUID] | None) -> list[list[str] | None]:
-    """Stream keys in order, ``_CHUNK`` a statement; ``[None]`` (no condition on the
+    """Stream keys in order, ``CHUNK`` a statement; ``[None]`` (no condition on the
     ids) when no ids are given."""
     if stream_ids is None:
         return [None]
     keys = sorted(s.hex for s in stream_ids)
-    return [keys[i : i + _CHUNK] for i in range(0, len(keys), _CHUNK)]
+    return [keys[i : i + CHUNK] for i in range(0, len(keys), CHUNK)]
 
 
 @contextmanager
@@ -271,7 +118,7 @@ class SQLiteBackend(Backend):
             c.execute("SELECT name FROM sqlite_master WHERE name = ?", (catalog.SCHEMA_TABLE,))
             if c.fetchone() is None:
                 return 0
-            c.execute(_sql(catalog.SELECT_SCHEMA_VERSION))
+            c.execute(render_sql(catalog.SELECT_SCHEMA_VERSION))
             return int(c.fetchone()[0] or 0)
 
     def migrate(self) -> list[int]:
@@ -294,23 +141,23 @@ class SQLiteBackend(Backend):
     def _migrate_locked(self, c: sqlite3.Cursor) -> list[int]:
         """The migrations not yet applied, under the write lock (checked again there:
         another process may have applied them while this one waited)."""
-        c.execute(_sql(catalog.CREATE_SCHEMA_TABLE))
-        c.execute(_sql(catalog.SELECT_SCHEMA_VERSION))
+        c.execute(render_sql(catalog.CREATE_SCHEMA_TABLE))
+        c.execute(render_sql(catalog.SELECT_SCHEMA_VERSION))
         if int(c.fetchone()[0] or 0) >= 1:
             return []
         for statement in self.recorder.create_table_statements:
             c.execute(statement)
         for statement in catalog.CATALOG_DDL_V1:
-            c.execute(_sql(statement))
+            c.execute(render_sql(statement))
         c.execute(
-            _sql(catalog.INSERT_SCHEMA_VERSION),
+            render_sql(catalog.INSERT_SCHEMA_VERSION),
             (1, "events, stream catalog", datetime.now(UTC).isoformat()),
         )
         return [1]
 
     def load_heads(self, stream_ids: Sequence[UUID]) -> dict[UUID, StreamHead]:
         with self._txn(commit=False) as c:
-            return _heads(c, stream_ids)
+            return select_heads(c, stream_ids)
 
     @property
     def label(self) -> str:
@@ -319,7 +166,7 @@ class SQLiteBackend(Backend):
     def iter_streams(self, query: StreamQuery) -> Generator[StreamHead, None, None]:
         sql, params = catalog.list_streams_sql(query)
         with self._txn(commit=False) as c:
-            c.execute(_sql(sql), params)
+            c.execute(render_sql(sql), params)
             for r in c.sqlite_cursor:  # fetched in steps as iterated
                 yield catalog.head_from_row(r, UUID(r[0]))
 
@@ -370,7 +217,7 @@ class SQLiteBackend(Backend):
         for chunk in _id_chunks(stream_ids):
             clauses = where if chunk is None else [
                 *where, "stream_id IN (" + ",".join("?" * len(chunk)) + ")"]
-            sql = _sql(catalog.SELECT_STREAMS) + (
+            sql = render_sql(catalog.SELECT_STREAMS) + (
                 " WHERE " + " AND ".join(clauses) if clauses else "")
             c.execute(sql + " ORDER BY stream_id", params + (chunk or []))
             heads += [catalog.head_from_row(r, UUID(r[0])) for r in c.fetchall()]
@@ -403,7 +250,8 @@ class SQLiteBackend(Backend):
         with self._txn(commit=False) as c:
             cursor = c.sqlite_cursor  # this transaction's own: plain tuples, not Rows
             cursor.row_factory = None
-            cursor.execute(_sql(catalog.READ_STREAM), (stream_id.hex, *version_bounds(gt, lte)))
+            cursor.execute(render_sql(catalog.READ_STREAM),
+                           (stream_id.hex, *version_bounds(gt, lte)))
             return cursor.fetchall()
 
     def read_state(self, stream_id: UUID, version: int) -> bytes | None:
@@ -412,7 +260,7 @@ class SQLiteBackend(Backend):
                       + " WHERE originator_id = ? AND originator_version = ?",
                       (stream_id.hex, version))
             row = c.fetchone()
-            return None if row is None else _as_bytes(row[0])
+            return None if row is None else state_bytes(row[0])
 
     def last_notification_id(self) -> int:
         with self._txn(commit=False) as c:
