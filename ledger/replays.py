@@ -149,11 +149,11 @@ def list_replays(store: Store, tenant: str, *, source: str | None = None) -> lis
     """The link records of a tenant's replays (of one source trace), oldest first (by
     the time each was recorded; the catalog orders them by their events' times)."""
     heads = store.backend.list_streams(StreamQuery(tenant, kind=chain.REPLAY_KIND))
+    firsts = store.backend.read_states([head.stream_id for head in heads], 1)  # one query
     links = []
     for head in heads:
-        rows = store.backend.read_stream(head.stream_id, lte=1)
-        if rows:
-            link = _link(rows[0][1], tenant, head.name)
+        if (state := firsts.get(head.stream_id)) is not None:
+            link = _link(state, tenant, head.name)
             if source is None or link.get("source_trace_id") == source:
                 links.append(link)
     links.sort(key=lambda link: str(link.get("recorded_at", "")))

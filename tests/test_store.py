@@ -116,6 +116,26 @@ def test_read_state_returns_one_events_stored_bytes(store: Store) -> None:
         state for _, state in store.backend.read_stream(sid)]
 
 
+def test_read_states_gives_one_version_of_many_streams(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """read_states() is the state at one version of each given stream that has it,
+    by stream id, over as many queries as the ids take; no other stream's."""
+    import ledger.backends.postgres
+    import ledger.backends.sqlite
+
+    monkeypatch.setattr(ledger.backends.sqlite, "CHUNK", 2)
+    monkeypatch.setattr(ledger.backends.postgres, "STATES_AT_ONCE", 2)
+    for tenant, name, last in (("t", "a", 3), ("t", "b", 1), ("u", "a", 2), ("t", "c", 2)):
+        store.backend.append(_events(tenant, name, range(1, last + 1)),
+                             [_head(tenant, name, last)])
+    ids = [chain.trace_stream_id(t, n) for t, n in (("t", "a"), ("t", "b"), ("u", "a"),
+                                                    ("t", "missing"))]
+    assert store.backend.read_states(ids, 2) == {ids[0]: b'{"seq":2}', ids[2]: b'{"seq":2}'}
+    assert store.backend.read_states(ids, 1) == dict.fromkeys(ids[:3], b'{"seq":1}')
+    assert store.backend.read_states(ids, 4) == {}
+    assert store.backend.read_states([], 1) == {}
+
+
 def test_read_stream_gives_the_versions_between_its_bounds(store: Store) -> None:
     """read_stream() is one stream's (version, state) pairs with gt < version <= lte, in
     version order, as plain tuples; another stream's rows never come with them."""

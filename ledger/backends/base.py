@@ -229,6 +229,11 @@ class Backend(ABC):
         """The stored state of one event (None when there is none): one indexed read."""
 
     @abstractmethod
+    def read_states(self, stream_ids: Sequence[UUID], version: int) -> dict[UUID, bytes]:
+        """The stored state at ``version`` of each of the streams that has one (e.g. the
+        first records of many replays), a few thousand streams a query."""
+
+    @abstractmethod
     def last_notification_id(self) -> int:
         """The highest notification id stored (0 for an empty log)."""
 

@@ -307,6 +307,22 @@ class PostgresBackend(Backend):
             raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
         return None if row is None else bytes(row[0])
 
+    def read_states(self, stream_ids: Sequence[UUID], version: int) -> dict[UUID, bytes]:
+        query = sql.SQL(
+            "SELECT originator_id, COALESCE(state, ''::bytea) FROM {} "
+            "WHERE originator_id = ANY(%s) AND originator_version = %s"
+        ).format(sql.Identifier(self.schema, catalog.EVENTS_TABLE))
+        ids, found = list(stream_ids), dict[UUID, bytes]()
+        try:
+            with self.datastore.get_connection() as conn:
+                cur = conn.cursor(row_factory=tuple_row)
+                for i in range(0, len(ids), STATES_AT_ONCE):
+                    cur.execute(query, (ids[i:i + STATES_AT_ONCE], version))
+                    found.update((sid, bytes(state)) for sid, state in cur.fetchall())
+        except (PersistenceError, psycopg.Error) as exc:
+            raise StoreError(f"PostgreSQL store {redact_url(self.url)}: {exc}") from exc
+        return found
+
     def last_notification_id(self) -> int:
         query = sql.SQL("SELECT COALESCE(MAX(notification_id), 0) FROM {}").format(
             sql.Identifier(self.schema, catalog.EVENTS_TABLE))
@@ -321,6 +337,8 @@ class PostgresBackend(Backend):
     def check_connections(self) -> None:
         self.datastore.pool.check()  # tests each idle connection, replacing the broken ones
 
+
+STATES_AT_ONCE = 5000  # stream ids a query of ``read_states``
 
 _SLICE_PLAN = "SET LOCAL enable_sort = off"
 """How a part of a shared rebuild reads its streams' entries: along the log's index.

@@ -262,6 +262,17 @@ class SQLiteBackend(Backend):
             row = c.fetchone()
             return None if row is None else state_bytes(row[0])
 
+    def read_states(self, stream_ids: Sequence[UUID], version: int) -> dict[UUID, bytes]:
+        found: dict[UUID, bytes] = {}
+        with self._txn(commit=False) as c:
+            for chunk in _id_chunks(stream_ids):
+                keys = chunk or []  # ids are given: never None
+                c.execute("SELECT originator_id, state FROM " + catalog.EVENTS_TABLE
+                          + " WHERE originator_version = ? AND originator_id IN ("
+                          + ",".join("?" * len(keys)) + ")", (version, *keys))
+                found.update((UUID(k), state_bytes(state)) for k, state in c.fetchall())
+        return found
+
     def last_notification_id(self) -> int:
         with self._txn(commit=False) as c:
             c.execute("SELECT MAX(notification_id) FROM " + catalog.EVENTS_TABLE)
