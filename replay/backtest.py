@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ledger.errors import UnreadableRecordError, UnwritableReplayError
 from ledger.gcpause import paused_gc
+from ledger.replays import write_replays
 from ledger.store import Store
 from ledger.workers import WorkerError, share, shareable, spawn_pool
 from replay.outcomes import CassetteIndex, LiveTools, ScriptedOutcomes
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 CHUNK = 100  # traces read per query, and the unit of work workers share
 ProgressFn = Callable[[int, int], None]
+Replay = tuple[dict[str, Any], list[dict[str, Any]]]  # a replay to store: link, events
 
 
 @dataclass
@@ -102,14 +104,15 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
                  progress: ProgressFn | None = None) -> BacktestReport:
     """Backtest ``traces`` (in chunks, shared with ``workers - 1`` processes if allowed).
 
-    Workers apply when nothing is stored (replays are written in order, by this
-    process), scripted outcomes are not one shared ``ScriptedOutcomes`` object
-    (its lists are consumed across traces, in order), and the store is not an
-    in-memory SQLite database (another process cannot open it).
+    Workers apply when scripted outcomes are not one shared ``ScriptedOutcomes``
+    object (its lists are consumed across traces, in order) and the store is not an
+    in-memory SQLite database (another process cannot open it). With ``job.save`` a
+    worker sends its chunk's replays back, and this process stores them, a chunk a
+    transaction (it alone writes).
     """
     chunks = [traces[i:i + CHUNK] for i in range(0, len(traces), CHUNK)]
     url = replayer.store.backend.url
-    shared = (workers > 1 and len(chunks) > 1 and not job.save
+    shared = (workers > 1 and len(chunks) > 1
               and not isinstance(job.script, ScriptedOutcomes) and shareable(url))
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
     done = 0
@@ -142,9 +145,11 @@ def run_backtest(replayer: Replayer, job: BacktestJob, traces: list[str], *, wor
 
 
 def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: LiveTools | None,
-              tick: Callable[[int], None] | None = None) -> BacktestReport:
+              tick: Callable[[int], None] | None = None, *,
+              unsaved: list[Replay] | None = None) -> BacktestReport:
     """Backtest the traces of one chunk (read in one scan) into a report of its own; with
-    ``job.save``, their replays are stored together at the end (one transaction)."""
+    ``job.save``, their replays are stored together at the end (one transaction), or
+    put in ``unsaved`` for the caller to store."""
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
     to_save: list[tuple[dict[str, Any], ReplayResult]] = []  # stored in one transaction
     with paused_gc():
@@ -169,7 +174,9 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
                             to_save.append((link, result))
             if tick is not None:
                 tick(1)
-        if to_save:
+        if unsaved is not None:
+            unsaved += [(link, result.events) for link, result in to_save]
+        elif to_save:
             replayer._save(to_save)
     return report
 
@@ -189,10 +196,13 @@ class WorkerPool:
         self._runs += 1
         job = replace(job, run=self._runs)
         try:
-            for index, report, here in share(
+            for index, (report, unsaved), here in share(
                 self._executor, chunks, partial(_worker_chunk, job),
-                lambda chunk: run_chunk(replayer, job, chunk, live, tick), what="backtest",
+                lambda chunk: (run_chunk(replayer, job, chunk, live, tick), []),
+                what="backtest",
             ):
+                if unsaved:  # a worker's chunk of a saved backtest: stored here
+                    write_replays(replayer.store, unsaved)
                 if not here:
                     tick(len(chunks[index]))
                 yield report
@@ -230,11 +240,13 @@ def _worker_start(url: str, tool_timeout: float) -> None:
     _worker["replayer"] = replayer
 
 
-def _worker_chunk(job: BacktestJob, chunk: list[str]) -> BacktestReport:
+def _worker_chunk(job: BacktestJob, chunk: list[str]) -> tuple[BacktestReport, list[Replay]]:
+    """A chunk's report, and its replays to store (``job.save``) in the calling process."""
     replayer: Replayer = _worker["replayer"]
     if _worker.get("run") != job.run:  # another backtest: what was cached may be stale
         _worker["run"] = job.run
         _worker["live"] = (LiveTools.load(job.tools, timeout=replayer.tool_timeout)
                            if job.tools else None)
         replayer._index = CassetteIndex(replayer.store, job.tenant)
-    return run_chunk(replayer, job, chunk, _worker["live"])
+    unsaved: list[Replay] = []
+    return run_chunk(replayer, job, chunk, _worker["live"], unsaved=unsaved), unsaved

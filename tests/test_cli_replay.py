@@ -351,6 +351,47 @@ def test_backtest_in_worker_processes_gives_the_same_report(
     assert list(shared["by_tool"]) == sorted(shared["by_tool"])
 
 
+def test_a_saved_backtest_in_worker_processes_stores_what_one_process_stores(
+        url: str, files: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save --workers 3: the workers replay chunks and send their replays back, and
+    this process stores them, a chunk a transaction. Each terminated trace gets the
+    replay a backtest in one process stores, and verify passes."""
+    import replay.backtest
+
+    monkeypatch.setattr(replay.backtest, "CHUNK", 1)  # a chunk per trace: all shared out
+    args = ["backtest", "--tenant", "acme", "--policy", files["fallback"],
+            "--outcomes", files["outcomes"], "--save"]
+    here = 0
+    in_process = replay.backtest.run_chunk
+
+    def counted(*a: Any, **kw: Any) -> Any:  # the chunks this process ran (not the workers)
+        nonlocal here
+        here += 1
+        time.sleep(0.5)  # leaves the workers time to start and take chunks
+        return in_process(*a, **kw)
+
+    monkeypatch.setattr(replay.backtest, "run_chunk", counted)
+    shared = run_json(url, *args, "--workers", "3", "--reason", "shared")
+    monkeypatch.setattr(replay.backtest, "run_chunk", in_process)
+    alone = run_json(url, *args, "--workers", "1", "--reason", "alone")
+    assert shared == alone and here < alone["terminated_traces"]
+    sources = terminated(url, "acme")
+    assert len(sources) == alone["terminated_traces"] >= 3
+    links = {(r["source_trace_id"], r["reason"]): r["replay_trace_id"]
+             for r in run_json(url, "replay", "list", "--tenant", "acme")}
+    assert links == {**{(t, "shared"): f"{t}~replay-1" for t in sources},
+                     **{(t, "alone"): f"{t}~replay-2" for t in sources}}
+
+    def events(name: str) -> list[Any]:  # what the replay did (its times are its own)
+        shown = run_json(url, "replay", "show", name, "--tenant", "acme")
+        return [(e["seq"], e["event"], e["executed_by"], e["payload"], e["memory_hash"])
+                for e in shown["events"]]
+
+    for t in sources:
+        assert events(f"{t}~replay-1") == events(f"{t}~replay-2")
+    assert run_json(url, "verify")["ok"] is True
+
+
 @pytest.mark.parametrize("workers", ["1", "3"])
 def test_a_trace_whose_replay_cannot_write_memory_is_left_out_and_the_rest_reported(
         url: str, files: dict[str, str], tmp_path: Path, workers: str,
@@ -379,14 +420,12 @@ def test_a_trace_whose_replay_cannot_write_memory_is_left_out_and_the_rest_repor
     assert report["recovered"] == fine["recovered"] - 1
     assert fine["by_tool"].pop("fetch_doc")["terminated_traces"] == 1  # contract-fetch's
     assert report["by_tool"] == fine["by_tool"]
-    if workers == "1":  # --save runs in one process
-        code, out, err = run(url, *args, str(huge), "--save")
-        assert code == 3 and "left out trace 'contract-fetch'" in err
-        assert f"Stored {report['terminated_traces']} replay(s)" in out
-        stored = {r["source_trace_id"] for r in run_json(url, "replay", "list", "--tenant",
-                                                            "acme")}
-        assert stored == terminated(url, "acme") - {TRACE}
-        assert run_json(url, "verify")["ok"] is True
+    code, out, err = run(url, *args, str(huge), "--save", "--workers", workers)
+    assert code == 3 and "left out trace 'contract-fetch'" in err
+    assert f"Stored {report['terminated_traces']} replay(s)" in out
+    stored = {r["source_trace_id"] for r in run_json(url, "replay", "list", "--tenant", "acme")}
+    assert stored == terminated(url, "acme") - {TRACE}
+    assert run_json(url, "verify")["ok"] is True
 
 
 def test_backtest_workers_must_be_positive(url: str, files: dict[str, str]) -> None:

@@ -217,7 +217,7 @@ def replay_show(ctx: click.Context, replay_id: str, tenant: str, as_json: bool) 
 @click.option("--tool", help="Only traces whose fork is a failure of this tool (in play).")
 @click.option("--agent", help="Only traces whose fork event was executed by this agent.")
 @click.option("--save", is_flag=True, help="Store every replay (default: store nothing).")
-@workers_option("traces", " A backtest with --save runs in one process.")
+@workers_option("traces", " With --save, this process stores every replay.")
 @json_option
 @click.pass_context
 @handle_errors
