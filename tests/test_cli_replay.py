@@ -323,31 +323,37 @@ def test_backtest_human_output(url: str, files: dict[str, str]) -> None:
     assert "Nothing stored" in out
 
 
+def chunks_run_here(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Backtests cut into a chunk per trace (all shared out with workers, if any); the
+    list returned grows by one for each chunk this process runs, not the workers."""
+    import replay.backtest
+
+    monkeypatch.setattr(replay.backtest, "CHUNK", 1)
+    here: list[int] = []
+    in_process = replay.backtest.run_chunk
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        here.append(1)
+        time.sleep(0.5)  # leaves the workers time to start and take chunks
+        return in_process(*a, **kw)
+
+    monkeypatch.setattr(replay.backtest, "run_chunk", counted)
+    return here
+
+
 @pytest.mark.parametrize("policy", ["retry", "fallback"])
 def test_backtest_in_worker_processes_gives_the_same_report(
         url: str, files: dict[str, str], policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """--workers 3 shares the traces (one per chunk here) with two spawned processes:
     the report is the one a single process gives, scripted outcomes restarting per trace."""
-    import replay.backtest
-
-    monkeypatch.setattr(replay.backtest, "CHUNK", 1)  # a chunk per trace: all shared out
     args = ["backtest", "--tenant", "acme", "--policy", files[policy],
             "--outcomes", files["outcomes"]]
     alone = run_json(url, *args, "--workers", "1")
-    here = 0
-    in_process = replay.backtest.run_chunk
-
-    def counted(*a: Any, **kw: Any) -> Any:  # the chunks this process ran (not the workers)
-        nonlocal here
-        here += 1
-        time.sleep(0.5)  # leaves the workers time to start and take chunks
-        return in_process(*a, **kw)
-
-    monkeypatch.setattr(replay.backtest, "run_chunk", counted)
+    here = chunks_run_here(monkeypatch)
     shared = run_json(url, *args, "--workers", "3")
     assert alone["terminated_traces"] >= 3 and alone["recovered"] > 0
     assert shared == alone
-    assert here < alone["terminated_traces"]  # the workers ran some of the chunks
+    assert len(here) < alone["terminated_traces"]  # the workers ran some of the chunks
     assert list(shared["by_tool"]) == sorted(shared["by_tool"])
 
 
@@ -356,31 +362,18 @@ def test_a_saved_backtest_in_worker_processes_stores_what_one_process_stores(
     """--save --workers 3: the workers replay chunks and send their replays back, and
     this process stores them, a chunk a transaction. Each terminated trace gets the
     replay a backtest in one process stores, and verify passes."""
-    import replay.backtest
-
-    monkeypatch.setattr(replay.backtest, "CHUNK", 1)  # a chunk per trace: all shared out
     args = ["backtest", "--tenant", "acme", "--policy", files["fallback"],
             "--outcomes", files["outcomes"], "--save"]
-    here = 0
-    in_process = replay.backtest.run_chunk
-
-    def counted(*a: Any, **kw: Any) -> Any:  # the chunks this process ran (not the workers)
-        nonlocal here
-        here += 1
-        time.sleep(0.5)  # leaves the workers time to start and take chunks
-        return in_process(*a, **kw)
-
-    monkeypatch.setattr(replay.backtest, "run_chunk", counted)
-    shared = run_json(url, *args, "--workers", "3", "--reason", "shared")
-    monkeypatch.setattr(replay.backtest, "run_chunk", in_process)
     alone = run_json(url, *args, "--workers", "1", "--reason", "alone")
-    assert shared == alone and here < alone["terminated_traces"]
+    here = chunks_run_here(monkeypatch)
+    shared = run_json(url, *args, "--workers", "3", "--reason", "shared")
+    assert shared == alone and len(here) < alone["terminated_traces"]
     sources = terminated(url, "acme")
     assert len(sources) == alone["terminated_traces"] >= 3
     links = {(r["source_trace_id"], r["reason"]): r["replay_trace_id"]
              for r in run_json(url, "replay", "list", "--tenant", "acme")}
-    assert links == {**{(t, "shared"): f"{t}~replay-1" for t in sources},
-                     **{(t, "alone"): f"{t}~replay-2" for t in sources}}
+    assert links == {**{(t, "alone"): f"{t}~replay-1" for t in sources},
+                     **{(t, "shared"): f"{t}~replay-2" for t in sources}}
 
     def events(name: str) -> list[Any]:  # what the replay did (its times are its own)
         shown = run_json(url, "replay", "show", name, "--tenant", "acme")
