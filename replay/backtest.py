@@ -151,7 +151,7 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
     ``job.save``, their replays are stored together at the end (one transaction), or
     put in ``unsaved`` for the caller to store."""
     report = BacktestReport(tenant=job.tenant, policy_digest=job.policy.digest())
-    to_save: list[tuple[dict[str, Any], ReplayResult]] = []  # stored in one transaction
+    replays: list[Replay] = []  # to store in one transaction (job.save)
     with paused_gc():
         hashes: dict[str, dict[int, str]] | None = {} if job.save else None
         records_of, unreadable = replayer._records_of(job.tenant, chunk, hashes)
@@ -171,13 +171,13 @@ def run_chunk(replayer: Replayer, job: BacktestJob, chunk: list[str], live: Live
                         in_play, result, source_calls, link = done
                         report.add(in_play, result, source_calls)
                         if link is not None:
-                            to_save.append((link, result))
+                            replays.append((link, result.events))
             if tick is not None:
                 tick(1)
         if unsaved is not None:
-            unsaved += [(link, result.events) for link, result in to_save]
-        elif to_save:
-            replayer._save(to_save)
+            unsaved += replays
+        elif replays:
+            write_replays(replayer.store, replays)
     return report
 
 

@@ -28,13 +28,7 @@ from ledger.memory import memory_hash
 from ledger.payloads import is_failure_point
 from ledger.reader import iter_traces
 from ledger.records import decode_stored
-from ledger.replays import (
-    list_replays,
-    read_replay,
-    source_hash_before,
-    write_replay,
-    write_replays,
-)
+from ledger.replays import list_replays, read_replay, source_hash_before, write_replay
 from ledger.store import Store
 from ledger.strict_json import non_json
 from projections import Projector, queries
@@ -199,12 +193,6 @@ class Replayer:
                               live, job.reason, job.by, record_hashes)
         return (in_play, result, sum(1 for r in wire[fork - 1:] if r["event"] == "TOOL_EXEC"),
                 link)
-
-    def _save(self, replays: list[tuple[dict[str, Any], ReplayResult]]) -> None:
-        """Store replays (link and result each) in one transaction: a backtest's chunk."""
-        names = write_replays(self.store, [(link, result.events) for link, result in replays])
-        for (_, result), name in zip(replays, names, strict=True):
-            _named(result, name)
 
     def _records_of(
         self, tenant: str, trace_ids: list[str], hashes: dict[str, dict[int, str]] | None = None
